@@ -1,0 +1,3 @@
+from texocr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""Typed configuration: dataclasses per stage, YAML loading, dotted command-line overrides.
+
+    cfg = load_config("configs/tiny/cpu-lora.yaml", overrides=["--train.lr", "1e-4"])
+    save_config(cfg, "runs/x/config.yaml")
+
+An unknown key or a value of the wrong type raises `ConfigError` naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "default"
+    """`default` (texocr's shipped compact model), a local directory, or a hub id."""
+    family: str | None = None
+    """Model family from the registry; detected from the checkpoint's config.json when unset."""
+    adapter: str | None = None
+    """A LoRA adapter directory to load on top of the model."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """How the model is prepared for training: LoRA, QLoRA (4/8-bit base + LoRA) or full fine-tuning."""
+    quant_bits: Literal[4, 8] = 4
+    """Bits of the quantized base for QLoRA (NF4 or int8 through bitsandbytes)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` picks bfloat16 on a GPU that supports it, float32 on a CPU."""
+    attn_implementation: str | None = "sdpa"
+    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_scope: Literal["language", "vision_language"] = "language"
+    """Which towers get LoRA adapters."""
+    lora_target_modules: list[str] | None = None
+    """Explicit module names; overrides the family's defaults for `lora_scope`."""
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = False
+    freeze_language: bool = False
+    min_pixels: int | None = None
+    """Lower bound of the image budget in pixels (dynamic-resolution families); family default when unset."""
+    max_pixels: int | None = None
+    """Upper bound of the image budget: keeps a formula from becoming thousands of tokens."""
+    max_length: int = 1024
+    """Longest training sequence (prompt + image tokens + answer); longer samples are dropped, never truncated."""
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training sources: a local folder (labels.jsonl / CSV / .lst), an InkML folder, `hf:<id>`, a preset
+    name (`unsloth/LaTeX_OCR`, ...), or `synthetic` (rendered on the fly)."""
+    val: list[str] = field(default_factory=list)
+    """Validation sources, same forms as `train`."""
+    split: str = "train"
+    val_split: str = "test"
+    image_column: str | None = None
+    text_column: str | None = None
+    streaming: bool = False
+    limit: int | None = None
+    """Use at most this many training samples."""
+    val_limit: int | None = 64
+    synthetic_n: int = 2000
+    """Samples per epoch when a source is `synthetic`."""
+    synthetic_style: Literal["printed", "handwritten", "mixed"] = "printed"
+    formulas: str | None = None
+    """A file of real formulas (one per line or labels.jsonl) mixed into synthetic data."""
+    real_formula_ratio: float = 0.5
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides `epochs` when > 0)."""
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logging_steps: int = 10
+    eval_steps: int = 0
+    """Generate on the validation subset every N steps and report exact match (0: only at the end)."""
+    save_steps: int = 0
+    """Write a checkpoint every N steps (0: only at the end)."""
+    save_total_limit: int | None = 2
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement in exact match (0: never)."""
+    resume: str | None = None
+    """`latest` or a checkpoint directory to resume from."""
+    optim: str = "adamw_torch"
+    dataloader_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    num_beams: int = 1
+    limit: int | None = None
+    render: bool = True
+    """Render predictions for `image_match` and the HTML report when a renderer is installed."""
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    max_image_bytes: int = 10_000_000
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected: `--data.train DIR`
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--model.name_or_path 7` is still a path
+    else:  # pragma: no cover - schema uses only the types above
+        raise ConfigError(f"{key}: unsupported annotation {tp!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; valid keys: {', '.join(prefix + n for n in names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate a nested mapping (as read from YAML) into a `Config`."""
+    return _build(Config, data or {}, "")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`["--train.lr", "1e-4", "--model.method=full"]` -> `{"train": {"lr": 1e-4}, "model": {"method": "full"}}`.
+
+    Values are parsed as YAML scalars (so `1e-4`, `true`, `null`, `[a, b]` work).
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key VALUE")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {arg} has no value")
+            key, raw = arg[2:], args[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return data or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    data = _read_yaml(path) if path else {}
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+    return config_from_dict(data)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config; loading it back gives an equal `Config`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

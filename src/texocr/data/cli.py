@@ -1,0 +1,42 @@
+"""`texocr data render|stats|overlap`: dispatch only; the work is in synth.py and inspect.py."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="{render,stats,overlap}", required=True)
+
+    r = sub.add_parser("render", help="render a synthetic data set (labels.jsonl + images + montage.png)")
+    r.add_argument("--n", type=int, default=1000, help="number of samples to write")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--style", choices=["printed", "handwritten", "mixed"], default="printed")
+    r.add_argument("--formulas", help="file of real formulas (one per line, or labels.jsonl) to mix in")
+    r.add_argument("--real-ratio", type=float, default=0.5, help="fraction of formulas taken from --formulas")
+    r.add_argument("--renderer", choices=["auto", "tex", "pip"], default="auto",
+                   help="TeX (latex+dvipng) or the pure-pip renderer; auto prefers TeX when installed")
+    r.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    r.add_argument("--no-augment", action="store_true", help="write clean renders")
+
+    s = sub.add_parser("stats", help="counts, image sizes, label lengths and token vocabulary of a data set")
+    s.add_argument("data", help="a data source (folder, InkML folder, hf:<id>, preset)")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    o = sub.add_parser("overlap", help="exact and normalized label overlap between two data sets")
+    o.add_argument("train")
+    o.add_argument("test")
+    o.add_argument("--json", action="store_true")
+    o.add_argument("--show", type=int, default=10, help="print this many overlapping labels")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.data_command == "render":
+        from texocr.data.synth import render_main
+
+        return render_main(args)
+    from texocr.data.inspect import overlap_main, stats_main
+
+    return stats_main(args) if args.data_command == "stats" else overlap_main(args)
