@@ -67,6 +67,15 @@ class DataConfig:
     val_split: str = "test"
     image_column: str | None = None
     text_column: str | None = None
+    subset: str | None = None
+    """Hugging Face config name (e.g. `human_handwrite` of linxy/LaTeX_OCR); also `SPEC#subset`."""
+    max_image_pixels: int = 64_000_000
+    """Images declaring more pixels are skipped as decompression bombs (checked before decoding)."""
+    max_image_side: int = 4096
+    """Longer image sides are downscaled to this."""
+    ink_height: int = 128
+    """Height in pixels of rasterized InkML strokes."""
+    ink_pen_width: float = 2.5
     streaming: bool = False
     limit: int | None = None
     """Use at most this many training samples."""
