@@ -1,0 +1,88 @@
+"""LaTeX source -> tokens, in the im2latex / CROHME space-separated convention.
+
+Tokens: a command (`\\frac`, `\\operatorname*`), a control symbol (`\\,`, `\\{`, `\\\\`), a control space
+(`\\ `, written as the one-character token `\\`), `\\begin{name}` / `\\end{name}` as one token,
+`\\left(` / `\\right\\}` as one token (delimiter attached), `--` / `---` (the TeX ligatures, as im2latex
+keeps them) and otherwise single characters. Whitespace separates tokens and is dropped, so
+`tokenize(" ".join(tokenize(s))) == tokenize(s)` for every string.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_TOKEN_RE = re.compile(
+    r"""
+     (?P<env>\\(?:begin|end)\s*\{\s*[A-Za-z]+\*?\s*\})
+    |(?P<lr>\\(?:left|right)(?![A-Za-z@])\s*(?:\\[A-Za-z]+|\\[{}|]|[()\[\]|./<>]))
+    |(?P<star>\\operatorname\s*\*)
+    |(?P<cmd>\\[A-Za-z@]+)
+    |(?P<cs>\\(?:\s|$))
+    |(?P<sym>\\.)
+    |(?P<dash>---?)
+    |(?P<ch>\S)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_FIND_RE = re.compile(re.sub(r"\(\?P<\w+>", "(?:", _TOKEN_RE.pattern), re.VERBOSE | re.DOTALL)
+# Only a string matching this can hold a token that needs `_fix` (a fast path for the common case).
+_NEEDS_FIX_RE = re.compile(r"\\(?:\s|$|(?:begin|end|left|right|operatorname)\s|(?:begin|end)\s*\{[^}]*\s)")
+_SPACE_RE = re.compile(r"\s+")
+# An unescaped % (preceded by an even number of backslashes) starts a comment that runs to the line end.
+_COMMENT_RE = re.compile(r"(?<!\\)((?:\\\\)*)%[^\n]*")
+
+
+class Token(NamedTuple):
+    """One token and its character span in the source."""
+
+    text: str
+    start: int
+    end: int
+
+
+def lex(s: str) -> list[Token]:
+    """Tokens of `s` with their spans (comments are not removed: see `blank_comments`)."""
+    out: list[Token] = []
+    append = out.append
+    for m in _TOKEN_RE.finditer(s):
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "env" or kind == "lr" or kind == "star":
+            text = _SPACE_RE.sub("", text)
+        elif kind == "cs":
+            text = "\\"
+        append(Token(text, m.start(), m.end()))
+    return out
+
+
+def blank_comments(s: str) -> str:
+    """`s` with every `%` comment replaced by spaces of the same length (offsets keep their meaning)."""
+    if "%" not in s:
+        return s
+    return _COMMENT_RE.sub(lambda m: m.group(1) + " " * (len(m.group()) - len(m.group(1))), s)
+
+
+def tokenize(s: str) -> list[str]:
+    """LaTeX source -> list of tokens (see the module docstring for the convention).
+
+    A `%` is kept as a token here (tokenize is lexical); `normalize` drops comments.
+    """
+    tokens = _FIND_RE.findall(s)  # whole matches: the pattern's groups are non-capturing here
+    if _NEEDS_FIX_RE.search(s):
+        tokens = [_fix(t) for t in tokens]
+    return tokens
+
+
+def _fix(t: str) -> str:
+    """Spell a token canonically: control space -> `\\`, no whitespace inside `\\begin {x}`."""
+    if len(t) < 2 or t[0] != "\\":
+        return t
+    if t[1].isspace():
+        return "\\"
+    return "".join(t.split())
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Tokens -> source text, space-joined (the im2latex convention; re-tokenizes to the same list)."""
+    return " ".join(tokens)

@@ -1,0 +1,323 @@
+"""A canonical, space-separated form of a formula, for comparison and for training targets.
+
+Levels (each includes the one before; `normalize(normalize(s, L), L) == normalize(s, L)` at every level):
+
+light
+    tokenization (see `lexer`), single spaces between tokens, `%` comments dropped, outer math
+    wrappers stripped: `$..$`, `$$..$$`, `\\[..\\]`, `\\(..\\)`, `\\begin{equation}..\\end{equation}`
+    (also `equation*`, `displaymath`, `math`).
+standard (the default; what training targets and exact match use)
+    - `a \\over b` -> `\\frac { a } { b }`, `\\choose` -> `\\binom`, `\\atop` / `\\brack` / `\\brace` ->
+      `\\genfrac`, `\\buildrel a \\over b` -> `\\stackrel { a } { b }` (scope: the enclosing group,
+      `\\left..\\right`, environment cell or the whole formula, as in TeX);
+    - old font switches -> commands: `{\\rm x}` -> `\\mathrm { x }`, and `a \\bf b c` -> `a \\mathbf { b c }`
+      (`\\rm \\bf \\it \\cal \\tt \\sf`, `\\mit`/`\\sl` -> `\\mathit`); not inside text-mode arguments;
+    - every argument of a known command and every script is braced: `x^2` -> `x ^ { 2 }`,
+      `\\frac12` -> `\\frac { 1 } { 2 }`, `\\sqrt x` -> `\\sqrt { x }` (delimiters of `\\big` stay bare);
+    - `\\sp` / `\\sb` -> `^` / `_`;  `\\label{..}`, `\\nonumber`, `\\notag` dropped;
+    - leading and trailing spacing (`\\,` `\\;` `\\:` `\\!` `\\ ` `~` `\\quad` `\\qquad` `\\hspace{..}`
+      `\\kern..` ...) and a trailing `\\\\` dropped; a `\\\\` right before `\\end{..}` dropped.
+aggressive (for lenient comparison; lossy: renders may differ slightly)
+    - all spacing commands dropped, also inside the formula; `\\displaystyle` and the other style
+      switches dropped; `\\left` / `\\right` / `\\middle` / `\\big`-family sizes dropped (the delimiter
+      stays; `\\left.` / `\\right.` vanish);
+    - synonyms unified (`commands.SYNONYMS`): `\\le`->`\\leq`, `\\ne`->`\\neq`, `\\to`->`\\rightarrow`,
+      `\\dfrac`/`\\tfrac`/`\\cfrac`->`\\frac`, `\\dbinom`/`\\tbinom`->`\\binom`, `\\lbrace`->`\\{`,
+      `\\vert`->`|`, `\\dots`->`\\ldots`, `--`->`- -` ...; common Unicode symbols -> commands
+      (`α`->`\\alpha`, `≤`->`\\leq`); `\\operatorname { s i n }` -> `\\sin` for named operators;
+    - redundant braces dropped: a script argument that is one token is unbraced (`x ^ { 2 }` ->
+      `x ^ 2`), a bare group around one atom is unwrapped (`{ \\frac { 1 } { 2 } }` -> `\\frac ..`,
+      `{ { m } }` -> `m`), except after an unknown command (which may take it as an argument).
+
+Input that does not parse (unbalanced braces...) is normalized as far as it parses; nothing raises.
+"""
+
+from __future__ import annotations
+
+from texocr.latex import commands as C
+from texocr.latex.lexer import blank_comments, tokenize
+from texocr.latex.parser import Cmd, Delim, Env, Group, Parser, TooDeep, is_left, is_right
+
+LEVELS = ("light", "standard", "aggressive")
+_WRAPPERS = [("\\[", "\\]"), ("\\(", "\\)")] + [
+    (f"\\begin{{{e}}}", f"\\end{{{e}}}") for e in sorted(C.WRAPPER_ENVIRONMENTS)]
+_INFIX = {"\\over": "\\frac", "\\choose": "\\binom", "\\atop": "", "\\brack": "[", "\\brace": "\\{"}
+_CLOSING = {"": "", "[": "]", "\\{": "\\}"}
+_DROP_STANDARD = frozenset({"\\nonumber", "\\notag"})
+_DROP_AGGRESSIVE = C.SPACING | C.STYLES | frozenset({"\\middle", "\\left.", "\\right.", "\\left",
+                                                     "\\right"}) | frozenset(
+    n for n, sig in C.SIGNATURES.items() if sig == "D")
+_NOT_BARE = frozenset({"{", "}", "^", "_", "&", "$", "#", "%", "'", "~", "\\", "\\\\", "\\limits",
+                       "\\nolimits", "\\not"})
+
+
+def normalize(s: str, level: str = "standard") -> str:
+    """Canonical space-separated form of `s` at `level` (`light`, `standard` or `aggressive`)."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown normalization level {level!r}; choose one of {', '.join(LEVELS)}")
+    tokens = strip_wrappers(tokenize(blank_comments(s)))
+    if level == "light":
+        return " ".join(tokens)
+    aggressive = level == "aggressive"
+    tokens = _token_pass(tokens, aggressive)
+    try:
+        tree = Parser(tokens).parse()
+    except TooDeep:
+        return " ".join(tokens)
+    tree = _strip_ends(_list(tree, aggressive, text=False))
+    out: list[str] = []
+    _emit_list(tree, out, aggressive)
+    return " ".join(out)
+
+
+def strip_wrappers(tokens: list[str]) -> list[str]:
+    """Remove outer `$`, `$$`, `\\[ \\]`, `\\( \\)` and equation-environment wrappers (repeatedly)."""
+    while len(tokens) >= 2:
+        first, last = tokens[0], tokens[-1]
+        if first == "$" and last == "$":
+            k = 2 if len(tokens) >= 4 and tokens[1] == "$" and tokens[-2] == "$" else 1
+            if "$" in tokens[k:-k]:
+                break
+            tokens = tokens[k:-k]
+            continue
+        for open_, close in _WRAPPERS:
+            if first == open_ and last == close and open_ not in tokens[1:-1] \
+                    and close not in tokens[1:-1]:
+                tokens = tokens[1:-1]
+                break
+        else:
+            break
+    return tokens
+
+
+def _token_pass(tokens: list[str], aggressive: bool) -> list[str]:
+    """Rewrites that need no structure: spellings, synonyms and (aggressive) dropped tokens."""
+    out: list[str] = []
+    for tok in tokens:
+        tok = C.STANDARD_SYNONYMS.get(tok, tok)
+        if aggressive:
+            tok = C.UNICODE_SYMBOLS.get(tok, tok)
+            if tok not in _DROP_AGGRESSIVE and (is_left(tok) or is_right(tok)):
+                tok = tok[5:] if is_left(tok) else tok[6:]
+            if tok in _DROP_AGGRESSIVE:
+                continue
+            tok = C.SYNONYMS.get(tok, tok)
+            if " " in tok:
+                out.extend(tok.split())
+                continue
+        out.append(tok)
+    return out
+
+
+# --- tree rewrites --------------------------------------------------------------------------------
+def _list(items: list, aggressive: bool, text: bool) -> list:
+    if not text:
+        items = _by_cell(items)
+    out: list = []
+    for x in items:
+        y = _node(x, aggressive, text)
+        if y is not None:
+            out.append(y)
+    if aggressive:
+        out = _unwrap_groups(out)
+    return out
+
+
+def _by_cell(items: list) -> list:
+    """Apply the font-switch and infix rewrites to each `&` / `\\\\` separated cell."""
+    if not any(isinstance(x, str) and (x in C.FONT_SWITCHES or x in _INFIX or x == "\\buildrel")
+               for x in items):
+        return items
+    out: list = []
+    cell: list = []
+    for x in items:
+        if isinstance(x, str) and (x == "&" or x == "\\\\"):
+            out.extend(_infix(_switches(cell)))
+            out.append(x)
+            cell = []
+        else:
+            cell.append(x)
+    out.extend(_infix(_switches(cell)))
+    return out
+
+
+def _switches(cell: list) -> list:
+    for k, x in enumerate(cell):
+        if isinstance(x, str) and x in C.FONT_SWITCHES:
+            body = Group(_switches(cell[k + 1:]))
+            return cell[:k] + [Cmd(C.FONT_SWITCHES[x], [("A", body)], switch=True)]
+    return cell
+
+
+def _infix(cell: list) -> list:
+    for k, x in enumerate(cell):
+        if not (isinstance(x, str) and x in _INFIX):
+            continue
+        if x == "\\over" and "\\buildrel" in cell[:k]:
+            b = cell.index("\\buildrel")
+            above = Group(cell[b + 1:k])
+            below = Group(cell[k + 1:k + 2])
+            return cell[:b] + [Cmd("\\stackrel", [("A", above), ("A", below)])] + _infix(cell[k + 2:])
+        num, den = Group(cell[:k]), Group(_infix(cell[k + 1:]))
+        if x in ("\\over", "\\choose"):
+            return [Cmd(_INFIX[x], [("A", num), ("A", den)])]
+        left = _INFIX[x]
+        args = [Group([left] if left else []), Group([_CLOSING[left]] if left else []),
+                Group(["0", "p", "t"]), Group([]), num, den]
+        return [Cmd("\\genfrac", [("A", a) for a in args])]
+    return cell
+
+
+def _node(x, aggressive: bool, text: bool):
+    """The rewritten node, or None when it is dropped."""
+    if isinstance(x, str):
+        return None if x in _DROP_STANDARD else x
+    if isinstance(x, Group):
+        x.items = _list(x.items, aggressive, text)
+        if x.closed and len(x.items) == 1 and isinstance(x.items[0], Cmd) and x.items[0].switch:
+            return x.items[0]  # `{\rm x}` -> `\mathrm{x}`, not `{\mathrm{x}}`
+        return x
+    if isinstance(x, Delim):
+        x.items = _list(x.items, aggressive, text)
+        return x
+    if isinstance(x, Env):
+        x.args = _args(x.args, aggressive, text=True)
+        x.items = _list(x.items, aggressive, text)
+        if x.end is not None:
+            while x.items and x.items[-1] == "\\\\":
+                x.items.pop()
+        return x
+    # Cmd
+    if x.name == "\\label" or (aggressive and x.name in C.SPACING_WITH_ARGS):
+        return None
+    if aggressive and x.name == "\\operatorname":
+        name = _operator_name(x)
+        if name:
+            return name
+    x.args = _args(x.args, aggressive, text or x.name in C.TEXT_ARG_COMMANDS)
+    return x
+
+
+def _args(args: list, aggressive: bool, text: bool) -> list:
+    out = []
+    for kind, value in args:
+        if kind == "A" and value is not None:
+            value = _node(value, aggressive, text)
+            if value is None:
+                value = Group([])
+        elif kind == "O" and value is not None:
+            value = _list(value, aggressive, text)
+        out.append((kind, value))
+    return out
+
+
+def _operator_name(cmd: Cmd) -> str | None:
+    arg = cmd.args[0][1]
+    if isinstance(arg, Group) and arg.closed and all(isinstance(t, str) for t in arg.items):
+        name = "".join(arg.items)
+        if name in C.NAMED_OPERATORS:
+            return "\\" + name
+    return None
+
+
+def _unwrap_groups(items: list) -> list:
+    """Aggressive: replace a bare `{ atom }` by the atom where that cannot change the parse."""
+    out: list = []
+    for x in items:
+        if isinstance(x, Group) and x.closed and len(x.items) == 1 and _is_atom(x.items[0]):
+            prev = out[-1] if out else None
+            if not (isinstance(prev, str) and prev.startswith("\\") and prev not in C.KNOWN_COMMANDS):
+                out.append(x.items[0])
+                continue
+        out.append(x)
+    return out
+
+
+def _is_atom(x) -> bool:
+    if isinstance(x, str):
+        return _is_bare_token(x) and not (x.startswith("\\") and x not in C.KNOWN_COMMANDS)
+    if isinstance(x, Cmd):
+        return x.name not in ("^", "_") and all(v is not None for k, v in x.args if k == "A")
+    if isinstance(x, Delim):
+        return x.close is not None
+    if isinstance(x, Env):
+        return x.end is not None
+    return False
+
+
+def _is_bare_token(t: str) -> bool:
+    """A token that may stand unbraced as a script argument."""
+    if t in _NOT_BARE:
+        return False
+    if len(t) == 1:
+        return True
+    return t[0] == "\\" and t[1:].isalpha() and t not in C.FONT_SWITCHES and t not in _INFIX
+
+
+def _strip_ends(items: list) -> list:
+    """Drop leading/trailing spacing and a trailing `\\\\` of the whole formula."""
+    def spacing(x) -> bool:
+        return (isinstance(x, str) and x in C.SPACING) or (
+            isinstance(x, Cmd) and x.name in C.SPACING_WITH_ARGS)
+    while items and spacing(items[0]):
+        items = items[1:]
+    while items and (spacing(items[-1]) or items[-1] == "\\\\"):
+        items = items[:-1]
+    return items
+
+
+# --- output ---------------------------------------------------------------------------------------
+def _emit_list(items: list, out: list[str], aggressive: bool) -> None:
+    for x in items:
+        _emit(x, out, aggressive)
+
+
+def _emit(x, out: list[str], aggressive: bool) -> None:
+    if isinstance(x, str):
+        out.append(x)
+    elif isinstance(x, Group):
+        out.append("{")
+        _emit_list(x.items, out, aggressive)
+        if x.closed:
+            out.append("}")
+    elif isinstance(x, Delim):
+        out.append(x.open)
+        _emit_list(x.items, out, aggressive)
+        if x.close is not None:
+            out.append(x.close)
+    elif isinstance(x, Env):
+        out.append(x.begin)
+        _emit_args(x.args, out, aggressive, script=False)
+        _emit_list(x.items, out, aggressive)
+        if x.end is not None:
+            out.append(x.end)
+    else:
+        out.append(x.name)
+        _emit_args(x.args, out, aggressive, script=x.name in ("^", "_"))
+
+
+def _emit_args(args: list, out: list[str], aggressive: bool, script: bool) -> None:
+    for kind, value in args:
+        if value is None:
+            continue
+        if kind == "A":
+            if aggressive and script:
+                bare = value.items[0] if (isinstance(value, Group) and value.closed
+                                          and len(value.items) == 1) else value
+                if isinstance(bare, str) and _is_bare_token(bare):
+                    out.append(bare)
+                    continue
+            if isinstance(value, Group):
+                _emit(value, out, aggressive)
+            else:
+                out.append("{")
+                _emit(value, out, aggressive)
+                out.append("}")
+        elif kind == "O":
+            out.append("[")
+            _emit_list(value, out, aggressive)
+            out.append("]")
+        elif kind == "L":
+            out.extend(value)
+        else:  # S, D
+            out.append(value)
