@@ -22,12 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("stats", help="counts, image sizes, label lengths and token vocabulary of a data set")
     s.add_argument("data", help="a data source (folder, InkML folder, hf:<id>, preset)")
+    s.add_argument("--split", help="a split (HF split, <split>/ subfolder, or rows whose split field matches)")
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    s.add_argument("--skipped", metavar="FILE", help="also write the skipped rows (id, reason, detail) as JSONL")
 
     o = sub.add_parser("overlap", help="exact and normalized label overlap between two data sets")
     o.add_argument("train")
     o.add_argument("test")
+    o.add_argument("--train-split")
+    o.add_argument("--test-split")
     o.add_argument("--json", action="store_true")
     o.add_argument("--show", type=int, default=10, help="print this many overlapping labels")
 
