@@ -47,6 +47,8 @@ _DROP_STANDARD = frozenset({"\\nonumber", "\\notag"})
 _DROP_AGGRESSIVE = C.SPACING | C.STYLES | frozenset({"\\middle", "\\left.", "\\right.", "\\left",
                                                      "\\right"}) | frozenset(
     n for n, sig in C.SIGNATURES.items() if sig == "D")
+_CELL_TRIGGERS = frozenset(C.FONT_SWITCHES) | frozenset(_INFIX) | {"\\buildrel"}
+_REWRITE_TRIGGERS = _DROP_STANDARD | {"\\label", "\\\\"}
 _NOT_BARE = frozenset({"{", "}", "^", "_", "&", "$", "#", "%", "'", "~", "\\", "\\\\", "\\limits",
                        "\\nolimits", "\\not"})
 
@@ -64,7 +66,10 @@ def normalize(s: str, level: str = "standard") -> str:
         tree = Parser(tokens).parse()
     except TooDeep:
         return " ".join(tokens)
-    tree = _strip_ends(_list(tree, aggressive, text=False))
+    cells = not _CELL_TRIGGERS.isdisjoint(tokens)
+    if aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens):  # else only bracing is left
+        tree = _list(tree, aggressive, text=not cells)
+    tree = _strip_ends(tree)
     out: list[str] = []
     _emit_list(tree, out, aggressive)
     return " ".join(out)
@@ -92,6 +97,8 @@ def strip_wrappers(tokens: list[str]) -> list[str]:
 
 def _token_pass(tokens: list[str], aggressive: bool) -> list[str]:
     """Rewrites that need no structure: spellings, synonyms and (aggressive) dropped tokens."""
+    if not aggressive and C.STANDARD_SYNONYMS.keys().isdisjoint(tokens):
+        return tokens
     out: list[str] = []
     for tok in tokens:
         tok = C.STANDARD_SYNONYMS.get(tok, tok)
@@ -111,10 +118,15 @@ def _token_pass(tokens: list[str], aggressive: bool) -> list[str]:
 
 # --- tree rewrites --------------------------------------------------------------------------------
 def _list(items: list, aggressive: bool, text: bool) -> list:
+    """Rewrite a list; `text` also means "no cell rewrites needed" (text mode or no trigger token)."""
     if not text:
         items = _by_cell(items)
     out: list = []
     for x in items:
+        if type(x) is str:
+            if x not in _DROP_STANDARD:
+                out.append(x)
+            continue
         y = _node(x, aggressive, text)
         if y is not None:
             out.append(y)
@@ -125,8 +137,7 @@ def _list(items: list, aggressive: bool, text: bool) -> list:
 
 def _by_cell(items: list) -> list:
     """Apply the font-switch and infix rewrites to each `&` / `\\\\` separated cell."""
-    if not any(isinstance(x, str) and (x in C.FONT_SWITCHES or x in _INFIX or x == "\\buildrel")
-               for x in items):
+    if all(type(x) is not str or x not in _CELL_TRIGGERS for x in items):
         return items
     out: list = []
     cell: list = []
@@ -269,7 +280,10 @@ def _strip_ends(items: list) -> list:
 # --- output ---------------------------------------------------------------------------------------
 def _emit_list(items: list, out: list[str], aggressive: bool) -> None:
     for x in items:
-        _emit(x, out, aggressive)
+        if type(x) is str:
+            out.append(x)
+        else:
+            _emit(x, out, aggressive)
 
 
 def _emit(x, out: list[str], aggressive: bool) -> None:

@@ -20,6 +20,8 @@ MAX_DEPTH = 100  # nesting deeper than this is reported, not parsed (keeps recur
 _SCRIPTS = frozenset({"^", "_"})
 _SEPARATORS = frozenset({"&", "\\\\"})
 _NOT_AN_ARGUMENT = _SCRIPTS | _SEPARATORS | {"}"}
+_SPECIAL_FIRST = frozenset("\\{}^_&'")
+_STRUCTURAL_PREFIXES = ("\\right", "\\end{", "\\left", "\\begin{", "\\\\")
 _DIMENSION_UNITS = frozenset("pt em ex mu cm mm in pc bp dd cc sp".split())
 
 
@@ -147,10 +149,33 @@ class Parser:
         if self.depth > MAX_DEPTH:
             raise TooDeep
         items: list = []
+        append = items.append
         t = self.t
         sup = sub = False
-        while self.i < stop:
-            tok = t[self.i]
+        signatures = SIGNATURES
+        while True:
+            # Fast path: a run of plain tokens (characters, symbol commands) needs no structure.
+            i = self.i
+            while i < stop:
+                tok = t[i]
+                if tok[0] in _SPECIAL_FIRST:
+                    if tok[0] != "\\" or tok in signatures or tok.startswith(_STRUCTURAL_PREFIXES):
+                        break
+                    if tok == "\\limits" or tok == "\\nolimits":  # they keep the scripts' base
+                        append(tok)
+                        i += 1
+                        continue
+                append(tok)
+                i += 1
+                sup = sub = False
+            self.i = i
+            if i >= stop:
+                break
+            sig = signatures.get(tok)
+            if sig is not None:
+                append(self.parse_command(tok, sig, stop))
+                sup = sub = False
+                continue
             if tok == "}":
                 if kind == "{":
                     return self._done(items, "closed")
@@ -260,13 +285,19 @@ class Parser:
 
     def _open(self, stop: int, kind: str, env: str | None = None) -> tuple[list, str]:
         self.list_starts.append(self.end_of(self.i - 1))
-        try:
-            return self.parse_list(kind, stop, env)
-        finally:
-            self.list_starts.pop()
+        result = self.parse_list(kind, stop, env)
+        self.list_starts.pop()  # (after TooDeep the parser is dropped, so no try/finally)
+        return result
 
     def parse_group(self, stop: int) -> Group:
         start = self.i
+        t = self.t
+        j = start + 1
+        while j < stop and t[j][0] not in _SPECIAL_FIRST:  # fast path: `{ 2 }`, `{ i j }`
+            j += 1
+        if j < stop and t[j] == "}":
+            self.i = j + 1
+            return Group(t[start + 1:j])
         self.i += 1
         self.open_braces += 1
         items, status = self._open(stop, "{")
