@@ -61,7 +61,7 @@ def _pick_split(available: list[str], split: str, where: str) -> str:
 
 def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
     if wanted:
-        if wanted not in columns:
+        if columns and wanted not in columns:  # a streamed hub data set may not list its columns up front
             raise TexocrError(f"{where}: no {what} column {wanted!r}; columns: {', '.join(columns)}")
         return wanted
     lower = {c.lower(): c for c in columns}

@@ -141,7 +141,7 @@ def rasterize(
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     ink_w, ink_h = float(hi[0] - lo[0]), float(hi[1] - lo[1])
     inner_h, inner_w = max(1, height - 2 * margin), max(1, max_width - 2 * margin)
-    # a flat ink (`-`, `\\cdots`) has no height to scale by: treat it as at least 1/16 as tall as wide
+    # a flat ink (`-`, `\cdots`) has no height to scale by: treat it as at least 1/16 as tall as wide
     eff_h = max(ink_h, ink_w / 16)
     candidates = [inner_h / eff_h if eff_h > 0 else float("inf"), inner_w / ink_w if ink_w > 0 else float("inf")]
     scale = min(candidates)
