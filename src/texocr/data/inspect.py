@@ -18,7 +18,7 @@ import logging
 import statistics
 from collections import Counter
 from itertools import islice
-from typing import Any
+from typing import Any, Iterator
 
 from texocr.latex import normalize, tokenize
 
@@ -56,7 +56,7 @@ def compute_stats(spec: str, *, split: str | None = None, limit: int | None = No
             widths.append(sample.image.width)
             heights.append(sample.image.height)
             labels.append(sample.latex)
-        skipped = list(src.skipped)
+        skipped = list(getattr(src, "skipped", []))  # (a synthetic source may keep no such list)
         text_only = not labels and bool(skipped) and all(s.reason == "missing_image" for s in skipped)
         if text_only:  # a formula list: label statistics are still worth having
             labels = [latex for _, latex in islice(src.labels(), limit)]
@@ -129,13 +129,18 @@ def _safe_normalize(latex: str) -> str:
         return " ".join(tokenize(latex))
 
 
+def _labels(src: Any) -> Iterator[tuple[str, str]]:
+    """`(id, latex)` pairs; sources without a labels-only path (synthetic) are iterated in full."""
+    return src.labels() if hasattr(src, "labels") else ((s.id, s.latex) for s in src)
+
+
 def compute_overlap(train: str, test: str, *, train_split: str | None = None, test_split: str | None = None,
                     show: int = 10) -> dict[str, Any]:
     """How many TEST rows have a label that also appears in TRAIN, exactly and after normalization."""
     from texocr.data.sources import open_source
 
-    train_labels = [lab for _, lab in open_source(train, split=train_split).labels()]
-    test_rows = list(open_source(test, split=test_split).labels())
+    train_labels = [lab for _, lab in _labels(open_source(train, split=train_split))]
+    test_rows = list(_labels(open_source(test, split=test_split)))
     exact_set = set(train_labels)
     norm_set = {_safe_normalize(lab) for lab in train_labels}
     exact_hits = [(rid, lab) for rid, lab in test_rows if lab in exact_set]
