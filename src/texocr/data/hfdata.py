@@ -11,11 +11,19 @@ corrupt image skips its row instead of breaking the whole stream.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from texocr.data.sources import IMAGE_KEYS, TEXT_KEYS, Row, Skipped, Source, canonical_split
+from texocr.data.sources import (
+    IMAGE_KEYS,
+    TEXT_KEYS,
+    Row,
+    Skipped,
+    Source,
+    canonical_split,
+)
 from texocr.errors import TexocrError
 
 

@@ -112,9 +112,7 @@ def _to_rgb(img):  # PIL.Image -> PIL.Image in mode RGB
         return _scale_to_8bit(img).convert("RGB")
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "PA", "La", "RGBa"):
-        img = img.convert("RGBA")
-    elif mode == "L" and "transparency" in img.info:
+    elif mode in ("LA", "PA", "La", "RGBa") or mode == "L" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))

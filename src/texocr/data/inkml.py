@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from texocr.data.sources import Row, Skipped, Source, canonical_split
 from texocr.errors import TexocrError

@@ -17,8 +17,9 @@ import json
 import logging
 import statistics
 from collections import Counter
+from collections.abc import Iterator
 from itertools import islice
-from typing import Any, Iterator
+from typing import Any
 
 from texocr.latex import normalize, tokenize
 
@@ -105,8 +106,8 @@ def format_stats(st: dict[str, Any]) -> str:
     def fmt(s: dict[str, float] | None) -> str:
         return "-" if s is None else f"min {s['min']}  median {s['median']:g}  max {s['max']}"
 
-    lines = [f"{st['data']}{' [' + st['split'] + ']' if st['split'] else ''}: {st['samples']} samples, "
-             f"{st['skipped']} skipped"]
+    lines = [(f"{st['data']}{' [' + st['split'] + ']' if st['split'] else ''}: {st['samples']} samples, "
+             f"{st['skipped']} skipped")]
     if st["skipped"]:
         lines.append("skipped: " + ", ".join(f"{r} {n}" for r, n in st["skipped_by_reason"].items()))
     if st["text_only"]:

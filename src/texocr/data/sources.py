@@ -22,10 +22,11 @@ import csv
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from texocr.errors import TexocrError
 from texocr.sample import Sample, Skipped
@@ -84,13 +85,11 @@ class Source:
         return self.num_rows
 
     def __iter__(self) -> Iterator[Sample]:
-        for item in self._checked(with_images=True):
-            yield item  # type: ignore[misc]
+        yield from self._checked(with_images=True)  # type: ignore[misc]
 
     def labels(self) -> Iterator[tuple[str, str]]:
         """`(id, latex)` of every row with a usable label, without loading any image."""
-        for item in self._checked(with_images=False):
-            yield item  # type: ignore[misc]
+        yield from self._checked(with_images=False)  # type: ignore[misc]
 
     def _checked(self, with_images: bool) -> Iterator[Sample | tuple[str, str]]:
         self.skipped = []  # a new pass (a new epoch) counts afresh
