@@ -261,9 +261,17 @@ def test_unknown_specs() -> None:
         open_source("  ")
 
 
-def test_folder_without_labels(tmp_path: Path) -> None:
+def test_folder_without_labels_or_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save(formula(), tmp_path / "a.png")
     with pytest.raises(TexocrError, match="no labels.jsonl"):
+        open_source(str(tmp_path))
+    (tmp_path / "labels.jsonl").write_text("")
+
+    def denied(path: Path, split: str | None) -> None:  # the tests run as root: fake the permission error
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("texocr.data.sources._read_jsonl", denied)
+    with pytest.raises(TexocrError, match="cannot read .*labels.jsonl: Permission denied"):
         open_source(str(tmp_path))
 
 

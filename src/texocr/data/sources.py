@@ -356,7 +356,10 @@ def open_source(spec: str, cfg: Any = None, *, split: str | None = None) -> Sour
     if path.is_dir() and hfdata.is_saved_dataset(path):
         return hfdata.open_hf("hf:" + spec, cfg, split, loaders)
     if path.exists():
-        return _folder(spec, path, split, loaders, cfg)
+        try:
+            return _folder(spec, path, split, loaders, cfg)
+        except OSError as e:  # an unreadable labels file or folder
+            raise TexocrError(f"{spec}: cannot read {e.filename or 'the data set'}: {e.strerror or e}") from None
     hint = " (a Hugging Face id needs the hf: prefix)" if spec.count("/") == 1 and not spec.startswith((".", "/")) else ""
     raise TexocrError(f"data source {spec!r} not found: no such file or folder{hint}; "
                       f"presets: {', '.join(hfdata.PRESETS)}; or 'synthetic'")
