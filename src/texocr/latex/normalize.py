@@ -29,14 +29,16 @@ aggressive (for lenient comparison; lossy: renders may differ slightly)
       `x ^ 2`), a bare group around one atom is unwrapped (`{ \\frac { 1 } { 2 } }` -> `\\frac ..`,
       `{ { m } }` -> `m`), except after an unknown command (which may take it as an argument).
 
-Input that does not parse (unbalanced braces...) is normalized as far as it parses; nothing raises.
+Input with an unclosed brace, `\\left` or environment gets only the token-level part of its level
+(spellings, synonyms, dropped tokens: no tree rewrites), so it stays recognizably broken; stray
+closers are kept in place. Nothing raises.
 """
 
 from __future__ import annotations
 
 from texocr.latex import commands as C
 from texocr.latex.lexer import blank_comments, tokenize
-from texocr.latex.parser import Cmd, Delim, Env, Group, Parser, TooDeep, is_left, is_right
+from texocr.latex.parser import Cmd, Delim, Env, Group, Parser, TooDeep, is_closer, is_left, is_right
 
 LEVELS = ("light", "standard", "aggressive")
 _WRAPPERS = [("\\[", "\\]"), ("\\(", "\\)")] + [
@@ -62,9 +64,12 @@ def normalize(s: str, level: str = "standard") -> str:
         return " ".join(tokens)
     aggressive = level == "aggressive"
     tokens = _token_pass(tokens, aggressive)
+    parser = Parser(tokens)
     try:
-        tree = Parser(tokens).parse()
+        tree = parser.parse()
     except TooDeep:
+        return " ".join(tokens)
+    if parser.unclosed:  # an unclosed node would swallow the braces that rewrites add
         return " ".join(tokens)
     cells = not _CELL_TRIGGERS.isdisjoint(tokens)
     if aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens):  # else only bracing is left
@@ -72,6 +77,8 @@ def normalize(s: str, level: str = "standard") -> str:
     tree = _strip_ends(tree)
     out: list[str] = []
     _emit_list(tree, out, aggressive)
+    if len(strip_wrappers(out)) < len(out):  # `$ x \, $`: a wrapper shows once spacing is gone
+        return normalize(" ".join(out), level)
     return " ".join(out)
 
 
@@ -142,14 +149,27 @@ def _by_cell(items: list) -> list:
     out: list = []
     cell: list = []
     for x in items:
-        if isinstance(x, str) and (x == "&" or x == "\\\\"):
-            out.extend(_infix(_switches(cell)))
+        # a stray closer is kept in place: bounding the cell keeps it out of the new groups
+        if isinstance(x, str) and (x == "&" or x == "\\\\" or is_closer(x)):
+            out.extend(_infix(_switches(_buildrel(cell))))
             out.append(x)
             cell = []
         else:
             cell.append(x)
-    out.extend(_infix(_switches(cell)))
+    out.extend(_infix(_switches(_buildrel(cell))))
     return out
+
+
+def _buildrel(cell: list) -> list:
+    """`\\buildrel a \\over b` -> `\\stackrel{a}{b}` (first: its `\\over` is not a fraction)."""
+    while "\\buildrel" in cell:
+        b = cell.index("\\buildrel")
+        k = next((j for j in range(b + 1, len(cell)) if cell[j] == "\\over"), None)
+        if k is None:
+            break
+        above, below = Group(cell[b + 1:k]), Group(cell[k + 1:k + 2])
+        cell = cell[:b] + [Cmd("\\stackrel", [("A", above), ("A", below)])] + cell[k + 2:]
+    return cell
 
 
 def _switches(cell: list) -> list:
@@ -164,11 +184,6 @@ def _infix(cell: list) -> list:
     for k, x in enumerate(cell):
         if not (isinstance(x, str) and x in _INFIX):
             continue
-        if x == "\\over" and "\\buildrel" in cell[:k]:
-            b = cell.index("\\buildrel")
-            above = Group(cell[b + 1:k])
-            below = Group(cell[k + 1:k + 2])
-            return cell[:b] + [Cmd("\\stackrel", [("A", above), ("A", below)])] + _infix(cell[k + 2:])
         num, den = Group(cell[:k]), Group(_infix(cell[k + 1:]))
         if x in ("\\over", "\\choose"):
             return [Cmd(_INFIX[x], [("A", num), ("A", den)])]
@@ -213,6 +228,8 @@ def _args(args: list, aggressive: bool, text: bool) -> list:
     out = []
     for kind, value in args:
         if kind == "A" and value is not None:
+            if not isinstance(value, Group):
+                value = Group([value])  # as it will be written: `\\hat x` -> `\\hat { x }`
             value = _node(value, aggressive, text)
             if value is None:
                 value = Group([])

@@ -90,7 +90,8 @@ def is_right(tok: str) -> bool:
     return tok.startswith("\\right") and (len(tok) == 6 or not tok[6].isalpha())
 
 
-def _is_closer(tok: str) -> bool:
+def is_closer(tok: str) -> bool:
+    """`}`, `\\right..` or `\\end{..}`."""
     return tok == "}" or tok.startswith("\\end{") or is_right(tok)
 
 
@@ -113,6 +114,7 @@ class Parser:
         self.envs: list[str] = []
         self.depth = 0
         self.problems: list[Problem] = []
+        self.unclosed = False  # some group, \left or environment runs to the end unclosed
         # Character offset where the current cell of each open list begins (after its opener or
         # after the last `&` / `\\\\` at that level): where a missing `\\left.` goes.
         self.list_starts: list[int] = [self.pos(0) if self.n else 0]
@@ -279,7 +281,7 @@ class Parser:
         if self.i >= stop:
             return None
         tok = self.t[self.i]
-        if tok in _NOT_AN_ARGUMENT or _is_closer(tok):
+        if tok in _NOT_AN_ARGUMENT or is_closer(tok):
             return None
         return self.parse_item(stop)
 
@@ -305,6 +307,7 @@ class Parser:
         if status == "closed":
             self.i += 1
             return Group(items)
+        self.unclosed = True
         self.problem("unclosed_brace", "an opening brace is never closed", self.pos(start),
                      self.insert(self.i, "}"))
         return Group(items, closed=False)
@@ -326,6 +329,7 @@ class Parser:
                              Fix(self.end_of(self.i), self.end_of(self.i), "."))
             self.i += 1
             return Delim(tok, items, close)
+        self.unclosed = True
         self.problem("unclosed_left", f"{tok} without a matching \\right", self.pos(start),
                      self.insert(self.i, "\\right. " if self.i < self.n else " \\right."))
         return Delim(tok, items, None)
@@ -343,6 +347,7 @@ class Parser:
             end = self.t[self.i]
             self.i += 1
             return Env(tok, name, args, items, end)
+        self.unclosed = True
         self.problem("unclosed_env", f"{tok} without \\end{{{name}}}", self.pos(start),
                      self.insert(self.i, f"\\end{{{name}}} " if self.i < self.n else f" \\end{{{name}}}"))
         return Env(tok, name, args, items, None)
