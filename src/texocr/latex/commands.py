@@ -199,10 +199,15 @@ UNICODE_SYMBOLS: dict[str, str] = {
     "∫": "\\int", "√": "\\sqrt", "→": "\\rightarrow", "←": "\\leftarrow", "⇒": "\\Rightarrow",
     "⇔": "\\Leftrightarrow", "∈": "\\in", "∉": "\\notin", "⊂": "\\subset", "⊆": "\\subseteq",
     "∪": "\\cup", "∩": "\\cap", "∀": "\\forall", "∃": "\\exists", "∅": "\\emptyset",
-    "…": "\\ldots", "⋯": "\\cdots", "′": "\\prime", "∘": "\\circ", "⊗": "\\otimes", "⊕": "\\oplus",
+    "…": "\\ldots", "⋯": "\\cdots", "′": "'", "″": "' '", "∘": "\\circ", "⊗": "\\otimes", "⊕": "\\oplus",
     "⟨": "\\langle", "⟩": "\\rangle", "ℏ": "\\hbar", "ℓ": "\\ell", "∼": "\\sim", "≃": "\\simeq",
     "∝": "\\propto", "⊥": "\\perp", "∥": "\\parallel", "°": "^ { \\circ }",
 }
+
+# `\not X` spelled as one command (aggressive level).
+NEGATED = {"=": "\\neq", "\\in": "\\notin", "<": "\\nless", ">": "\\ngtr", "\\leq": "\\nleq",
+           "\\geq": "\\ngeq", "\\subseteq": "\\nsubseteq", "\\supseteq": "\\nsupseteq",
+           "\\sim": "\\nsim", "\\cong": "\\ncong", "\\mid": "\\nmid", "\\parallel": "\\nparallel"}
 
 # \operatorname{...} spellings of operators that have their own command (aggressive level).
 NAMED_OPERATORS = frozenset(w[1:] for w in LOG_LIKE)

@@ -25,6 +25,8 @@ aggressive (for lenient comparison; lossy: renders may differ slightly)
       `\\dfrac`/`\\tfrac`/`\\cfrac`->`\\frac`, `\\dbinom`/`\\tbinom`->`\\binom`, `\\lbrace`->`\\{`,
       `\\vert`->`|`, `\\dots`->`\\ldots`, `--`->`- -` ...; common Unicode symbols -> commands
       (`α`->`\\alpha`, `≤`->`\\leq`); `\\operatorname { s i n }` -> `\\sin` for named operators;
+      `\\not =` -> `\\neq` (`commands.NEGATED`); primes become superscripts: `f''` -> `f ^ { \\prime \\prime }`,
+      `f'^2` -> `f ^ { \\prime 2 }`;
     - redundant braces dropped: a script argument that is one token is unbraced (`x ^ { 2 }` ->
       `x ^ 2`), a bare group around one atom is unwrapped (`{ \\frac { 1 } { 2 } }` -> `\\frac ..`,
       `{ { m } }` -> `m`), except after an unknown command (which may take it as an argument).
@@ -108,17 +110,22 @@ def _token_pass(tokens: list[str], aggressive: bool) -> list[str]:
         return tokens
     out: list[str] = []
     for tok in tokens:
-        tok = C.STANDARD_SYNONYMS.get(tok, tok)
         if aggressive:
             tok = C.UNICODE_SYMBOLS.get(tok, tok)
             if tok not in _DROP_AGGRESSIVE and (is_left(tok) or is_right(tok)):
                 tok = tok[5:] if is_left(tok) else tok[6:]
             if tok in _DROP_AGGRESSIVE:
                 continue
+            tok = C.STANDARD_SYNONYMS.get(tok, tok)
             tok = C.SYNONYMS.get(tok, tok)
             if " " in tok:
                 out.extend(tok.split())
                 continue
+            if out and out[-1] == "\\not" and tok in C.NEGATED:
+                out[-1] = C.NEGATED[tok]
+                continue
+        else:
+            tok = C.STANDARD_SYNONYMS.get(tok, tok)
         out.append(tok)
     return out
 
@@ -138,6 +145,8 @@ def _list(items: list, aggressive: bool, text: bool) -> list:
         if y is not None:
             out.append(y)
     if aggressive:
+        if "'" in out:
+            out = _primes(out)
         out = _unwrap_groups(out)
     return out
 
@@ -246,6 +255,31 @@ def _operator_name(cmd: Cmd) -> str | None:
         if name in C.NAMED_OPERATORS:
             return "\\" + name
     return None
+
+
+def _primes(items: list) -> list:
+    """Aggressive: `x''` -> `x ^ { \\prime \\prime }`, merged with a following superscript (as TeX does)."""
+    out: list = []
+    i, n = 0, len(items)
+    while i < n:
+        if items[i] != "'":
+            out.append(items[i])
+            i += 1
+            continue
+        k = i
+        while k < n and items[k] == "'":
+            k += 1
+        primes = ["\\prime"] * (k - i)
+        nxt = items[k] if k < n else None
+        if isinstance(nxt, Cmd) and nxt.name == "^" and nxt.args[0][1] is not None:
+            arg = nxt.args[0][1]
+            rest = arg.items if isinstance(arg, Group) and arg.closed else [arg]
+            out.append(Cmd("^", [("A", Group(primes + rest))]))
+            i = k + 1
+        else:
+            out.append(Cmd("^", [("A", Group(primes))]))
+            i = k
+    return out
 
 
 def _unwrap_groups(items: list) -> list:
