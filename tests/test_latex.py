@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,9 @@ def test_normalize_standard(src, expected):
     ("α ≤ β", r"\alpha \leq \beta"),
     (r"x^{--}", "x ^ { - - }"),
     (r"\foo { x }", r"\foo { x }"),  # an unknown command may take the group as its argument
+    (r"f''(x) + g'^2", r"f ^ { \prime \prime } ( x ) + g ^ { \prime 2 }"),
+    (r"x^{\prime}", r"x ^ \prime"),
+    (r"a \not= b \not\in C", r"a \neq b \notin C"),
 ])
 def test_normalize_aggressive(src, expected):
     assert normalize(src, "aggressive") == expected
@@ -132,6 +137,19 @@ def test_normalize_levels_agree_on_equivalent_spellings():
 def test_normalize_rejects_unknown_level():
     with pytest.raises(ValueError, match="light, standard, aggressive"):
         normalize("x", "extreme")
+
+
+def test_normalize_leaves_unclosed_input_recognizably_broken():
+    # no tree rewrites on unclosed input: a rewrite's new braces would be swallowed
+    assert normalize(r"x^2 + \frac{a") == r"x ^ 2 + \frac { a"
+    assert normalize(r"\frac{a") != normalize(r"\frac{a}")
+    assert normalize(r"a } + {1 \over 2}") == r"a } + { \frac { 1 } { 2 } }"  # a stray closer stays
+
+
+def test_import_is_stdlib_only():
+    code = "import sys, texocr.latex; print(sorted({'PIL', 'torch', 'numpy'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
 
 
 def test_normalize_unbalanced_input_does_not_raise():

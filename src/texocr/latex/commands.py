@@ -113,7 +113,7 @@ BIG_OPERATORS = _words("""sum prod coprod int oint iint iiint iiiint idotsint oi
     smallint bigcap bigcup bigsqcup bigvee bigwedge bigodot bigotimes bigoplus biguplus""")
 LOG_LIKE = _words("""arccos arcsin arctan arg cos cosh cot coth csc deg det dim exp gcd hom inf ker lg
     lim liminf limsup ln log max min Pr sec sin sinh sup tan tanh injlim projlim varliminf
-    varlimsup varinjlim varprojlim sgn tr Tr""")
+    varlimsup varinjlim varprojlim""")
 DELIMITERS = _words("""langle rangle lbrace rbrace lbrack rbrack vert Vert lvert rvert lVert rVert
     lfloor rfloor lceil rceil backslash lgroup rgroup lmoustache rmoustache arrowvert Arrowvert
     bracevert ulcorner urcorner llcorner lrcorner llbracket rrbracket""")
@@ -123,8 +123,8 @@ MISC_SYMBOLS = _words("""infty partial nabla forall exists nexists emptyset varn
     surd triangle triangledown vartriangle blacktriangle blacktriangledown square Box blacksquare
     lozenge blacklozenge bigstar checkmark maltese complement eth Finv Game circledS diagup
     diagdown ldots cdots vdots ddots dots dotsc dotsb dotsm dotsi dotso iddots mathellipsis
-    cdotp ldotp colon S P pounds dollar copyright yen euro degree textdegree AA aa AE ae OE oe O o
-    L l ss i j Diamond varspadesuit varheartsuit vardiamondsuit varclubsuit minus""")
+    cdotp ldotp colon S P pounds copyright yen degree textdegree hdots AA aa AE ae OE oe O o
+    L l ss i j Diamond varspadesuit varheartsuit vardiamondsuit varclubsuit""")
 ACCENTS_TEXT = frozenset({"\\'", '\\"', "\\^", "\\~", "\\=", "\\.", "\\`", "\\u", "\\v", "\\H",
                           "\\c", "\\d", "\\b", "\\t", "\\r", "\\k"})
 FONT_SWITCHES = {  # old-style switches and the command that replaces `{\rm x}`

@@ -183,10 +183,8 @@ class Parser:
                     return self._done(items, "closed")
                 if self.open_braces:
                     return self._done(items, "outer")
-                self.problem("unmatched_brace", "a closing brace with no opening brace",
-                             self.pos(self.i), self.delete(self.i))
-                items.append(tok)
-                self.i += 1
+                self._stray(items, "unmatched_brace", "a closing brace with no opening brace",
+                            self.delete(self.i))
                 sup = sub = False
                 continue
             if tok[0] == "\\" and is_right(tok):
@@ -194,10 +192,9 @@ class Parser:
                     return self._done(items, "closed")
                 if self.open_delims:
                     return self._done(items, "outer")
-                self.problem("unmatched_right", f"{tok} without a matching \\left", self.pos(self.i),
-                             self._list_start_fix(items, "\\left. "))
-                items.append(tok)
-                self.i += 1
+                start = self.list_starts[-1]  # a `\\left.` opens the current list (or cell)
+                self._stray(items, "unmatched_right", f"{tok} without a matching \\left",
+                            Fix(start, start, "\\left. "))
                 sup = sub = False
                 continue
             if tok.startswith("\\end{"):
@@ -212,10 +209,8 @@ class Parser:
                     return self._done(items, "closed")
                 if self.envs:
                     return self._done(items, "outer")
-                self.problem("unmatched_end", f"{tok} without a matching \\begin", self.pos(self.i),
-                             self.delete(self.i))
-                items.append(tok)
-                self.i += 1
+                self._stray(items, "unmatched_end", f"{tok} without a matching \\begin",
+                            self.delete(self.i))
                 sup = sub = False
                 continue
             if tok in _SCRIPTS:
@@ -255,10 +250,11 @@ class Parser:
         self.depth -= 1
         return items, status
 
-    def _list_start_fix(self, items: list, text: str) -> Fix:
-        """Insert `text` at the start of the list being parsed (right after its opener)."""
-        p = self.list_starts[-1]
-        return Fix(p, p, text)
+    def _stray(self, items: list, kind: str, message: str, fix: Fix) -> None:
+        """Keep a closer that closes nothing as a plain token, and report it."""
+        self.problem(kind, message, self.pos(self.i), fix)
+        items.append(self.t[self.i])
+        self.i += 1
 
     # --- items -------------------------------------------------------------------------------
     def parse_item(self, stop: int):
