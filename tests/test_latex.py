@@ -16,8 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from texocr.latex import (LEVELS, STRUCTURAL_KINDS, detokenize, is_valid, normalize, repair, tokenize,
-                          validate)
+from texocr.latex import (
+    LEVELS,
+    STRUCTURAL_KINDS,
+    detokenize,
+    is_valid,
+    normalize,
+    repair,
+    tokenize,
+    validate,
+)
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "im2latex-val-formulas" / "labels.jsonl"
 
@@ -198,7 +206,7 @@ def test_valid_formulas(src):
     (r"\left x \right)", "missing_delimiter", 0),
     (r"\foo + 1", "unknown_command", 0),
     (r"\begin{foo} a \end{foo}", "unknown_environment", 0),
-    (r"\left\alpha x \right)", "bad_delimiter", 0),
+    (r"\left\alpha x \right)", "missing_delimiter", 0),
     (r"a & b", "misplaced_ampersand", 2),
     (r"\input{/etc/passwd}", "unsafe_command", 0),
 ])
@@ -279,7 +287,7 @@ latexish = st.lists(st.tuples(st.sampled_from(FRAGMENTS), st.sampled_from(["", "
                     max_size=40).map(lambda parts: "".join(a + b for a, b in parts))
 anything = st.text(max_size=80)
 # TEXOCR_HYPOTHESIS_EXAMPLES=20000 for a deeper search than CI's.
-PROPS = settings(max_examples=int(os.environ.get("TEXOCR_HYPOTHESIS_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=int(os.environ.get("TEXOCR_HYPOTHESIS_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _balanced(s: str) -> bool:

@@ -3,7 +3,7 @@
 Structural issues (repair fixes these): unbalanced braces, unmatched `\\left`/`\\right`, unmatched or
 mismatched `\\begin`/`\\end`, a `\\left`/`\\right` without a delimiter, a dangling or double script, a
 command missing an argument. Other issues (reported, never repaired): unknown commands or
-environments, a bad delimiter after `\\left`, a misplaced `&`, a `$` inside the formula, commands that
+environments, a misplaced `&`, a `$` inside the formula, commands that
 read files or run programs (`unsafe_command`).
 """
 
@@ -91,9 +91,7 @@ def _vocabulary(tokens: list[Token]) -> list[Problem]:
             if name not in C.KNOWN_ENVIRONMENTS:
                 out.append(Problem("unknown_environment", f"unknown environment {name}", tok.start))
         elif is_left(text) or is_right(text):
-            delim = text[5:] if is_left(text) else text[6:]
-            if delim and delim not in C.DELIMITER_TOKENS:
-                out.append(Problem("bad_delimiter", f"{delim} is not a delimiter", tok.start))
+            continue  # the lexer attaches only valid delimiters; a bare one is a parser problem
         elif text in C.UNSAFE_COMMANDS:
             out.append(Problem("unsafe_command", f"{text} is refused (file access or macros)", tok.start))
         elif text not in C.KNOWN_COMMANDS:

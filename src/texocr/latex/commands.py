@@ -8,6 +8,10 @@ and the text-mode commands that appear inside math (`\\text`, `\\mbox`, accents 
 from __future__ import annotations
 
 
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 def _words(text: str) -> frozenset[str]:
     """`"alpha beta"` -> {"\\alpha", "\\beta"}."""
     return frozenset("\\" + w for w in text.split())
@@ -62,11 +66,11 @@ ENV_SIGNATURES: dict[str, str] = {
     "array": "OA", "darray": "OA", "subarray": "A", "tabular": "OA", "alignat": "A",
     "alignat*": "A", "alignedat": "A", "picture": "A", "minipage": "OA",
 }
-KNOWN_ENVIRONMENTS = frozenset("""matrix matrix* pmatrix pmatrix* bmatrix bmatrix* Bmatrix Bmatrix*
+KNOWN_ENVIRONMENTS = _names("""matrix matrix* pmatrix pmatrix* bmatrix bmatrix* Bmatrix Bmatrix*
     vmatrix vmatrix* Vmatrix Vmatrix* smallmatrix array darray subarray tabular cases cases* dcases
     rcases drcases aligned alignedat gathered split align align* alignat alignat* gather gather*
     equation equation* eqnarray eqnarray* multline multline* flalign flalign* CD picture minipage
-    displaymath math center""".split())
+    displaymath math center""")
 # Environments that only wrap a formula (stripped with `$...$`).
 WRAPPER_ENVIRONMENTS = frozenset({"equation", "equation*", "displaymath", "math"})
 

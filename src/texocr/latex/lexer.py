@@ -2,7 +2,7 @@
 
 Tokens: a command (`\\frac`, `\\operatorname*`), a control symbol (`\\,`, `\\{`, `\\\\`), a control space
 (`\\ `, written as the one-character token `\\`), `\\begin{name}` / `\\end{name}` as one token,
-`\\left(` / `\\right\\}` as one token (delimiter attached), `--` / `---` (the TeX ligatures, as im2latex
+`\\left(` / `\\right\\}` / `\\left\\langle` as one token (a valid delimiter attached; `\\left` alone otherwise), `--` / `---` (the TeX ligatures, as im2latex
 keeps them) and otherwise single characters. Whitespace separates tokens and is dropped, so
 `tokenize(" ".join(tokenize(s))) == tokenize(s)` for every string.
 """
@@ -12,10 +12,15 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from texocr.latex.commands import DELIMITER_TOKENS
+
+_DELIMITER_NAMES = "|".join(sorted((d[1:] for d in DELIMITER_TOKENS if d[1:].isalpha()), key=len, reverse=True))
 _TOKEN_RE = re.compile(
     r"""
      (?P<env>\\(?:begin|end)\s*\{\s*[A-Za-z]+\*?\s*\})
-    |(?P<lr>\\(?:left|right)(?![A-Za-z@])\s*(?:\\[A-Za-z]+|\\[{}|]|[()\[\]|./<>]))
+    |(?P<lr>\\(?:left|right)(?![A-Za-z@])\s*(?:\\(?:"""
+    + _DELIMITER_NAMES
+    + r""")(?![A-Za-z@])|\\[{}|]|[()\[\]|./<>]))
     |(?P<star>\\operatorname\s*\*)
     |(?P<cmd>\\[A-Za-z@]+)
     |(?P<cs>\\(?:\s|$))

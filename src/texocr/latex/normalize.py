@@ -40,7 +40,17 @@ from __future__ import annotations
 
 from texocr.latex import commands as C
 from texocr.latex.lexer import blank_comments, tokenize
-from texocr.latex.parser import Cmd, Delim, Env, Group, Parser, TooDeep, is_closer, is_left, is_right
+from texocr.latex.parser import (
+    Cmd,
+    Delim,
+    Env,
+    Group,
+    Parser,
+    TooDeep,
+    is_closer,
+    is_left,
+    is_right,
+)
 
 LEVELS = ("light", "standard", "aggressive")
 _WRAPPERS = [("\\[", "\\]"), ("\\(", "\\)")] + [

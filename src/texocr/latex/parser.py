@@ -22,7 +22,7 @@ _SEPARATORS = frozenset({"&", "\\\\"})
 _NOT_AN_ARGUMENT = _SCRIPTS | _SEPARATORS | {"}"}
 _SPECIAL_FIRST = frozenset("\\{}^_&'")
 _STRUCTURAL_PREFIXES = ("\\right", "\\end{", "\\left", "\\begin{", "\\\\")
-_DIMENSION_UNITS = frozenset("pt em ex mu cm mm in pc bp dd cc sp".split())
+_DIMENSION_UNITS = frozenset({"pt", "em", "ex", "mu", "cm", "mm", "in", "pc", "bp", "dd", "cc", "sp"})
 
 
 class TooDeep(Exception):
