@@ -1,0 +1,223 @@
+"""Load a model of any family, prepared for inference or for full / LoRA / QLoRA training.
+
+    loaded = load_model(ModelConfig(name_or_path="Qwen/Qwen2-VL-2B-Instruct", method="lora"), training=True)
+    loaded.model, loaded.processor, loaded.family
+    print(trainable_parameters(loaded.model))
+
+LoRA, QLoRA and full training share one path; they differ only in how the model is prepared here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from texocr.errors import TexocrError
+from texocr.models.registry import detect_family
+
+if TYPE_CHECKING:
+    import torch
+
+    from texocr.config import ModelConfig
+    from texocr.models.base import Family
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    """A transformers model (a `PeftModel` when LoRA is attached)."""
+    processor: Any
+    family: Family
+    device: str = "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TexocrError(f"device {device!r} requested but no CUDA GPU is available")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto`: bfloat16 on a CUDA GPU that supports it, float16 on an older GPU, float32 on a CPU."""
+    import torch
+
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def quantization_config(cfg: ModelConfig, device: str) -> Any:
+    """bitsandbytes config for QLoRA (NF4 + double quant + bf16 compute, or int8); clear errors otherwise."""
+    import torch
+
+    if not device.startswith("cuda"):
+        raise TexocrError(
+            "QLoRA needs a CUDA GPU (bitsandbytes 4/8-bit kernels); this machine has none. "
+            "Use model.method=lora (or full) here."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TexocrError("QLoRA needs bitsandbytes: pip install 'texocr[quant]' (or use model.method=lora)")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quant_bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def _adapter_base(path: str) -> str | None:
+    """The base model recorded by a peft adapter directory, if `path` is one."""
+    cfg = Path(path) / "adapter_config.json"
+    if cfg.is_file() and not (Path(path) / "config.json").is_file():
+        return json.loads(cfg.read_text()).get("base_model_name_or_path")
+    return None
+
+
+def _from_pretrained(cls: type, path: str, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as e:
+        where = "local directory" if Path(path).exists() else "hub id (no network, or not downloaded yet?)"
+        raise TexocrError(f"cannot load model {path!r} ({where}): {str(e).splitlines()[0]}") from None
+
+
+def load_model(cfg: ModelConfig, *, training: bool = False, device: str | None = None) -> LoadedModel:
+    """Load model + processor for `cfg` and prepare it (see the module docstring)."""
+    path, adapter = cfg.name_or_path, cfg.adapter
+    base = _adapter_base(path)
+    if base is not None:  # `--model ADAPTER_DIR` means its base + that adapter
+        path, adapter = base, adapter or cfg.name_or_path
+    family = detect_family(path, cfg.family)
+    device = resolve_device(device)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg.dtype, device)}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    quantized = cfg.method == "qlora"
+    if quantized:
+        kwargs["quantization_config"] = quantization_config(cfg, device)
+        kwargs["device_map"] = {"": device}
+    model = _from_pretrained(family.model_class(), path, **kwargs)
+    processor = family.build_processor(path, cfg)
+    if not quantized:
+        model.to(device)
+
+    if training:
+        model = prepare_for_training(model, family, cfg, adapter)
+    else:
+        if adapter:
+            model = _load_adapter(model, adapter, trainable=False)
+        model.eval()
+    return LoadedModel(model=model, processor=processor, family=family, device=device)
+
+
+def _load_adapter(model: Any, adapter: str, *, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise TexocrError(f"adapter {adapter!r}: no adapter_config.json there")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+
+
+def _submodule(model: Any, dotted: str) -> Any:
+    mod = model
+    for part in dotted.split("."):
+        mod = getattr(mod, part, None)
+        if mod is None:
+            return None
+    return mod
+
+
+def _freeze(model: Any, dotted: str, what: str) -> None:
+    mod = _submodule(model, dotted)
+    if mod is None:
+        raise TexocrError(f"cannot freeze the {what}: this model has no module {dotted!r}")
+    for p in mod.parameters():
+        p.requires_grad_(False)
+
+
+def prepare_for_training(model: Any, family: Family, cfg: ModelConfig, adapter: str | None) -> Any:
+    """Full: unfreeze all but the frozen towers. LoRA/QLoRA: attach (or load) trainable adapters."""
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    if cfg.method == "full":
+        if adapter:  # continue from a LoRA run: fold its weights in, then train everything
+            model = _load_adapter(model, adapter, trainable=False).merge_and_unload()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if cfg.freeze_vision:
+            _freeze(model, family.vision_module, "vision tower")
+        if cfg.freeze_language:
+            _freeze(model, family.language_module, "language model")
+    else:
+        if adapter:
+            model = _load_adapter(model, adapter, trainable=True)
+        else:
+            model = attach_lora(model, family, cfg)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # inputs of checkpointed blocks need grads when the base is frozen
+    model.config.use_cache = False  # the KV cache is useless (and warns) during training
+    model.train()
+    return model
+
+
+def attach_lora(model: Any, family: Family, cfg: ModelConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_target_modules or family.lora_targets(cfg.lora_scope)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise TexocrError(f"LoRA targets {targets!r} do not match this model: {e}") from None
+
+
+def trainable_parameters(model: Any) -> dict[str, Any]:
+    """`{"trainable": n, "total": n, "percent": x, "summary": "..."}` over unique parameters."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if hasattr(p, "quant_storage") or p.__class__.__name__ == "Params4bit":
+            n *= 2  # 4-bit weights pack two values per byte element
+        total += n
+        if p.requires_grad:
+            trainable += n
+    pct = 100.0 * trainable / max(total, 1)
+    return {
+        "trainable": trainable,
+        "total": total,
+        "percent": pct,
+        "summary": f"trainable params: {trainable:,} of {total:,} ({pct:.2f}%)",
+    }

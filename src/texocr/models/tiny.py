@@ -1,0 +1,94 @@
+"""Tiny random models of each family, built locally (no hub), for tests and CPU demos.
+
+    from texocr.models.tiny import build_tiny
+    path = build_tiny("qwen2_vl", "/tmp/tiny-qwen2vl")      # config + random weights + processor
+    loaded = load_model(ModelConfig(name_or_path=str(path)))
+
+Each model uses the real transformers config and model classes of its family with 2 small layers, and
+a character-level tokenizer (printable ASCII + common LaTeX commands as whole tokens + the family's
+special tokens) so that any LaTeX string round-trips through encode/decode exactly.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+# Common commands get one token each so sequences stay short; anything else falls back to characters.
+LATEX_COMMANDS = (
+    r"\frac \sqrt \left \right \sum \int \prod \lim \infty \alpha \beta \gamma \delta \epsilon \theta "
+    r"\lambda \mu \pi \sigma \phi \omega \partial \cdot \times \leq \geq \neq \mathrm \mathbf \text "
+    r"\begin \end \over \hat \bar \vec \in \to \rightarrow \ldots \cdots \quad"
+).split()
+
+
+def char_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, unk: str,
+                   extra_tokens: list[str] | None = None, **kwargs: Any) -> Any:
+    """A character-level `PreTrainedTokenizerFast` whose vocabulary starts with `specials`.
+
+    `bos` is prepended by the post-processor when not None (Gemma/Llama style); `extra_tokens` are
+    added as special tokens after the printable characters (e.g. Idefics3 row/column markers).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for tok in specials:
+        vocab.setdefault(tok, len(vocab))
+    for ch in string.printable:
+        vocab.setdefault(ch, len(vocab))
+    for tok in extra_tokens or []:
+        vocab.setdefault(tok, len(vocab))
+    for cmd in LATEX_COMMANDS:
+        vocab.setdefault(cmd, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in [*specials, *(extra_tokens or [])]]
+    )
+    core.add_tokens([AddedToken(c, special=False, normalized=False) for c in LATEX_COMMANDS])
+    if bos is not None:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        clean_up_tokenization_spaces=False,
+        **kwargs,
+    )
+
+
+def padded_vocab_size(tokenizer: Any, multiple: int = 64) -> int:
+    """Embedding rows for `tokenizer`, rounded up (as real checkpoints do)."""
+    n = len(tokenizer)
+    return (n + multiple - 1) // multiple * multiple
+
+
+def build_tiny(family_name: str, out_dir: str | Path, **sizes: Any) -> Path:
+    """Build a tiny random model + processor of `family_name` and save both to `out_dir`.
+
+    `sizes` override the family builder's defaults (e.g. `hidden_size=32`). Returns `out_dir`.
+    """
+    import torch
+
+    from texocr.models.registry import get_family
+
+    family = get_family(family_name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(sizes.pop("seed", 0))
+    family.build_tiny(str(out), **sizes)
+    return out
+
+
+def save_tiny(model: Any, processor: Any, out_dir: str) -> None:
+    """Save a freshly built model (float32, safetensors) and its processor."""
+    model.eval()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
