@@ -1,309 +1,416 @@
-"""Formula renderers behind one interface: real TeX (latex + dvipng) and a pure-pip fallback (ziamath + resvg).
+"""Render LaTeX formulas to images: TeX (latex + dvipng, batched) or pure pip (ziamath + resvg).
 
-    r = get_renderer("auto")                  # TeX when `latex` and `dvipng` are installed, else pip
-    images = r.render_batch([r"\\frac{a}{b}", r"\\badcommand"], dpi=200)   # [Image, None]
-    r.last_errors                             # [None, "tex_error"]: why each None failed
-    r.failures                                # Counter of failure reasons since the renderer was made
+    from texocr.data.render import get_renderer
+    r = get_renderer("auto")                      # TeX when `latex` and `dvipng` are installed, else pip
+    images = r.render_batch([r"\\frac{a}{b}", r"\\bad{"], dpi=200)   # [Image, None]: None = failed, never a crash
+    r.failures                                    # Counter of failure reasons (`forbidden`, `tex_error`, ...)
 
-A formula that cannot be rendered gives `None` (its reason in `last_errors`), never an exception.
-Untrusted LaTeX is screened first (`check_formula`): commands that read or write files, run programs or
-change TeX's catcodes are refused; TeX itself runs with shell escape off, `openin_any=p openout_any=p`,
-in a fresh temporary directory.
+`render_detailed` gives each formula's failure reason and detail. Images are RGB, black ink on white,
+cropped to the ink.
 
-TeX renders many formulas per document, one `preview` page each, so its start-up cost is shared; errors are
-attributed to formulas through the log's line numbers (every formula is on its own line), and only when the
-log cannot be trusted (pages missing, an error without a line) is the batch bisected.
+TeX renders many formulas in one document (one `preview` environment, hence one page, per formula), which is
+what makes it fast (hundreds of formulas/s per core) compared with one document per formula (~6/s). A formula
+that TeX rejects only loses itself: errors are attributed to formulas by line number (`-file-line-error`,
+each formula on its own line); when the log cannot be trusted (an error outside any formula, a page count that
+does not match), the batch is re-run without the culprits, then bisected.
+
+Untrusted LaTeX must not read files or run commands: formulas with file, definition, catcode or output
+primitives are refused before TeX sees them (`check_formula`), and TeX runs with `-no-shell-escape`, paranoid
+file access (`openin_any=p`, `openout_any=p`), no font generation, in a fresh temporary directory.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from PIL import Image
+from texocr.errors import TexocrError
 
-# Commands that can read/write files, run programs, or redefine TeX itself (and so escape the screen).
-FORBIDDEN = frozenset("""
-input include includeonly InputIfFileExists IfFileExists openin openout closein closeout read readline write
-immediate write18 catcode lccode uccode sfcode mathcode delcode csname endcsname expandafter def edef gdef xdef
-let futurelet global long outer newcommand renewcommand providecommand DeclareRobustCommand newenvironment
-renewenvironment usepackage RequirePackage documentclass LoadClass special shipout output scantokens
-everyeof everypar everymath everydisplay everyhbox everyvbox everyjob everycr endinput jobname font
-loop repeat afterassignment aftergroup batchmode nonstopmode scrollmode errorstopmode errmessage
-includegraphics verbatiminput lstinputlisting openany end@document enddocument string meaning detokenize
-unexpanded noexpand newread newwrite pdfprimitive directlua luaexec dump patterns hyphenation
-""".split())
-FORBIDDEN_ENVS = frozenset({"document", "preview", "filecontents", "filecontents*", "verbatim", "comment"})
-_CS = re.compile(r"\\([A-Za-z@]+|.)")
-_ENV = re.compile(r"\\(begin|end)\s*\{([^}]*)\}")
+MAX_SIDE = 4000
+"""Renders longer than this (e.g. `\\hspace{100cm}`) are failures (`too_large`), not giant images."""
 MAX_FORMULA_CHARS = 4000
 
+# Control words that read or write files, run commands, redefine things or change how TeX reads its input.
+_FORBIDDEN = frozenset("""
+input include includeonly InputIfFileExists IfFileExists openin openout closein closeout read readline write
+write18 immediate newwrite newread endinput catcode lccode uccode mathcode delcode sfcode csname endcsname
+def edef gdef xdef let futurelet global long outer newcommand renewcommand providecommand DeclareRobustCommand
+DeclareMathOperator newenvironment renewenvironment newcount newtoks newdimen newskip newbox usepackage
+RequirePackage documentclass LoadClass special shipout output everypar everymath everydisplay everyhbox
+everyvbox everyjob everycr everyeof afterassignment aftergroup expandafter noexpand scantokens jobname loop
+repeat lowercase uppercase directlua latelua errmessage message typeout batchmode nonstopmode scrollmode
+errorstopmode dump makeatletter font fontname includegraphics verbatiminput lstinputlisting patterns
+hyphenation showlists showbox show showthe
+""".split())
+_FORBIDDEN_PREFIXES = ("pdf", "tracing", "write", "open", "luatex", "Input")
+_FORBIDDEN_ENVS = frozenset({"document", "preview", "filecontents", "filecontents*", "verbatim", "comment"})
+_CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
+_ENV = re.compile(r"\\(begin|end)\s*\{([^}]*)\}")
+_ERROR_LINE = re.compile(r"^\./doc\.tex:(\d+): (.*)$", re.M)
 
-def check_formula(formula: str) -> str | None:
-    """Why this formula must not reach TeX (`empty`, `forbidden`, `unbalanced`, `unsupported`), or None."""
+# Sizes inside a document: relative scale -> LaTeX size command (12pt base).
+_SIZES = [(0.83, r"\footnotesize"), (0.92, r"\small"), (1.0, r"\normalsize"), (1.2, r"\large"),
+          (1.44, r"\Large"), (1.73, r"\LARGE")]
+
+TEX_FONTS: dict[str, str] = {
+    "cm": "",
+    "times": r"\usepackage{mathptmx}",
+    "palatino": r"\usepackage{mathpazo}",
+    "euler": r"\usepackage{euler}",
+    "bookman": r"\usepackage{bookman}",
+    "helvet": r"\usepackage{helvet}\renewcommand{\familydefault}{\sfdefault}",
+}
+"""TeX font set-ups by name (preamble lines); `available_tex_fonts()` keeps those whose packages are installed.
+Computer Modern is arXiv's (and im2latex's) look; Euler is Zapf's math font modelled on handwriting."""
+
+
+@dataclass
+class RenderResult:
+    image: Any  # PIL.Image.Image | None
+    reason: str | None = None
+    """None when rendered; else a short failure reason."""
+    detail: str = ""
+
+
+def check_formula(formula: str) -> tuple[str, str] | None:
+    """Why a formula must not (or cannot) go to TeX: (reason, detail), or None when it may."""
     if not formula.strip():
-        return "empty"
+        return "empty", "empty formula"
     if len(formula) > MAX_FORMULA_CHARS:
-        return "too_long"
-    if "^^" in formula:  # ^^5c builds a backslash: \input spelled without one
-        return "forbidden"
+        return "too_long", f"{len(formula)} characters"
+    if "^^" in formula:  # ^^5c is a backslash read at input level: a way around the word checks
+        return "forbidden", "^^ character notation"
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in formula):
+        return "forbidden", "control character"
+    for m in _CONTROL_WORD.finditer(formula):
+        word = m.group(1)
+        if "@" in word or word in _FORBIDDEN or word.startswith(_FORBIDDEN_PREFIXES):
+            return "forbidden", f"\\{word}"
     depth = 0
-    for m in _CS.finditer(formula):
-        name = m.group(1)
-        if name.startswith("pdf") or name in FORBIDDEN:
-            return "forbidden"
-    # braces, `$` and `%` outside control symbols (\{ \} \$ \%)
-    plain = _CS.sub(lambda m: "" if len(m.group(1)) == 1 else " ", formula)
-    for ch in plain:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth < 0:
-                return "unbalanced"
-        elif ch in "$%#":
-            return "unsupported"
+    for m in re.finditer(r"\\.|[{}]", formula, re.S):
+        t = m.group()
+        depth += 1 if t == "{" else -1 if t == "}" else 0
+        if depth < 0:
+            return "unbalanced", "unmatched }"
     if depth:
-        return "unbalanced"
+        return "unbalanced", "unclosed {"
     stack: list[str] = []
     for kind, env in _ENV.findall(formula):
-        if env.strip() in FORBIDDEN_ENVS:
-            return "forbidden"
+        env = env.strip()
+        if env in _FORBIDDEN_ENVS:
+            return "forbidden", f"{env} environment"
         if kind == "begin":
             stack.append(env)
         elif not stack or stack.pop() != env:
-            return "unbalanced"
-    return "unbalanced" if stack else None
+            return "unbalanced", f"\\end{{{env}}} without its \\begin"
+    if stack:
+        return "unbalanced", f"\\begin{{{stack[-1]}}} without its \\end"
+    return None
 
 
 class Renderer:
-    """Common interface. Subclasses implement `_render(formulas, dpi, font) -> list[(image | None, reason | None)]`."""
+    """One interface for every renderer; subclasses implement `_render`."""
 
     name = "base"
-    fonts: tuple[str, ...] = ("default",)
 
     def __init__(self) -> None:
         self.failures: Counter[str] = Counter()
-        self.last_errors: list[str | None] = []
+        self.rendered = 0
 
-    def render_batch(self, formulas: Sequence[str], *, dpi: int = 200, font: str | None = None,
-                     pad: int = 0) -> list[Image.Image | None]:
-        """Render each formula to an RGB image (black on white, cropped tight plus `pad` px), None on failure."""
-        font = font or self.fonts[0]
-        if font not in self.fonts:
-            raise ValueError(f"{self.name} renderer: unknown font {font!r} (have {', '.join(self.fonts)})")
-        results: list[tuple[Any, str | None]] = [(None, None)] * len(formulas)
-        todo = []
-        for i, f in enumerate(formulas):
-            reason = check_formula(f)
-            if reason:
-                results[i] = (None, reason)
+    def render_detailed(self, formulas: list[str], *, font: str | None = None, dpi: int = 200,
+                        scales: list[float] | None = None, display: bool = True) -> list[RenderResult]:
+        """Render each formula; `scales` are per-formula font-size multipliers (1.0 = 12 pt)."""
+        scales = scales if scales is not None else [1.0] * len(formulas)
+        if len(scales) != len(formulas):
+            raise ValueError("scales and formulas differ in length")
+        results = self._render(list(formulas), font=font, dpi=dpi, scales=list(scales), display=display)
+        for r in results:
+            if r.image is not None and max(r.image.size) > MAX_SIDE:
+                r.image, r.reason, r.detail = None, "too_large", f"{r.image.size[0]}x{r.image.size[1]}"
+            elif r.image is not None and _is_blank(r.image):
+                r.image, r.reason, r.detail = None, "blank", "no ink"
+            if r.reason is None:
+                self.rendered += 1
             else:
-                todo.append(i)
-        if todo:
-            for i, res in zip(todo, self._render([formulas[i].replace("\n", " ") for i in todo], dpi, font), strict=True):
-                results[i] = res
-        images = []
-        self.last_errors = []
-        for img, reason in results:
-            if img is not None and pad:
-                img = _pad(img, pad)
-            images.append(img)
-            self.last_errors.append(None if img is not None else (reason or "failed"))
-            if img is None:
-                self.failures[reason or "failed"] += 1
-        return images
+                self.failures[r.reason] += 1
+        return results
 
-    def render(self, formula: str, **kw: Any) -> Image.Image | None:
-        return self.render_batch([formula], **kw)[0]
+    def render_batch(self, formulas: list[str], *, font: str | None = None, dpi: int = 200,
+                     scales: list[float] | None = None, display: bool = True) -> list[Any]:
+        """Images (RGB, black on white, cropped to the ink) or None where rendering failed."""
+        return [r.image for r in self.render_detailed(formulas, font=font, dpi=dpi, scales=scales,
+                                                      display=display)]
 
-    def _render(self, formulas: list[str], dpi: int, font: str) -> list[tuple[Any, str | None]]:
+    def fonts(self) -> list[str]:
+        """Font names this renderer accepts for `font=` (the first is the default)."""
+        return []
+
+    def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
+                display: bool) -> list[RenderResult]:
         raise NotImplementedError
 
 
-def _pad(img: Image.Image, pad: int) -> Image.Image:
+class TexRenderer(Renderer):
+    """latex + dvipng, many formulas per document, each on its own page."""
+
+    name = "tex"
+
+    def __init__(self, timeout_s: float = 60.0) -> None:
+        super().__init__()
+        if not tex_available():
+            raise TexocrError("the TeX renderer needs `latex` and `dvipng` on PATH "
+                              "(Debian: texlive-latex-base texlive-latex-recommended dvipng preview-latex-style)")
+        self.timeout_s = timeout_s
+        self._fonts = available_tex_fonts()
+
+    def fonts(self) -> list[str]:
+        return list(self._fonts)
+
+    def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
+                display: bool) -> list[RenderResult]:
+        font = font or "cm"
+        if font not in self._fonts:
+            raise TexocrError(f"unknown TeX font {font!r}; available: {', '.join(self._fonts)}")
+        results: list[RenderResult | None] = [None] * len(formulas)
+        todo = []
+        for i, f in enumerate(formulas):
+            problem = check_formula(f)
+            if problem:
+                results[i] = RenderResult(None, *problem)
+            else:
+                todo.append(i)
+        job = _TexJob(formulas, scales, font, dpi, display, self.timeout_s)
+        job.solve(todo, results, retry=True)
+        return [r if r is not None else RenderResult(None, "tex_error", "not rendered") for r in results]
+
+
+class _TexJob:
+    """One batch: run documents, attribute errors, re-run or bisect when attribution is unsure."""
+
+    def __init__(self, formulas: list[str], scales: list[float], font: str, dpi: int, display: bool,
+                 timeout_s: float) -> None:
+        self.formulas, self.scales, self.font, self.dpi = formulas, scales, font, dpi
+        self.display, self.timeout_s = display, timeout_s
+
+    def solve(self, idx: list[int], results: list[RenderResult | None], retry: bool) -> None:
+        """Fill `results` for the formulas `idx`; at most one re-run, then halves, when the log is unsure."""
+        if not idx:
+            return
+        pages, errors, unattributed = self._run(idx)
+        for i, msg in errors.items():
+            results[i] = RenderResult(None, "tex_error", msg)
+        if not unattributed and pages is not None and len(pages) == len(idx):
+            for i, img in zip(idx, pages):
+                if i not in errors:
+                    results[i] = RenderResult(img, None)
+            return
+        if len(idx) == 1:
+            if results[idx[0]] is None:
+                results[idx[0]] = RenderResult(None, "tex_error", unattributed or "no page produced")
+            return
+        rest = [i for i in idx if i not in errors]
+        if retry and errors:  # the log named culprits: try the others once as a whole
+            self.solve(rest, results, retry=False)
+            return
+        half = len(rest) // 2
+        if half == 0:
+            self.solve(rest, results, retry=False)
+            return
+        self.solve(rest[:half], results, retry=False)
+        self.solve(rest[half:], results, retry=False)
+
+    def _document(self, idx: list[int]) -> tuple[str, list[tuple[int, int, int]]]:
+        """The .tex source and, per formula, (first line, last line, index)."""
+        lines = [r"\documentclass[12pt]{article}", r"\usepackage{amsmath,amssymb,bm}", TEX_FONTS[self.font],
+                 r"\usepackage[active,tightpage]{preview}", r"\pagestyle{empty}", r"\begin{document}"]
+        spans = []
+        style = r"\displaystyle" if self.display else r"\textstyle"
+        for i in idx:
+            size = min(_SIZES, key=lambda s: abs(s[0] - self.scales[i]))[1]
+            first = len(lines) + 1
+            lines.append(rf"\begin{{preview}}{size}${style}")
+            # one line per formula so that TeX's error line numbers name it; a stray % only comments out itself
+            lines.append(" ".join(self.formulas[i].split()))
+            lines.append(r"$\end{preview}")
+            spans.append((first, len(lines), i))
+        lines.append(r"\end{document}")
+        return "\n".join(lines) + "\n", spans
+
+    def _run(self, idx: list[int]) -> tuple[list[Any] | None, dict[int, str], str]:
+        """Pages (in order) or None, errors by formula index, and any error no formula owns."""
+        from PIL import Image
+
+        source, spans = self._document(idx)
+        env = dict(os.environ, openin_any="p", openout_any="p", shell_escape="f",
+                   MKTEXTFM="0", MKTEXPK="0", MKTEXMF="0")
+        timeout = self.timeout_s + 0.05 * len(idx)
+        with tempfile.TemporaryDirectory(prefix="texocr-tex-") as tmp:
+            (Path(tmp) / "doc.tex").write_text(source, encoding="utf-8")
+            try:
+                subprocess.run(["latex", "-no-shell-escape", "-interaction=nonstopmode", "-file-line-error",
+                                "doc.tex"], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None, {}, "latex timed out"
+            log = _read(Path(tmp) / "doc.log")
+            errors: dict[int, str] = {}
+            unattributed = ""
+            for m in _ERROR_LINE.finditer(log):
+                line, msg = int(m.group(1)), m.group(2).strip()
+                owner = next((i for a, b, i in spans if a <= line <= b), None)
+                if owner is None:
+                    unattributed = unattributed or f"line {line}: {msg}"
+                else:
+                    errors.setdefault(owner, msg)
+            if "Emergency stop" in log or "That makes 100 errors" in log:
+                unattributed = unattributed or "TeX stopped early"
+            if not (Path(tmp) / "doc.dvi").exists():
+                return None, errors, unattributed or "no output"
+            try:
+                subprocess.run(["dvipng", "-q", "-T", "tight", "-D", str(int(self.dpi)), "-z", "1",
+                                "-bg", "rgb 1 1 1", "-fg", "rgb 0 0 0", "-o", "p%06d.png", "doc.dvi"],
+                               cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None, errors, "dvipng timed out"
+            pages = []
+            for f in sorted(Path(tmp).glob("p*.png")):
+                with Image.open(f) as im:
+                    pages.append(im.convert("RGB"))
+        return pages, errors, unattributed
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="latin-1")
+    except OSError:
+        return ""
+
+
+class PipRenderer(Renderer):
+    """ziamath (LaTeX -> SVG with an OpenType math font) + resvg (SVG -> PNG): no TeX needed."""
+
+    name = "pip"
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            import resvg_py  # noqa: F401
+            import ziamath  # noqa: F401
+        except ImportError as e:
+            raise TexocrError(f"the pip renderer needs the `render` extra (ziamath, resvg-py): {e}") from None
+        self._fonts = pip_math_fonts()
+
+    def fonts(self) -> list[str]:
+        return list(self._fonts)
+
+    def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
+                display: bool) -> list[RenderResult]:
+        import resvg_py
+        import ziamath
+        from PIL import Image
+
+        font = font or "stix"
+        if font not in self._fonts:
+            raise TexocrError(f"unknown pip font {font!r}; available: {', '.join(self._fonts)}")
+        path = self._fonts[font]
+        out = []
+        for f, scale in zip(formulas, scales):
+            problem = check_formula(f)
+            if problem:
+                out.append(RenderResult(None, *problem))
+                continue
+            size = 12 * scale * dpi / 72  # 12 pt at `dpi`, in pixels (the SVG's user unit)
+            try:
+                math = ziamath.Latex(f, size=size, font=path, mathstyle=None if display else "text", margin=0)
+                png = resvg_py.svg_to_bytes(svg_string=math.svg(), background="#ffffff", skip_system_fonts=True)
+                with Image.open(io.BytesIO(bytes(png))) as im:
+                    img = im.convert("RGB")
+            except Exception as e:  # ziamath raises bare AssertionError/KeyError/... on what it cannot parse
+                out.append(RenderResult(None, "render_error", f"{type(e).__name__}: {e}"[:200]))
+                continue
+            img = _crop_to_ink(img)
+            out.append(RenderResult(img, None) if img is not None else RenderResult(None, "blank", "no ink"))
+        return out
+
+
+def _crop_to_ink(img: Any) -> Any:
+    """Crop to the non-white bounding box (None when blank), as dvipng's `-T tight` does."""
     from PIL import ImageOps
 
-    return ImageOps.expand(img, border=pad, fill=(255, 255, 255))
+    box = ImageOps.invert(img.convert("L")).getbbox()
+    return img.crop(box) if box else None
 
 
-def _is_blank(img: Image.Image) -> bool:
+def _is_blank(img: Any) -> bool:
     lo, _ = img.convert("L").getextrema()
     return lo > 200
 
 
-# ------------------------------------------------------------------------------------------------ TeX
-
-TEX_FONTS: dict[str, str] = {
-    # name -> preamble lines; Computer Modern first (arXiv's look, im2latex's)
-    "cm": "",
-    "times": "\\usepackage{mathptmx}",
-    "palatino": "\\usepackage{mathpazo}",
-    "euler": "\\usepackage{euler}",
-}
-_PAGES = re.compile(r"Output written on \S+ \((\d+) pages?")
-_LINE = re.compile(r"^l\.(\d+)")
-
-
 def tex_available() -> bool:
-    return bool(shutil.which("latex") and shutil.which("dvipng"))
+    return shutil.which("latex") is not None and shutil.which("dvipng") is not None
 
 
-def _available_tex_fonts() -> tuple[str, ...]:
-    if not shutil.which("kpsewhich"):
-        return ("cm",)
+def available_tex_fonts() -> list[str]:
+    """TeX font set-ups whose packages `kpsewhich` finds (Computer Modern always)."""
     names = ["cm"]
-    for name, pkg in (("times", "mathptmx"), ("palatino", "mathpazo"), ("euler", "euler")):
-        found = subprocess.run(["kpsewhich", f"{pkg}.sty"], capture_output=True, text=True).stdout.strip()
-        if found:
-            names.append(name)
-    return tuple(names)
+    pkgs = {name: re.findall(r"\\usepackage\{(\w+)\}", pre) for name, pre in TEX_FONTS.items() if pre}
+    wanted = sorted({p for ps in pkgs.values() for p in ps})
+    found: set[str] = set()
+    if shutil.which("kpsewhich") and wanted:
+        r = subprocess.run(["kpsewhich", *[p + ".sty" for p in wanted]], capture_output=True, text=True)
+        found = {Path(line).stem for line in r.stdout.split()}
+    names += [n for n, ps in pkgs.items() if all(p in found for p in ps)]
+    return names
 
 
-class TexRenderer(Renderer):
-    """latex + dvipng, many formulas per document (one `preview` page each)."""
-
-    name = "tex"
-
-    def __init__(self, *, chunk: int = 256, timeout: float = 60.0, display: bool = True) -> None:
-        super().__init__()
-        if not tex_available():
-            from texocr.errors import TexocrError
-
-            raise TexocrError("the TeX renderer needs `latex` and `dvipng` on PATH "
-                              "(Debian: texlive-latex-base texlive-latex-recommended dvipng preview-latex-style)")
-        self.fonts = _available_tex_fonts()
-        self.chunk = chunk
-        self.timeout = timeout
-        self.display = display
-
-    def _render(self, formulas: list[str], dpi: int, font: str) -> list[tuple[Any, str | None]]:
-        out: list[tuple[Any, str | None]] = []
-        for s in range(0, len(formulas), self.chunk):
-            out.extend(self._render_bisect(formulas[s:s + self.chunk], dpi, font))
-        return out
-
-    def _render_bisect(self, formulas: list[str], dpi: int, font: str) -> list[tuple[Any, str | None]]:
-        res, trusted = self._run(formulas, dpi, font)
-        if trusted:
-            return res
-        if len(formulas) == 1:
-            return [(None, res[0][1] or "tex_error")]
-        mid = len(formulas) // 2
-        return self._render_bisect(formulas[:mid], dpi, font) + self._render_bisect(formulas[mid:], dpi, font)
-
-    def _document(self, formulas: list[str], font: str) -> tuple[str, int]:
-        head = ["\\documentclass[12pt]{article}", "\\usepackage{amsmath,amssymb}", TEX_FONTS[font],
-                "\\usepackage[active,tightpage]{preview}", "\\pagestyle{empty}", "\\begin{document}"]
-        style = "\\displaystyle " if self.display else ""
-        body = [f"\\begin{{preview}}${style}{f}$\\end{{preview}}" for f in formulas]
-        return "\n".join([*head, *body, "\\end{document}", ""]), len(head) + 1
-
-    def _run(self, formulas: list[str], dpi: int, font: str) -> tuple[list[tuple[Any, str | None]], bool]:
-        """Render one document; returns per-formula results and whether they can be trusted."""
-        from PIL import Image
-
-        n = len(formulas)
-        text, first_line = self._document(formulas, font)
-        env = {**os.environ, "openin_any": "p", "openout_any": "p", "shell_escape": "f"}
-        with tempfile.TemporaryDirectory(prefix="texocr-tex-") as tmp:
-            Path(tmp, "f.tex").write_text(text, encoding="utf-8")
-            try:
-                subprocess.run(["latex", "-no-shell-escape", "-interaction=nonstopmode", "f.tex"], cwd=tmp, env=env,
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout + 0.05 * n)
-            except subprocess.TimeoutExpired:
-                return [(None, "timeout")] * n, False
-            log = Path(tmp, "f.log").read_text(encoding="utf-8", errors="replace") if Path(tmp, "f.log").exists() else ""
-            bad, unattributed = _errors(log, first_line, n)
-            m = _PAGES.search(log)
-            pages = int(m.group(1)) if m else 0
-            if unattributed or pages != n:
-                return [(None, "tex_error")] * n, False
-            try:
-                subprocess.run(["dvipng", "-q", "-T", "tight", "-D", str(dpi), "-bg", "rgb 1 1 1", "-fg", "rgb 0 0 0",
-                                "-z", "1", "-o", "p%d.png", "f.dvi"], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=self.timeout + 0.05 * n)
-            except subprocess.TimeoutExpired:
-                return [(None, "timeout")] * n, False
-            out: list[tuple[Any, str | None]] = []
-            for i in range(n):
-                if i in bad:
-                    out.append((None, "tex_error"))
-                    continue
-                page = Path(tmp, f"p{i + 1}.png")
-                if not page.exists():
-                    out.append((None, "no_output"))
-                    continue
-                with Image.open(page) as im:
-                    img = im.convert("RGB")
-                out.append((None, "blank") if _is_blank(img) else (img, None))
-            return out, True
+_MATH_FONT_PLACES = {
+    "latinmodern": ["/usr/share/texmf/fonts/opentype/public/lm-math/latinmodern-math.otf",
+                    "/usr/share/texlive/texmf-dist/fonts/opentype/public/lm-math/latinmodern-math.otf",
+                    "/usr/share/fonts/opentype/lm-math/latinmodern-math.otf"],
+}
 
 
-def _errors(log: str, first_line: int, n: int) -> tuple[set[int], bool]:
-    """Formula indices whose line has a TeX error, and whether some error could not be placed on a formula."""
-    bad: set[int] = set()
-    unattributed = False
-    lines = log.splitlines()
-    for k, line in enumerate(lines):
-        if not line.startswith("! "):
-            continue
-        if line.startswith(("! Emergency stop", "! TeX capacity", "! File ended", "! Paragraph ended")) \
-                or "Runaway" in lines[k - 1] if k else False:
-            unattributed = True
-        for nxt in lines[k + 1:k + 40]:
-            m = _LINE.match(nxt)
-            if m:
-                idx = int(m.group(1)) - first_line
-                if 0 <= idx < n:
-                    bad.add(idx)
-                else:
-                    unattributed = True
-                break
-        else:
-            unattributed = True
-    return bad, unattributed
-
-
-# ------------------------------------------------------------------------------------------------ registry
+def pip_math_fonts() -> dict[str, str | None]:
+    """OpenType math fonts for ziamath: STIX Two (shipped with ziamath; None = its default) plus any found."""
+    fonts: dict[str, str | None] = {"stix": None}
+    for name, places in _MATH_FONT_PLACES.items():
+        hit = next((p for p in places if os.path.exists(p)), None)
+        if hit:
+            fonts[name] = hit
+    return fonts
 
 
 def available_renderers() -> list[str]:
-    """Names of the renderers this machine can run, preferred first."""
-    names = ["tex"] if tex_available() else []
+    """Renderer kinds that work on this machine, preferred first."""
+    kinds = ["tex"] if tex_available() else []
     try:
         import resvg_py  # noqa: F401
         import ziamath  # noqa: F401
 
-        names.append("pip")
+        kinds.append("pip")
     except ImportError:
         pass
-    return names
+    return kinds
 
 
-def get_renderer(kind: str = "auto", **kw: Any) -> Renderer:
-    """`auto` (TeX when installed, else pip), `tex` or `pip`; raises TexocrError when unavailable."""
-    from texocr.errors import TexocrError
-
-    have = available_renderers()
+def get_renderer(kind: str = "auto") -> Renderer:
+    """`auto` (TeX when installed, else pip), `tex` or `pip`; a clear error when it cannot work here."""
     if kind == "auto":
-        if not have:
-            raise TexocrError("no formula renderer: install TeX (latex + dvipng) or `pip install texocr[render]`")
-        kind = have[0]
+        kinds = available_renderers()
+        if not kinds:
+            raise TexocrError("no renderer available: install TeX (latex + dvipng) or `pip install texocr[render]`")
+        kind = kinds[0]
     if kind == "tex":
-        return TexRenderer(**kw)
+        return TexRenderer()
     if kind == "pip":
-        if "pip" not in have:
-            raise TexocrError("the pip renderer needs ziamath and resvg-py: pip install 'texocr[render]'")
-        from texocr.data.render_pip import PipRenderer
-
-        return PipRenderer(**kw)
-    raise TexocrError(f"unknown renderer {kind!r}: auto, tex or pip")
+        return PipRenderer()
+    raise TexocrError(f"unknown renderer {kind!r}; choose auto, tex or pip")
