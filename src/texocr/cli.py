@@ -16,6 +16,8 @@ from texocr import __version__
 # name -> (module, one-line help). A command is listed here only once it works.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("texocr.data.cli", "render synthetic data, inspect a data set, check train/test overlap"),
+    "train": ("texocr.train", "fine-tune a model (full, LoRA or QLoRA) from a config"),
+    "export": ("texocr.export", "merge a LoRA adapter into its base model and save it"),
 }
 
 

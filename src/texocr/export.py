@@ -1,0 +1,70 @@
+"""`texocr export`: fold a LoRA adapter into its base model and save a plain, standalone checkpoint.
+
+    texocr export --model Qwen/Qwen2-VL-7B-Instruct --adapter runs/qwen2vl/adapter --out exported/qwen2vl
+    texocr export --model runs/qwen2vl/adapter --out exported/qwen2vl     # the adapter names its base
+
+Every LoRA layer is merged (`merge_and_unload`), vision-tower adapters included; the result and its
+processor load with `from_pretrained` and need neither peft nor texocr. A QLoRA adapter is merged into
+the unquantized base (loaded in `--dtype`), which is what its 4-bit training approximated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the base model (local dir or hub id), or an adapter dir")
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter directory (adapter_config.json)")
+    parser.add_argument("--out", required=True, help="output directory (created; must be empty if it exists)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="dtype of the merged weights (auto: bfloat16 on a GPU, float32 on a CPU)")
+    parser.add_argument("--device", default=None, help="where to merge (default: cuda if available, else cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = export(args.model, args.out, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    print(f"merged model + processor saved to {out}")
+    return 0
+
+
+def merge(model: Any) -> Any:
+    """A PeftModel -> its base with every LoRA delta added into the weights (a plain transformers model)."""
+    from texocr.errors import TexocrError
+
+    if not hasattr(model, "merge_and_unload"):
+        raise TexocrError("this model carries no LoRA adapter: nothing to merge")
+    merged = model.merge_and_unload()
+    left = [n for n, _ in merged.named_modules() if "lora_" in n.rsplit(".", 1)[-1]]
+    if left:  # pragma: no cover - peft merges every LoRA layer it created
+        raise TexocrError(f"merge left {len(left)} LoRA modules behind, e.g. {left[0]}")
+    return merged
+
+
+def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: str = "auto",
+           device: str | None = None) -> Path:
+    """Load `model` (+ `adapter`), merge, save model + processor to `out`; returns `out`."""
+    from texocr.config import ModelConfig
+    from texocr.errors import TexocrError
+    from texocr.models.loading import load_model
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TexocrError(f"--out {out} exists and is not an empty directory")
+    if dtype not in DTYPES:
+        raise TexocrError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    cfg = ModelConfig(name_or_path=model, adapter=adapter, dtype=dtype)  # type: ignore[arg-type]
+    loaded = load_model(cfg, training=False, device=device)
+    merged = merge(loaded.model)
+    merged.config.use_cache = True
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    loaded.processor.save_pretrained(str(out))
+    (out / "texocr_export.json").write_text(json.dumps(
+        {"base": model, "adapter": adapter, "family": loaded.family.name, "dtype": str(loaded.dtype)}, indent=2) + "\n")
+    return out

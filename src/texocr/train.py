@@ -1,0 +1,312 @@
+"""`texocr train`: the one training path for full fine-tuning, LoRA and QLoRA, on the Hugging Face Trainer.
+
+    texocr train --config configs/tiny/cpu-lora.yaml                       # a few minutes on a laptop CPU
+    texocr train --config configs/qwen2_vl/7b-lora.yaml --train.lr 1e-4    # dotted overrides
+    texocr train --config ... --train.resume latest                        # continue from the newest checkpoint
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m texocr train --config ...   # several GPUs
+
+The three methods differ only in how `texocr.models.load_model(cfg.model, training=True)` prepares the
+model; data, batching, loop, evaluation and saving are shared. Output (`train.output_dir`):
+
+    config.yaml      the resolved config            checkpoints/   checkpoint-N/ (resumable, marked complete)
+    adapter/|model/  final weights + processor      logs/          TensorBoard events + metrics.csv
+    metrics.json     final evaluation               loss_curve.png
+    skipped.jsonl    rows of the data that could not be used (when any)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from texocr.config import Config, DataConfig, TrainConfig
+    from texocr.models.loading import LoadedModel
+    from texocr.sample import Sample, Skipped
+
+log = logging.getLogger("texocr.train")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="a YAML config (configs/<family>/<size>-<method>.yaml)")
+    parser.epilog = ("Any config key can be overridden: --train.lr 1e-4 --model.method full "
+                     "--data.train DIR --train.resume latest")
+    parser.set_defaults(_accepts_overrides=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from texocr.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    em = result.metrics.get("exact_match")
+    print(f"trained {result.steps} steps -> {result.output_dir}"
+          + (f"; val exact match {em:.3f} on {int(result.metrics.get('n', 0))} samples" if em is not None else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_samples(specs: list[str], data_cfg: DataConfig, *, split: str | None, limit: int | None,
+                 skipped: list[Skipped]) -> list[Sample]:
+    """Every usable Sample of `specs` (at most `limit`); rows that fail are added to `skipped`."""
+    from texocr.data.sources import open_source
+
+    out: list[Sample] = []
+    for spec in specs:
+        source = open_source(spec, data_cfg, split=split)
+        for sample in source:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(sample)
+        skipped.extend(source.skipped)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+class SampleDataset:
+    """A map-style dataset over Samples (what the Trainer's samplers, DDP sharding and resume expect)."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+
+def normalize_target(latex: str) -> str:
+    """Training target: the LaTeX core's canonical form, so that exact match means the same everywhere."""
+    from texocr.latex import normalize
+
+    try:
+        out = normalize(latex)
+    except Exception:  # noqa: BLE001 - an unparsable label is still a usable target as written
+        return latex.strip()
+    return out or latex.strip()
+
+
+@dataclass
+class Collate:
+    """Samples -> a training batch through the family's encoding; over-long samples are dropped and counted."""
+
+    loaded: LoadedModel
+    max_length: int
+    dropped: int = 0
+
+    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        from texocr.errors import TexocrError
+
+        fam, proc = self.loaded.family, self.loaded.processor
+        enc = fam.encode(proc, [s.image for s in samples], [normalize_target(s.latex) for s in samples],
+                         self.max_length)
+        if enc.dropped:
+            self.dropped += len(enc.dropped)
+            log.warning("dropped %d over-long sample(s) (lengths %s > model.max_length=%d)",
+                        len(enc.dropped), [n for _, n in enc.dropped], self.max_length)
+        if enc.batch is None:
+            raise TexocrError(f"every sample of a batch is longer than model.max_length={self.max_length} "
+                              f"(lengths {[n for _, n in enc.dropped]}); raise model.max_length or lower "
+                              "model.max_pixels")
+        return dict(enc.batch)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> `bf16` on a GPU that supports it, `fp16` on an older GPU, `no` on a CPU."""
+    import torch
+
+    if precision != "auto":
+        if precision != "no" and not torch.cuda.is_available():
+            from texocr.errors import TexocrError
+
+            raise TexocrError(f"train.precision={precision} needs a CUDA GPU; use 'auto' or 'no' on a CPU")
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def training_arguments(cfg: Config, out: Path, *, has_val: bool) -> Any:
+    """The `TrainingArguments` that express `cfg.train` (also what `accelerate launch` / DeepSpeed configure)."""
+    from transformers import TrainingArguments
+
+    t: TrainConfig = cfg.train
+    precision = resolve_precision(t.precision)
+    evaluate = has_val and t.eval_steps > 0
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps if evaluate else None,
+        metric_for_best_model="exact_match" if evaluate else None,
+        greater_is_better=True,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_pin_memory=precision != "no",
+        remove_unused_columns=False,  # the collator reads Samples, not named columns
+        report_to="none",  # TensorBoard is added explicitly so that it writes to logs/
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _make_trainer_class() -> type:
+    from transformers import Trainer
+
+    class TexocrTrainer(Trainer):
+        """A Trainer whose evaluation generates on the validation subset and reports exact match."""
+
+        texocr_loaded: LoadedModel
+        texocr_val: list[Sample]
+        texocr_eval_cfg: Any
+
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
+                     metric_key_prefix: str = "eval") -> dict[str, float]:
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            try:
+                loaded = replace(self.texocr_loaded, model=model)
+                from texocr.train_callbacks import score_samples
+
+                raw = score_samples(loaded, self.texocr_val, self.texocr_eval_cfg)
+            finally:
+                model.train(was_training)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return TexocrTrainer
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _device() -> str | None:
+    """Each process of a multi-GPU launch loads its model on its own GPU."""
+    import torch
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return None
+
+
+def train(cfg: Config, *, train_samples: list[Sample] | None = None,
+          val_samples: list[Sample] | None = None) -> TrainResult:
+    """Run one training job; `train_samples`/`val_samples` replace `cfg.data` sources when given (tests, API)."""
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from texocr.config import save_config
+    from texocr.data.sources import write_skipped
+    from texocr.errors import TexocrError
+    from texocr.models.loading import load_model, trainable_parameters
+    from texocr.train_callbacks import CheckpointMarker, CsvLogger, plot_loss, resolve_resume
+
+    out = Path(cfg.train.output_dir)
+    resume = resolve_resume(cfg.train.resume, out / "checkpoints")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    set_seed(cfg.train.seed)
+
+    skipped: list[Skipped] = []
+    if train_samples is None:
+        if not cfg.data.train:
+            raise TexocrError("no training data: set data.train (a folder, hf:<id>, a preset or 'synthetic')")
+        train_samples = read_samples(cfg.data.train, cfg.data, split=cfg.data.split, limit=cfg.data.limit,
+                                     skipped=skipped)
+    if val_samples is None:
+        val_samples = read_samples(cfg.data.val, cfg.data, split=cfg.data.val_split, limit=cfg.data.val_limit,
+                                   skipped=skipped) if cfg.data.val else []
+    if skipped:
+        write_skipped(skipped, out / "skipped.jsonl")
+    if not train_samples:
+        raise TexocrError(f"no usable training samples in {cfg.data.train} "
+                          f"({len(skipped)} rows skipped; see {out / 'skipped.jsonl'})")
+    log.info("data: %d training, %d validation samples, %d rows skipped",
+             len(train_samples), len(val_samples), len(skipped))
+
+    loaded = load_model(cfg.model, training=True, device=_device())
+    log.info("%s (%s, %s)", trainable_parameters(loaded.model)["summary"], loaded.family.name, cfg.model.method)
+    args = training_arguments(cfg, out, has_val=bool(val_samples))
+    callbacks: list[Any] = [
+        CheckpointMarker(),
+        CsvLogger(out / "logs" / "metrics.csv"),
+        _tensorboard(out / "logs"),
+    ]
+    if cfg.train.early_stopping_patience > 0 and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience))
+    collate = Collate(loaded, cfg.model.max_length)
+    trainer = _make_trainer_class()(
+        model=loaded.model,
+        args=args,
+        train_dataset=SampleDataset(train_samples),
+        eval_dataset=SampleDataset(val_samples) if val_samples else None,
+        data_collator=collate,
+        processing_class=loaded.processor,
+        callbacks=callbacks,
+    )
+    trainer.texocr_loaded, trainer.texocr_val, trainer.texocr_eval_cfg = loaded, val_samples, cfg.eval
+    trainer.train(resume_from_checkpoint=resume)
+
+    metrics: dict[str, float] = {"n": 0.0}
+    if val_samples:
+        metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k != "epoch"}
+    if collate.dropped:
+        metrics["dropped_too_long"] = float(collate.dropped)
+    if trainer.is_world_process_zero():
+        final = out / ("model" if cfg.model.method == "full" else "adapter")
+        trainer.save_model(str(final))  # a PeftModel saves only its adapter
+        loaded.processor.save_pretrained(str(final))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_loss(trainer.state.log_history, out / "loss_curve.png")
+    return TrainResult(out, trainer.state.global_step, metrics, list(trainer.state.log_history))
+
+
+def _tensorboard(folder: Path) -> Any:
+    """TensorBoard events in `logs/` (the stock callback would write under checkpoints/runs/)."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(folder)
+    return callback

@@ -1,0 +1,187 @@
+"""Pieces of a training run around the Hugging Face `Trainer`: CSV logs, checkpoint completion markers,
+resume resolution, the loss curve, and the generation-based evaluation used during and after training.
+
+A checkpoint counts as complete only once `COMPLETE_MARKER` exists in it. The Trainer writes a checkpoint
+file by file (weights, optimizer, scheduler, RNG, trainer_state.json); the marker is written atomically
+afterwards (in `on_save`), so a run killed half-way through a save leaves a folder that `--train.resume
+latest` passes over.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from texocr.errors import TexocrError
+
+if TYPE_CHECKING:
+    from texocr.config import EvalConfig
+    from texocr.sample import Sample
+
+log = logging.getLogger("texocr.train")
+
+COMPLETE_MARKER = "texocr_complete"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete `checkpoint-N` folders under `folder`, oldest first."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(spec: str | None, checkpoints_dir: str | Path) -> str | None:
+    """`None` -> None; `latest` -> the newest complete checkpoint (None when there is none yet);
+    a directory -> itself, if it is a complete checkpoint."""
+    if not spec:
+        return None
+    if spec == "latest":
+        done = complete_checkpoints(checkpoints_dir)
+        skipped = [p for p in Path(checkpoints_dir).glob("checkpoint-*")
+                   if p.is_dir() and not (p / COMPLETE_MARKER).is_file()] if Path(checkpoints_dir).is_dir() else []
+        for p in skipped:
+            log.warning("ignoring incomplete checkpoint %s (no %s marker)", p, COMPLETE_MARKER)
+        if not done:
+            log.warning("train.resume=latest: no complete checkpoint in %s; starting from scratch", checkpoints_dir)
+            return None
+        return str(done[-1])
+    path = Path(spec)
+    if not path.is_dir():
+        raise TexocrError(f"train.resume: {spec} is not a directory (use 'latest' or a checkpoint-N folder)")
+    if not (path / COMPLETE_MARKER).is_file():
+        raise TexocrError(f"train.resume: {spec} is not a complete texocr checkpoint (no {COMPLETE_MARKER} file; "
+                          "it was probably interrupted while being written)")
+    return str(path)
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete after the Trainer has written all of it."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            _atomic_write(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
+
+
+# ---------------------------------------------------------------- logs
+
+
+class CsvLogger(TrainerCallback):
+    """Appends every logged number to `path` as `step,epoch,name,value` rows (survives resumes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "epoch", "name", "value"])
+            for name, value in logs.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    w.writerow([state.global_step, f"{state.epoch or 0:.4f}", name, value])
+
+
+def read_csv_log(path: str | Path, name: str) -> dict[int, float]:
+    """`{step: value}` of one logged quantity (the last value wins when a resumed run logs a step again)."""
+    out: dict[int, float] = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["name"] == name:
+                out[int(row["step"])] = float(row["value"])
+    return out
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Training loss (and exact match, when evaluated) against step, saved as a PNG; None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = [(h["step"], h["loss"]) for h in log_history if "loss" in h and math.isfinite(h["loss"])]
+    em = [(h["step"], h["eval_exact_match"]) for h in log_history if "eval_exact_match" in h]
+    if not loss and not em:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if loss:
+        ax.plot(*zip(*loss), label="train loss", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if em:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*em), "o-", label="val exact match", color="tab:orange")
+        ax2.set_ylabel("exact match")
+        ax2.set_ylim(0, 1)
+    ax.set_title("texocr training")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def score_samples(loaded: Any, samples: list[Sample], eval_cfg: EvalConfig) -> dict[str, float]:
+    """Generate on `samples` and compute the metrics (exact match first) through `texocr.evaluate.score`."""
+    try:
+        from texocr.evaluate import score
+        from texocr.infer import Recognizer
+    except ModuleNotFoundError as e:
+        if e.name not in ("texocr.evaluate", "texocr.infer"):
+            raise
+        metrics = _greedy_score(loaded, samples, eval_cfg)  # until the evaluation module lands
+    else:
+        metrics = score(Recognizer.from_loaded(loaded), samples, eval_cfg).metrics
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _greedy_score(loaded: Any, samples: list[Sample], eval_cfg: EvalConfig) -> dict[str, float]:
+    """Greedy generation in batches + the metrics of `texocr.metrics` (no rendering, no report)."""
+    import torch
+
+    from texocr.metrics import compute_metrics
+
+    fam, proc, model = loaded.family, loaded.processor, loaded.model
+    device = next(model.parameters()).device
+    preds: list[str] = []
+    for i in range(0, len(samples), eval_cfg.batch_size):
+        chunk = samples[i : i + eval_cfg.batch_size]
+        batch = fam.encode_for_generation(proc, [s.image for s in chunk]).to(device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=eval_cfg.max_new_tokens, do_sample=False,
+                                 num_beams=eval_cfg.num_beams, **fam.generation_kwargs(proc))
+        preds.extend(fam.decode(proc, out[:, batch["input_ids"].shape[1]:]))
+    return compute_metrics(preds, [s.latex for s in samples])
