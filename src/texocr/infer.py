@@ -1,0 +1,326 @@
+"""`Recognizer`: images of math in, LaTeX out. What predict, eval, serve, demo and the Python API all call.
+
+    from texocr.infer import Recognizer
+    rec = Recognizer.load("runs/tiny/model")                 # or a hub id, or "default"; adapter="runs/x/adapter"
+    rec("eq.png")                                            # -> "\\frac{a}{b}"
+    rec(["a.png", png_bytes, pil_image])                     # -> [str, str, str], input order kept
+    rec(images, return_details=True)                         # -> [Prediction(text, score, time_s, error, ...)]
+    for piece in rec.stream("eq.png"): print(piece, end="")  # tokens as they are generated
+
+A batch is grouped by image shape (similar aspect ratio and area generate together, less padding) and put
+back in input order. Decoding is greedy unless `num_beams > 1`. Generation stops at the end token, at
+`max_new_tokens`, or when the output has fallen into a loop (`RepetitionStopper`); the looping tail is cut.
+The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
+`texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
+the error and the rest of the batch completes.
+
+`no_repeat_ngram_size` is never used and `repetition_penalty` defaults to 1.0: LaTeX repeats n-grams
+legitimately (`} ^ {`, `& 0 & 0`), and penalizing them corrupts correct output; loops are cut instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from texocr.errors import TexocrError
+
+if TYPE_CHECKING:
+    import torch
+
+    from texocr.models.loading import LoadedModel
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
+"""Where texocr's shipped compact model lives once it is shipped (package data)."""
+
+
+def resolve_model(name: str) -> str:
+    """The path or hub id that `--model NAME` means; `default` is texocr's shipped compact model."""
+    if name != "default":
+        return name
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return str(DEFAULT_MODEL_DIR)
+    raise TexocrError("texocr's default model weights are not shipped yet; pass --model with a local model "
+                      "directory (e.g. a training run's model/ or adapter/) or a hub id")
+
+
+def pick_device(device: str | None = None) -> str:
+    """`device` if given, else CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class Prediction:
+    """One image's result. `error` is set (and `text` empty) when the image could not be read or decoded."""
+
+    text: str
+    score: float | None = None
+    """Mean log-probability of the generated tokens (higher is more confident); None on error."""
+    time_s: float = 0.0
+    """Wall time of the batch this image was generated in (what a caller waited for it)."""
+    error: str | None = None
+    source: str = ""
+    """The input's name: its path, or `<bytes>`, `<Image>`."""
+    tokens: int = 0
+    stop: str = ""
+    """Why generation ended: `end` (end token), `repetition` (loop cut), `max_new_tokens`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- loops
+
+
+def find_repeat(ids: Sequence[int], *, max_ngram: int = 48, min_repeats: int = 3,
+                min_span: int = 32) -> tuple[int, int] | None:
+    """`(start, n)` if `ids` ends in a loop of period `n` (a block repeated back to back), else None.
+
+    The periodic tail `ids[start:]` must span at least `max(min_repeats, ceil(min_span / n))` copies of the
+    block, so a single token must repeat `min_span` times but a 16-token block only `min_repeats` times.
+    `start` is the earliest position from which the rest is periodic, so `ids[:start + n]` keeps exactly one
+    copy, aligned where the loop began (not wherever generation happened to stop inside it).
+    """
+    length = len(ids)
+    for n in range(1, min(max_ngram, length // min_repeats) + 1):
+        need = max(min_repeats, math.ceil(min_span / n)) * n
+        if need > length:
+            continue
+        start = length - n
+        while start > 0 and ids[start - 1] == ids[start - 1 + n]:
+            start -= 1
+        if length - start >= need:
+            return start, n
+    return None
+
+
+def _stopping_criterion(prompt_len: int, **repeat_kw: Any) -> Any:
+    """A transformers `StoppingCriteria` that ends each row whose generated tail has fallen into a loop."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class RepetitionStopper(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+            gen = input_ids[:, prompt_len:].tolist()  # [B, new tokens so far]
+            done = [find_repeat(row, **repeat_kw) is not None for row in gen]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return RepetitionStopper()
+
+
+# ---------------------------------------------------------------- cleaning
+
+_CHAT_TOKENS = re.compile(r"<\|[^|<>]{1,40}\|>|<(?:/s|s|eos|bos|pad|end_of_turn|start_of_turn|end_of_utterance)>")
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
+_WRAPPERS = ((r"$$", r"$$"), (r"\[", r"\]"), (r"\(", r"\)"), ("$", "$"))
+
+
+def clean_output(text: str, prompt: str | None = None) -> str:
+    """Model text -> bare LaTeX: no chat tokens, echoed prompt, code fence, or math delimiters; then repaired."""
+    from texocr.latex import repair
+
+    text = _CHAT_TOKENS.sub("", text).strip()
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt):].strip()
+    text = re.sub(r"^(?:assistant|answer|latex)\s*:?\s*\n", "", text, flags=re.IGNORECASE).strip()
+    m = _FENCE.match(text)
+    if m:
+        text = m.group(1).strip()
+    for left, right in _WRAPPERS:
+        if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            inner = text[len(left): len(text) - len(right)]
+            if left != "$" or "$" not in inner:  # `$a$ and $b$` is not one wrapped formula
+                text = inner.strip()
+            break
+    return repair(text) if text else ""
+
+
+# ---------------------------------------------------------------- recognizer
+
+
+def _source_name(src: Any) -> str:
+    if isinstance(src, (str, Path)):
+        return str(src)
+    name = getattr(src, "name", None)
+    if isinstance(name, str):
+        return name
+    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else "<Image>"
+
+
+class Recognizer:
+    """A loaded model + processor + family that turns images into LaTeX (see the module docstring)."""
+
+    def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu", batch_size: int = 16,
+                 max_new_tokens: int = 256, num_beams: int = 1, repetition_penalty: float = 1.0,
+                 max_pixels: int = 64_000_000, max_side: int = 4096) -> None:
+        self.model, self.processor, self.family, self.device = model, processor, family, device
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+        self.repetition_penalty = repetition_penalty
+        self.max_pixels, self.max_side = max_pixels, max_side
+
+    @classmethod
+    def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
+             dtype: str | None = None, *, family: str | None = None, **options: Any) -> Recognizer:
+        """Load `model` (`default`, a local directory or a hub id) with an optional LoRA `adapter`."""
+        from texocr.config import ModelConfig
+        from texocr.models.loading import load_model
+
+        cfg = ModelConfig(name_or_path=resolve_model(model), adapter=adapter, family=family,
+                          dtype=dtype or "auto")  # type: ignore[arg-type]
+        return cls.from_loaded(load_model(cfg, training=False, device=pick_device(device)), **options)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **options: Any) -> Recognizer:
+        """Wrap an already loaded model (e.g. the one being trained, for periodic evaluation)."""
+        return cls(loaded.model, loaded.processor, loaded.family, device=str(loaded.device), **options)
+
+    # ------------------------------------------------------------ public calls
+
+    def __call__(self, images: Any, *, return_details: bool = False, batch_size: int | None = None,
+                 num_beams: int | None = None, max_new_tokens: int | None = None) -> Any:
+        """LaTeX for one image (a str) or a list of images (a list); `return_details` gives `Prediction`s."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        preds = self.predict(items, batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        out = preds if return_details else [p.text for p in preds]
+        return out[0] if single else out
+
+    def predict(self, images: Sequence[Any], *, batch_size: int | None = None, num_beams: int | None = None,
+                max_new_tokens: int | None = None) -> list[Prediction]:
+        """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated."""
+        results: list[Prediction | None] = [None] * len(images)
+        loaded: list[tuple[int, Any]] = []
+        for i, src in enumerate(images):
+            try:
+                loaded.append((i, self._load(src)))
+            except TexocrError as e:
+                results[i] = Prediction("", error=str(e), source=_source_name(src))
+        # similar shapes together: less padding, and one odd image does not slow the others
+        loaded.sort(key=lambda it: (round(it[1].width / it[1].height, 1), it[1].width * it[1].height))
+        size = max(1, batch_size or self.batch_size)
+        for start in range(0, len(loaded), size):
+            chunk = loaded[start: start + size]
+            for (i, _), pred in zip(chunk, self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens)):
+                pred.source = _source_name(images[i])
+                results[i] = pred
+        return [r for r in results if r is not None]
+
+    def stream(self, image: Any, *, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated (raw model text: not cleaned or repaired)."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        img = self._load(image)
+        enc = self._encode([img])
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(enc, 1, max_new_tokens)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criterion(enc["input_ids"].shape[1])])
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            import torch
+
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**enc, **kwargs, streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+                errors.append(e)
+                streamer.on_finalized_text("", stream_end=True)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+        if errors:
+            raise TexocrError(f"generation failed: {errors[0]}")
+
+    # ------------------------------------------------------------ internals
+
+    def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
+        import numpy as np
+
+        from texocr.data.images import load_image
+
+        img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
+        lo, hi = np.asarray(img.convert("L")).min(), np.asarray(img.convert("L")).max()
+        if int(hi) - int(lo) < 8:  # also what a fully transparent PNG becomes once composited on white
+            raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
+        return img
+
+    def _encode(self, images: list[Any]) -> Any:
+        enc = self.family.encode_for_generation(self.processor, images).to(self.device)
+        dtype = next(self.model.parameters()).dtype
+        return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in enc.items()}
+
+    def _generate_kwargs(self, enc: Any, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
+        return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,
+                    repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
+
+    def _generate_safely(self, images: list[Any], num_beams: int | None,
+                         max_new_tokens: int | None) -> list[Prediction]:
+        """Generate a batch; if the batch fails, retry image by image so only the culprit fails."""
+        try:
+            return self._generate(images, num_beams, max_new_tokens)
+        except Exception as e:  # noqa: BLE001 - processor/model errors on odd inputs; retried one by one below
+            if len(images) == 1:
+                return [Prediction("", error=f"generation failed: {type(e).__name__}: {e}")]
+        return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
+
+    def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None) -> list[Prediction]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        beams = num_beams or self.num_beams
+        start = time.perf_counter()
+        enc = self._encode(images)
+        prompt_len = enc["input_ids"].shape[1]
+        kwargs = self._generate_kwargs(enc, beams, max_new_tokens)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc, **kwargs, stopping_criteria=StoppingCriteriaList([_stopping_criterion(prompt_len)]),
+                    output_scores=True, return_dict_in_generate=True)
+                new = out.sequences[:, prompt_len:]  # [B, new tokens]
+                logp = self.model.compute_transition_scores(
+                    out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1)
+        finally:
+            if was_training:
+                self.model.train()
+        elapsed = time.perf_counter() - start
+        return [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(new.tolist(), logp.float().tolist())]
+
+    def _finish(self, row: list[int], logp: list[float], kwargs: dict[str, Any], elapsed: float) -> Prediction:
+        stops = set(kwargs["eos_token_id"])
+        pad = kwargs.get("pad_token_id")
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        ids = row[:end] if end is not None else row
+        while ids and ids[-1] == pad and pad not in stops:  # padding after a row stopped early
+            ids = ids[:-1]
+        n_scored = len(ids) + (end is not None)  # the end token's probability counts too
+        scored = [s for s in logp[:n_scored] if math.isfinite(s)]
+        stop = "end" if end is not None else "max_new_tokens"
+        rep = find_repeat(ids)
+        if rep is not None and end is None:
+            ids, stop = ids[: rep[0] + rep[1]], "repetition"  # keep one copy of the looping block
+        from texocr.models.base import INSTRUCTION
+
+        text = self.family.decode(self.processor, [ids])[0]
+        return Prediction(clean_output(text, prompt=INSTRUCTION), score=sum(scored) / len(scored) if scored else None,
+                          time_s=elapsed, tokens=len(ids), stop=stop)
