@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import random
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -55,13 +56,13 @@ def printed(img: Image.Image, rng: random.Random, strength: float = 1.0, thicken
 def handwriting(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
     """Pen-like: elastic strokes, wandering baseline, slant, even stroke width, pure black ink."""
     p = min(1.0, max(0.0, strength))
-    img = rescale(img, rng.uniform(0.9, 1.3))
+    img = rescale(img.convert("L"), rng.uniform(0.8, 1.2))  # strokes are black on white: one channel is enough
     img = pad(img, rng, lo=6, hi=12)
     h = img.height
-    img = elastic(img, rng, amplitude=p * rng.uniform(0.012, 0.025) * max(h, 60), cell=rng.randint(18, 30))
-    img = baseline(img, rng, amplitude=p * rng.uniform(0.01, 0.035) * max(h, 60))
+    img = warp(img, rng, elastic=p * rng.uniform(0.012, 0.025) * max(h, 60),
+               wave=p * rng.uniform(0.01, 0.035) * max(h, 60), cell=rng.randint(18, 30))
     img = rotate_shear(img, angle=rng.uniform(-3, 3) * p, shear=rng.uniform(-0.3, 0.15) * p)
-    img = pen(img, width=rng.choice([1, 2, 2, 3]) if h > 40 else 1)
+    img = pen(img, width=rng.choice([1, 1, 2]) if h > 60 else 1)
     return _bound(img)
 
 
@@ -84,7 +85,7 @@ def pad(img: Image.Image, rng: random.Random, lo: int = 2, hi: int = 24) -> Imag
     Applied before any colouring, so white is the paper; later steps read the paper colour from a corner."""
     s = max(0.5, img.height / 64)
     l, t, r, b = (round(rng.randint(lo, hi) * s) for _ in range(4))
-    return ImageOps.expand(img, border=(l, t, r, b), fill=(255, 255, 255))
+    return ImageOps.expand(img, border=(l, t, r, b), fill=255 if img.mode == "L" else (255, 255, 255))
 
 
 def rotate_shear(img: Image.Image, angle: float = 0.0, shear: float = 0.0) -> Image.Image:
@@ -115,50 +116,44 @@ def perspective(img: Image.Image, rng: random.Random, amount: float) -> Image.Im
                          fillcolor=_corner(img))
 
 
-def elastic(img: Image.Image, rng: random.Random, amplitude: float, cell: int = 24) -> Image.Image:
-    """Bend strokes with a smooth random displacement field (`amplitude` px), via a PIL mesh transform."""
+def warp(img: Image.Image, rng: random.Random, elastic: float, wave: float, cell: int = 24) -> Image.Image:
+    """Handwriting-like geometry in one resampling: a smooth random displacement field of about `elastic` px
+    (features ~3 `cell`s wide) bends the strokes, and a slow vertical wave of `wave` px moves the baseline."""
     w, h = img.size
-    gw, gh = max(1, w // cell), max(1, h // cell)
     nrng = np.random.default_rng(rng.getrandbits(63))
-    # coarse noise (one value per ~3 cells) upsampled to the mesh vertices: smooth, not jittery
-    coarse = (max(2, gw // 3 + 2), max(2, gh // 3 + 2))
-    fields = []
-    for _ in range(2):
-        z = Image.fromarray(nrng.uniform(-1, 1, (coarse[1], coarse[0])).astype(np.float32), mode="F")
-        fields.append(np.asarray(z.resize((gw + 1, gh + 1), Image.Resampling.BICUBIC)) * amplitude)
-    return _mesh(img, fields[0], fields[1])
+    coarse = (max(2, h // (3 * cell) + 2), max(2, w // (3 * cell) + 2))
+    dx = _upsample(nrng.uniform(-1, 1, coarse), w, h) * elastic
+    dy = _upsample(nrng.uniform(-1, 1, coarse), w, h) * elastic
+    x = np.linspace(0, 1, w, dtype=np.float32)
+    line = sum(rng.uniform(-1, 1) * np.sin(2 * np.pi * (k * x + rng.random())) / k for k in (1, 2, 3))
+    return remap(img, dx, dy + (line * wave)[None, :])
 
 
-def baseline(img: Image.Image, rng: random.Random, amplitude: float) -> Image.Image:
-    """A wandering baseline: a slow random vertical wave along x."""
-    w, h = img.size
-    cell = 16
-    gw, gh = max(1, w // cell), max(1, h // cell)
-    x = np.linspace(0, 1, gw + 1)
-    wave = sum(rng.uniform(-1, 1) * np.sin(2 * np.pi * (k * x + rng.random())) / k for k in (1, 2, 3))
-    dy = np.tile((wave * amplitude)[None, :], (gh + 1, 1))
-    return _mesh(img, np.zeros_like(dy), dy)
+def _upsample(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Smoothly resize a small 2-D field to [h, w] (bicubic)."""
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BICUBIC))
 
 
-def _mesh(img: Image.Image, dx: np.ndarray, dy: np.ndarray) -> Image.Image:
-    """Warp with per-vertex displacements `dx`, `dy` ([gh + 1, gw + 1], pixels): output cell <- source quad."""
-    w, h = img.size
-    gh, gw = dx.shape[0] - 1, dx.shape[1] - 1
-    xs = np.linspace(0, w, gw + 1)
-    ys = np.linspace(0, h, gh + 1)
-    mesh = []
-    for j in range(gh):
-        for i in range(gw):
-            box = (int(xs[i]), int(ys[j]), int(xs[i + 1]), int(ys[j + 1]))
-
-            def v(a: int, b: int) -> tuple[float, float]:
-                return xs[a] + dx[b, a], ys[b] + dy[b, a]
-
-            # quad corners: upper-left, lower-left, lower-right, upper-right
-            quad = (*v(i, j), *v(i, j + 1), *v(i + 1, j + 1), *v(i + 1, j))
-            mesh.append((box, quad))
-    return img.transform((w, h), Image.Transform.MESH, mesh, resample=Image.Resampling.BILINEAR,
-                         fillcolor=_corner(img))
+def remap(img: Image.Image, dx: np.ndarray, dy: np.ndarray) -> Image.Image:
+    """Output pixel (x, y) <- input (x + dx, y + dy), bilinear; `dx`, `dy` are [H, W] pixel offsets."""
+    mode = "L" if img.mode == "L" else "RGB"
+    a = np.asarray(img.convert(mode), dtype=np.float32).reshape(img.height, img.width, -1)  # [H, W, C]
+    h, w, c = a.shape
+    fill = np.atleast_1d(np.array(_corner(img), np.float32))[:c]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    sx, sy = xs + dx, ys + dy
+    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    padded = np.empty((h + 2, w + 2, c), np.float32)  # a one-pixel border of paper for out-of-range reads
+    padded[:] = fill
+    padded[1:-1, 1:-1] = a
+    x0, y0 = np.clip(x0 + 1, 0, w), np.clip(y0 + 1, 0, h)
+    x1, y1 = np.clip(x0 + 1, 0, w + 1), np.clip(y0 + 1, 0, h + 1)
+    top = padded[y0, x0] * (1 - fx) + padded[y0, x1] * fx
+    bot = padded[y1, x0] * (1 - fx) + padded[y1, x1] * fx
+    out = top * (1 - fy) + bot * fy
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out[..., 0] if c == 1 else out, mode=mode)
 
 
 # -- ink and paper ------------------------------------------------------------------------------------
@@ -182,7 +177,8 @@ def colorize(img: Image.Image, rng: random.Random, texture: bool = False) -> Ima
     """Tint ink and paper (dark ink, light paper) and optionally add a low-frequency paper texture."""
     a = np.asarray(img.convert("L"), dtype=np.float32) / 255.0  # [H, W], 1 = paper
     ink = np.array([rng.randint(0, 70), rng.randint(0, 70), rng.randint(0, 90)], np.float32)
-    paper = np.array([rng.randint(215, 255) for _ in range(3)], np.float32)
+    base = rng.randint(215, 255)  # near-neutral paper, slightly tinted
+    paper = np.array([min(255, base + rng.randint(-12, 12)) for _ in range(3)], np.float32)
     out = ink + a[..., None] * (paper - ink)  # [H, W, 3]
     if texture:
         h, w = a.shape
@@ -210,10 +206,9 @@ def jpeg(img: Image.Image, quality: int) -> Image.Image:
         return im.convert("RGB")
 
 
-def _corner(img: Image.Image) -> tuple[int, ...]:
-    """The background colour, read from the top-left pixel (renders are cropped with paper around ink)."""
-    c = img.convert("RGB").getpixel((0, 0))
-    return tuple(c) if isinstance(c, tuple) else (c, c, c)
+def _corner(img: Image.Image) -> Any:
+    """The paper colour (an int for "L" images, a tuple for RGB), read from the top-left pixel: `pad` runs first."""
+    return img.getpixel((0, 0))
 
 
 def _bound(img: Image.Image) -> Image.Image:

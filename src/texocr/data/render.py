@@ -60,16 +60,18 @@ _ERROR_LINE = re.compile(r"^\./doc\.tex:(\d+): (.*)$", re.M)
 _SIZES = [(0.83, r"\footnotesize"), (0.92, r"\small"), (1.0, r"\normalsize"), (1.2, r"\large"),
           (1.44, r"\Large"), (1.73, r"\LARGE")]
 
-TEX_FONTS: dict[str, str] = {
-    "cm": "",
-    "times": r"\usepackage{mathptmx}",
-    "palatino": r"\usepackage{mathpazo}",
-    "euler": r"\usepackage{euler}",
-    "bookman": r"\usepackage{bookman}",
-    "helvet": r"\usepackage{helvet}\renewcommand{\familydefault}{\sfdefault}",
+TEX_FONTS: dict[str, tuple[str, str]] = {
+    "cm": ("", "cmmi10"),
+    "cm-bold": (r"\AtBeginDocument{\boldmath}", "cmmib10"),
+    "cm-sans": (r"\renewcommand{\familydefault}{\sfdefault}", "cmss10"),
+    "euler": (r"\usepackage{euler}", "eurm10"),
+    "times": (r"\usepackage{mathptmx}", "zptmcm7t"),
+    "palatino": (r"\usepackage{mathpazo}", "pplr7t"),
+    "bookman": (r"\usepackage{bookman}", "pbkl7t"),
 }
-"""TeX font set-ups by name (preamble lines); `available_tex_fonts()` keeps those whose packages are installed.
-Computer Modern is arXiv's (and im2latex's) look; Euler is Zapf's math font modelled on handwriting."""
+"""TeX font set-ups: name -> (preamble, a font metric file it needs); `available_tex_fonts()` keeps those whose
+metrics `kpsewhich` finds (the PSNFSS ones need texlive-fonts-recommended). Computer Modern is arXiv's (and
+im2latex's) look; Euler is Zapf's math font modelled on handwriting."""
 
 
 @dataclass
@@ -229,7 +231,7 @@ class _TexJob:
 
     def _document(self, idx: list[int]) -> tuple[str, list[tuple[int, int, int]]]:
         """The .tex source and, per formula, (first line, last line, index)."""
-        lines = [r"\documentclass[12pt]{article}", r"\usepackage{amsmath,amssymb,bm}", TEX_FONTS[self.font],
+        lines = [r"\documentclass[12pt]{article}", r"\usepackage{amsmath,amssymb,bm}", TEX_FONTS[self.font][0],
                  r"\usepackage[active,tightpage]{preview}", r"\pagestyle{empty}", r"\begin{document}"]
         spans = []
         style = r"\displaystyle" if self.display else r"\textstyle"
@@ -360,16 +362,13 @@ def tex_available() -> bool:
 
 
 def available_tex_fonts() -> list[str]:
-    """TeX font set-ups whose packages `kpsewhich` finds (Computer Modern always)."""
-    names = ["cm"]
-    pkgs = {name: re.findall(r"\\usepackage\{(\w+)\}", pre) for name, pre in TEX_FONTS.items() if pre}
-    wanted = sorted({p for ps in pkgs.values() for p in ps})
-    found: set[str] = set()
-    if shutil.which("kpsewhich") and wanted:
-        r = subprocess.run(["kpsewhich", *[p + ".sty" for p in wanted]], capture_output=True, text=True)
-        found = {Path(line).stem for line in r.stdout.split()}
-    names += [n for n, ps in pkgs.items() if all(p in found for p in ps)]
-    return names
+    """TeX font set-ups whose font metrics `kpsewhich` finds (Computer Modern always)."""
+    if not shutil.which("kpsewhich"):
+        return ["cm"]
+    tfms = [tfm + ".tfm" for _, tfm in TEX_FONTS.values()]
+    r = subprocess.run(["kpsewhich", *tfms], capture_output=True, text=True)
+    found = {Path(line).stem for line in r.stdout.split()}
+    return ["cm"] + [n for n, (_, tfm) in TEX_FONTS.items() if n != "cm" and tfm in found]
 
 
 _MATH_FONT_PLACES = {
