@@ -98,9 +98,9 @@ def rotate_shear(img: Image.Image, angle: float = 0.0, shear: float = 0.0) -> Im
         off = extra if shear > 0 else 0
         # affine maps output (x, y) -> input (x + shear * y - off, y)
         img = img.transform((nw, h), Image.Transform.AFFINE, (1, shear, -off, 0, 1, 0),
-                            resample=Image.Resampling.BICUBIC, fillcolor=fill)
+                            resample=Image.Resampling.BILINEAR, fillcolor=fill)
     if angle:
-        img = img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+        img = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill)
     return img
 
 
@@ -112,7 +112,7 @@ def perspective(img: Image.Image, rng: random.Random, amount: float) -> Image.Im
         return v + rng.uniform(-amount, amount) * n
 
     quad = (j(0, w), j(0, h), j(0, w), j(h, h), j(w, w), j(h, h), j(w, w), j(0, h))
-    return img.transform((w, h), Image.Transform.QUAD, quad, resample=Image.Resampling.BICUBIC,
+    return img.transform((w, h), Image.Transform.QUAD, quad, resample=Image.Resampling.BILINEAR,
                          fillcolor=_corner(img))
 
 

@@ -404,7 +404,7 @@ def available_renderers() -> list[str]:
 def get_renderer(kind: str = "auto") -> Renderer:
     """`auto` (TeX when installed, else pip), `tex` or `pip`; a clear error when it cannot work here."""
     if kind == "auto":
-        kinds = available_renderers()
+        kinds = ["tex"] if tex_available() else available_renderers()  # skip importing ziamath when TeX is here
         if not kinds:
             raise TexocrError("no renderer available: install TeX (latex + dvipng) or `pip install texocr[render]`")
         kind = kinds[0]
