@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("texocr.data.cli", "render synthetic data, inspect a data set, check train/test overlap"),
     "train": ("texocr.train", "fine-tune a model (full, LoRA or QLoRA) from a config"),
     "export": ("texocr.export", "merge a LoRA adapter into its base model and save it"),
+    "eval": ("texocr.evaluate", "evaluate a model on a data set: metrics, predictions and an HTML report"),
+    "predict": ("texocr.predict", "transcribe images (files, a folder, or stdin) to LaTeX"),
 }
 
 

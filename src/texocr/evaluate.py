@@ -1,0 +1,250 @@
+"""`texocr eval`: predict on a data set, score it, and write what a person needs to judge the model.
+
+    texocr eval --model runs/tiny/model --data data/synth-test --out runs/eval [--limit 200]
+    texocr eval --model BASE --adapter runs/x/adapter --compare BASE --data D --out runs/before-after
+    texocr eval --config configs/tiny/cpu-lora.yaml --out runs/eval --eval.num_beams 3
+
+writes to `--out`:
+    predictions.jsonl    one row per sample: id, reference, prediction, exact, edit_distance, score, time_s, error, ...
+    metrics.json         the DESIGN.md keys (n, exact_match, bleu4, edit_score, cer, exprate_le1/2, valid_rate,
+                         image_match when a renderer is present, images_per_s, latency_ms_p50)
+    summary_report.csv   one row per model (two with --compare): model, adapter, data and every metric
+    report.html          self-contained page: metrics, token confusions, samples worst first (see report.py)
+    compare/             predictions.jsonl + metrics.json of the --compare model
+
+`score(recognizer, samples, eval_cfg)` is the one function that both this command and training's periodic
+evaluation call. Latency is the wall time of the batch an image was generated in (what a caller waits);
+throughput is images / total generation time (rendering and metrics excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from texocr.errors import TexocrError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from texocr.config import EvalConfig
+    from texocr.infer import Recognizer
+    from texocr.sample import Sample
+
+RECORD_KEYS = ("id", "reference", "prediction", "exact", "edit_distance", "image_match", "valid", "score",
+               "time_s", "tokens", "stop", "error")
+"""The columns of predictions.jsonl."""
+
+
+@dataclass
+class EvalResult:
+    predictions: list[dict[str, Any]]
+    """One record per sample (RECORD_KEYS, plus `ref_tokens`/`pred_tokens` for the report)."""
+    metrics: dict[str, Any]
+    images: list[Any] = field(default_factory=list)
+    """Input images (PNG bytes) when `keep_images` was asked for, for the report."""
+    rendered: list[Any] = field(default_factory=list)
+    """Rendered predictions (PIL.Image or None) when a renderer was used."""
+    confusions: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+class MemoRenderer:
+    """Wraps a renderer so each distinct formula is rendered once (metrics and report share the images)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+        self.cache: dict[str, Any] = {}
+
+    def render_batch(self, formulas: list[str]) -> list[Any]:
+        todo = list(dict.fromkeys(f for f in formulas if f not in self.cache))
+        if todo:
+            self.cache.update(zip(todo, self.renderer.render_batch(todo)))
+        return [self.cache[f] for f in formulas]
+
+
+def default_renderer() -> Any | None:
+    """The best renderer installed here, or None (then `image_match` is left out)."""
+    try:
+        from texocr.data.render import get_renderer
+
+        return get_renderer("auto")
+    except (ImportError, TexocrError):
+        return None
+
+
+def _png(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfig | None = None, *,
+          renderer: Any | None = None, keep_images: bool = False) -> EvalResult:
+    """Predict every sample (up to `eval_cfg.limit`) and compute the metrics.
+
+    `renderer`: used for `image_match` and rendered predictions; when None and `eval_cfg.render` is on, the
+    best installed renderer is used (none installed: no `image_match`).
+    """
+    from texocr.config import EvalConfig
+    from texocr.metrics import (
+        compute_metrics,
+        image_match_flags,
+        token_confusions,
+        token_distance,
+        tokens,
+    )
+
+    cfg = eval_cfg or EvalConfig()
+    chunk_size = max(1, cfg.batch_size) * 4  # bounded memory for streamed sources, batches still grouped by shape
+    it = iter(samples) if cfg.limit is None else islice(samples, cfg.limit)
+    ids: list[str] = []
+    refs: list[str] = []
+    preds: list[Any] = []
+    images: list[bytes] = []
+    gen_time = 0.0
+    while True:
+        chunk = list(islice(it, chunk_size))
+        if not chunk:
+            break
+        start = time.perf_counter()
+        preds += recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
+                                    max_new_tokens=cfg.max_new_tokens)
+        gen_time += time.perf_counter() - start
+        ids += [s.id for s in chunk]
+        refs += [s.latex for s in chunk]
+        if keep_images:
+            images += [_png(s.image) for s in chunk]
+    texts = [p.text for p in preds]
+
+    if renderer is None and cfg.render:
+        renderer = default_renderer()
+    memo = MemoRenderer(renderer) if renderer is not None else None
+    metrics = compute_metrics(texts, refs, renderer=memo)
+    ok_times = [p.time_s for p in preds if p.error is None]
+    metrics["images_per_s"] = len(preds) / gen_time if gen_time > 0 else 0.0
+    metrics["latency_ms_p50"] = statistics.median(ok_times) * 1000 if ok_times else 0.0
+    flags = image_match_flags(texts, refs, memo) if memo is not None else [None] * len(texts)
+
+    from texocr.latex import is_valid
+
+    records = []
+    for sid, ref, pred, flag in zip(ids, refs, preds, flags):
+        rt, pt = tokens(ref), tokens(pred.text)
+        dist = token_distance(pt, rt)
+        records.append({"id": sid, "reference": ref, "prediction": pred.text, "exact": dist == 0,
+                        "edit_distance": dist, "image_match": flag, "valid": is_valid(pred.text),
+                        "score": pred.score, "time_s": round(pred.time_s, 4), "tokens": pred.tokens,
+                        "stop": pred.stop, "error": pred.error, "ref_tokens": rt, "pred_tokens": pt})
+    rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
+    return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs))
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_predictions(records: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: r.get(k) for k in RECORD_KEYS}, ensure_ascii=False) + "\n")
+
+
+def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_outputs(out: Path, runs: list[tuple[str, str | None, EvalResult]], data: str, *,
+                  report_limit: int = 200, notes: list[str] | None = None) -> None:
+    """predictions.jsonl + metrics.json (first run at the top, others under compare/), summary CSV, report."""
+    from texocr.report import RunView, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for k, (model, adapter, res) in enumerate(runs):
+        folder = out if k == 0 else out / ("compare" if k == 1 else f"compare{k}")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_predictions(res.predictions, folder / "predictions.jsonl")
+        (folder / "metrics.json").write_text(json.dumps(res.metrics, indent=2) + "\n")
+        summary.append({"model": model, "adapter": adapter or "", "data": data, **res.metrics})
+    write_summary_csv(summary, out / "summary_report.csv")
+    views = [RunView(model + (f" + {adapter}" if adapter else ""), res.predictions, res.metrics, res.rendered,
+                     res.confusions[:20]) for model, adapter, res in runs]
+    write_report(out / "report.html", views, runs[0][2].images, title=f"texocr eval: {views[0].name} on {data}",
+                 limit=report_limit, notes=notes or [])
+
+
+# ---------------------------------------------------------------- command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="default, a local model directory or a hub id (default: the config's model)")
+    p.add_argument("--adapter", help="a LoRA adapter directory to load on top of --model")
+    p.add_argument("--data", help="a data source (folder, InkML folder, hf:<id>, preset, synthetic); "
+                                  "default: the config's data.val")
+    p.add_argument("--split", help="split of --data (HF split, <split>/ subfolder or rows' split field)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, help="evaluate at most this many samples")
+    p.add_argument("--compare", metavar="OTHER_MODEL", help="also evaluate this model and show both side by side")
+    p.add_argument("--compare-adapter", help="adapter for --compare")
+    p.add_argument("--config", help="a YAML config; dotted overrides follow (--eval.batch_size 8)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--no-render", action="store_true", help="skip rendering (no image_match, no rendered predictions)")
+    p.add_argument("--report-limit", type=int, default=200, help="samples shown in report.html (worst first)")
+    p.set_defaults(_accepts_overrides=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from texocr.config import load_config
+    from texocr.data.sources import format_skipped, open_source, write_skipped
+    from texocr.infer import Recognizer
+
+    cfg = load_config(args.config, args.overrides)
+    ev = cfg.eval
+    for name in ("limit", "batch_size", "num_beams", "max_new_tokens"):
+        if getattr(args, name) is not None:
+            setattr(ev, name, getattr(args, name))
+    ev.render = ev.render and not args.no_render
+    model = args.model or cfg.model.name_or_path
+    adapter = args.adapter or cfg.model.adapter
+    data = args.data or (cfg.data.val[0] if cfg.data.val else None)
+    if not data:
+        raise TexocrError("no data to evaluate: pass --data (or a config with data.val)")
+    out = Path(args.out)
+
+    source = open_source(data, cfg.data, split=args.split or (cfg.data.val_split if not args.data else None))
+    samples = list(islice(source, ev.limit) if ev.limit is not None else source)
+    notes = []
+    if source.skipped:
+        write_skipped(source.skipped, out / "skipped.jsonl")
+        notes.append(format_skipped(data, source.skipped) + " (see skipped.jsonl)")
+    if not samples:
+        raise TexocrError(f"{data}: no usable samples" + (f" ({notes[0]})" if notes else ""))
+    renderer = default_renderer() if ev.render else None
+    options = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams}
+
+    runs = []
+    for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):
+        rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family, **options)
+        res = score(rec, samples, ev, renderer=renderer, keep_images=not runs)
+        del rec  # free the first model before loading the second
+        runs.append((m, a, res))
+        line = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.metrics.items())
+        print(f"{m}{' + ' + a if a else ''}: {line}")
+    write_outputs(out, runs, data, report_limit=args.report_limit, notes=notes)
+    print(f"wrote {out}/predictions.jsonl, metrics.json, summary_report.csv, report.html")
+    return 0

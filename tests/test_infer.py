@@ -1,0 +1,158 @@
+"""Recognizer: loop stopping and trimming, output cleaning, per-image errors, order, streaming."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from texocr.errors import TexocrError
+from texocr.infer import (
+    Prediction,
+    Recognizer,
+    _stopping_criterion,
+    clean_output,
+    find_repeat,
+    resolve_model,
+)
+
+# ---------------------------------------------------------------- loops
+
+
+def test_find_repeat_needs_enough_copies():
+    assert find_repeat([1] * 31) is None and find_repeat([1] * 32) == (0, 1)  # one token: min_span copies
+    block = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]  # 11 tokens: 3 copies suffice
+    assert find_repeat([1, 2] + block * 2) is None
+    assert find_repeat([1, 2] + block * 3) == (2, 11)
+    assert find_repeat(list(range(100))) is None
+    # legitimate LaTeX repetition (a short row repeated a few times) is not a loop
+    assert find_repeat([7, 8, 9] * 4) is None
+
+
+def test_find_repeat_aligns_on_where_the_loop_began():
+    # generation stopped mid-copy: "ab" + "xyzw" * 9 + "xy"; one copy kept from where the loop began
+    ids = list("ab" + "xyzw" * 9 + "xy")
+    start, n = find_repeat(ids)
+    assert "".join(ids[: start + n]) == "abxyzw"
+
+
+class _Cycle:
+    """A logits processor that forces tokens `first` then `cycle` forever: a model stuck in a loop."""
+
+    def __init__(self, prompt_len: int, first: list[int], cycle: list[int]) -> None:
+        self.prompt_len, self.first, self.cycle = prompt_len, first, cycle
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        tok = self.first[step] if step < len(self.first) else self.cycle[(step - len(self.first)) % len(self.cycle)]
+        forced = torch.full_like(scores, -1e9)
+        forced[:, tok] = 0.0
+        return forced
+
+
+def test_repetition_stopper_stops_a_looping_generate(tiny_loaded, formula_image):
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    loaded = tiny_loaded("qwen2_vl")
+    fam, proc = loaded.family, loaded.processor
+    enc = fam.encode_for_generation(proc, [formula_image()])
+    plen = enc["input_ids"].shape[1]
+    tok = proc.tokenizer
+    ids = [tok.convert_tokens_to_ids(c) for c in "a+b=c"]  # a 5-token loop: ceil(32/5) = 7 copies stop it
+    with torch.no_grad():
+        out = loaded.model.generate(
+            **enc, max_new_tokens=200, do_sample=False, **fam.generation_kwargs(proc),
+            logits_processor=LogitsProcessorList([_Cycle(plen, ids[:2], ids)]),
+            stopping_criteria=StoppingCriteriaList([_stopping_criterion(plen)]))
+    new = out[0, plen:].tolist()
+    assert len(new) == 2 + 7 * 5  # stopped as soon as the loop was long enough, not at 200
+    start, n = find_repeat(new)
+    assert tok.decode(new[: start + n]) == "a+a+b=c"  # the prefix, then one copy of the loop
+
+
+def test_a_looping_row_is_trimmed_to_one_copy(tiny_loaded):
+    rec = Recognizer.from_loaded(tiny_loaded("qwen2_vl"))
+    tok = rec.processor.tokenizer
+    row = tok("x^{2}+" + "\\alpha+" * 20, add_special_tokens=False)["input_ids"]
+    kwargs = rec._generate_kwargs(None, 1, None)
+    pred = rec._finish(row, [-0.5] * len(row), kwargs, 0.1)
+    assert pred.text == "x^{2}+\\alpha"  # the loop is "+ \\alpha" from the first +: one copy kept
+    assert pred.stop == "repetition" and pred.score == pytest.approx(-0.5)
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("<|im_start|>assistant\n$x^2$<|im_end|>", "x^2"),
+    ("```latex\n\\frac{a}{b}\n```", "\\frac{a}{b}"),
+    ("$$ a+b $$", "a+b"),
+    ("\\[ x \\]", "x"),
+    ("\\(z\\)", "z"),
+    ("<s> y </s><eos>", "y"),
+    ("Write the LaTeX of this formula. x", "x"),
+    ("\\sqrt{x", "\\sqrt{x}"),  # repaired
+    ("$a$ and $b$", "$a$ and $b$"),  # not one wrapped formula: left alone
+    ("<end_of_turn>", ""),
+])
+def test_clean_output(raw, clean):
+    assert clean_output(raw, prompt="Write the LaTeX of this formula.") == clean
+
+
+def test_default_model_is_not_shipped_yet():
+    with pytest.raises(TexocrError, match="not shipped yet"):
+        resolve_model("default")
+    assert resolve_model("some/dir") == "some/dir"
+
+
+# ---------------------------------------------------------------- recognizer on a tiny model
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_loaded):
+    return Recognizer.from_loaded(tiny_loaded("qwen2_vl"), max_new_tokens=12, batch_size=4)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_inputs_of_every_kind_and_order_kept(rec, formula_image, tmp_path):
+    wide, tall, small = formula_image(300, 40), formula_image(60, 90), formula_image(80, 30)
+    wide.save(tmp_path / "wide.png")
+    inputs = [str(tmp_path / "wide.png"), _png(tall), small, b"not an image", str(tmp_path / "missing.png"),
+              Image.new("RGB", (1, 1), "white"), Image.new("RGBA", (50, 20), (0, 0, 0, 0))]
+    preds = rec(inputs, return_details=True)
+    assert [p.source for p in preds] == [str(tmp_path / "wide.png"), "<bytes>", "<Image>", "<bytes>",
+                                         str(tmp_path / "missing.png"), "<Image>", "<Image>"]
+    for p in preds[:3]:
+        assert p.error is None and isinstance(p.text, str) and p.tokens > 0
+        assert p.score is not None and p.score <= 0 and p.time_s > 0 and p.stop
+    errors = [p.error for p in preds[3:]]
+    assert "not an image" in errors[0] and "no such file" in errors[1]
+    assert "smaller than" in errors[2] and "blank image" in errors[3]
+    assert all(p.text == "" for p in preds[3:])
+    # the plain call returns strings, one per input, and a single image gives a single string
+    assert rec(inputs[:3]) == [p.text for p in preds[:3]]
+    assert rec(small) == preds[2].text
+
+
+def test_beam_search_runs(rec, formula_image):
+    (p,) = rec([formula_image()], return_details=True, num_beams=2)
+    assert p.error is None and p.score is not None
+
+
+def test_stream_yields_pieces(rec, formula_image):
+    pieces = list(rec.stream(formula_image(), max_new_tokens=8))
+    assert pieces and all(isinstance(s, str) and s for s in pieces)
+    with pytest.raises(TexocrError, match="not an image"):
+        list(rec.stream(b"nope"))
+
+
+def test_prediction_to_dict():
+    d = Prediction("x", score=-0.1, source="a.png").to_dict()
+    assert d["text"] == "x" and d["error"] is None and d["source"] == "a.png"
