@@ -36,7 +36,8 @@ def printed(img: Image.Image, rng: random.Random, strength: float = 1.0, thicken
     p = min(1.0, max(0.0, strength))
     img = rescale(img, rng.uniform(1 - 0.4 * p, 1 + 0.3 * p))
     if thicken and rng.random() < 0.35 * p:
-        img = ink_weight(img, rng.choice([-1, 1, 1]))
+        # eroding thin strokes (small renders) would erase them: only thicken those
+        img = ink_weight(img, rng.choice([-1, 1, 1]) if img.height > 90 else 1)
     img = pad(img, rng)
     if rng.random() < 0.3 * p:
         img = rotate_shear(img, angle=rng.uniform(-2, 2) * p, shear=rng.uniform(-0.08, 0.08) * p)

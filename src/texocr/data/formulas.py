@@ -286,8 +286,11 @@ class _Builder:
         return out + self.expr(self.r.randint(2, 10), depth + 1)
 
     def text(self) -> list[str]:
-        return ["\\text", "{", *self.r.choice(WORDS), "}"] if self.r.random() < 0.8 else \
-            ["\\mathrm", "{", *self.r.choice(WORDS[:8]).replace(" ", "~"), "}"]
+        """`\\text{...}` as one piece: inside text mode the spaces between tokens would show."""
+        word = self.r.choice(WORDS)
+        if self.r.random() < 0.8:
+            return ["\\text{" + word + "}"]
+        return ["\\mathrm{" + word.replace(" ", "~") + "}"]
 
     def term(self, depth: int) -> list[str]:
         """A product of factors, sometimes a big operator in front."""
@@ -331,7 +334,7 @@ class _Builder:
             out += [self.r.choice(RELATIONS)]
             out += self.expr(max(2, min(budget - len(out), self.r.randint(6, 40))), depth=0)
         if self.r.random() < 0.12:
-            out += [",", self.r.choice(SPACES[3:5]), *self.text(), *self.r.choice(SPACES[:2]),
+            out += [",", self.r.choice(SPACES[3:5]), *self.text(), self.r.choice(SPACES[:2]),
                     *self.letter(), self.r.choice(RELATIONS[12:20]), *self.number()]
         if self.r.random() < 0.35:
             out += [self.r.choice(["\\,", "\\;", "\\quad", ""]), self.r.choice([".", ",", ".", ";"])]

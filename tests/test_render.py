@@ -1,0 +1,121 @@
+"""Renderers: TeX loses only the bad formulas of a batch, refuses malicious ones, is deterministic; pip renders."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from texocr.data.render import (TexRenderer, available_renderers, check_formula, get_renderer, pip_math_fonts)
+from texocr.errors import TexocrError
+
+has_tex = shutil.which("latex") is not None and shutil.which("dvipng") is not None
+tex = pytest.mark.tex
+needs_tex = pytest.mark.skipif(not has_tex, reason="latex/dvipng not installed")
+
+
+@pytest.mark.parametrize("formula", [
+    r"\input{/etc/passwd}", r"\include{x}", r"\openin5=/etc/passwd", r"\immediate\write18{ls}", r"\write18{rm}",
+    r"\catcode`\@=11", r"\csname input\endcsname", r"\def\x{1}", r"\let\a\b", r"\usepackage{x}",
+    r"\special{ps: x}", "^^5cinput{/etc/passwd}", r"\begin{document}x", r"\end{preview}", r"\makeatletter",
+    r"\InputIfFileExists{a}{}{}", r"\pdfprimitive", r"\newcommand{\a}{b}",
+])
+def test_refuses_dangerous_formulas(formula: str) -> None:
+    problem = check_formula(formula)
+    assert problem is not None and problem[0] == "forbidden"
+
+
+@pytest.mark.parametrize("formula,reason", [
+    ("", "empty"), ("  ", "empty"), (r"\frac{a}{b", "unbalanced"), (r"a}", "unbalanced"),
+    (r"\begin{pmatrix} a \end{bmatrix}", "unbalanced"), (r"\begin{cases} a", "unbalanced"), ("x" * 5000, "too_long"),
+])
+def test_rejects_broken_structure(formula: str, reason: str) -> None:
+    assert check_formula(formula)[0] == reason
+
+
+def test_accepts_ordinary_math() -> None:
+    for f in [r"\frac{a}{b}", r"\begin{pmatrix}a&b\\c&d\end{pmatrix}", r"\left\{ x \right.", r"\text{if } x",
+              r"\operatorname{tr} A", r"\mathbb{R}^{n}", r"50\% \{a\}"]:
+        assert check_formula(f) is None, f
+
+
+@tex
+@needs_tex
+def test_tex_batch_loses_only_bad_formulas() -> None:
+    r = TexRenderer()
+    good = [rf"\frac{{a_{{{i}}}}}{{b}} + \sum_{{k=1}}^{{n}} x_k^{i}" for i in range(40)]
+    batch = list(good)
+    batch[5] = r"x \undefinedmacro y"           # TeX error on its own line
+    batch[17] = r"\input{/etc/passwd}"          # refused before TeX
+    batch[23] = r"x \left( y"                   # missing \right
+    batch[31] = r"\begin{pmatrix} a & b \\ c & d \end{pmatrix}"  # fine, multi-line
+    res = r.render_detailed(batch, dpi=100)
+    failed = {i: x.reason for i, x in enumerate(res) if x.image is None}
+    assert failed == {5: "tex_error", 17: "forbidden", 23: "tex_error"}
+    assert r.failures == {"tex_error": 2, "forbidden": 1}
+    # every good formula got its own page, identical to rendering it alone
+    alone = r.render_batch([batch[i] for i in (4, 6, 16, 18, 22, 24, 31)], dpi=100)
+    for i, img in zip((4, 6, 16, 18, 22, 24, 31), alone):
+        assert np.asarray(res[i].image.convert("L")).min() < 100  # has ink
+        assert np.array_equal(np.asarray(res[i].image), np.asarray(img)), i
+
+
+@tex
+@needs_tex
+def test_tex_deterministic_and_dpi() -> None:
+    r = get_renderer("tex")
+    a = r.render_batch([r"\int_0^1 x^2\,dx", r"\alpha"], dpi=120)
+    b = r.render_batch([r"\int_0^1 x^2\,dx", r"\alpha"], dpi=120)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    big = r.render_batch([r"\int_0^1 x^2\,dx"], dpi=240)[0]
+    assert big.height > 1.7 * a[0].height
+    assert set(r.fonts()) >= {"cm"}
+    with pytest.raises(TexocrError, match="unknown TeX font"):
+        r.render_batch(["x"], font="nope")
+
+
+@tex
+@needs_tex
+def test_tex_giant_output_is_a_failure() -> None:
+    r = TexRenderer()
+    assert r.render_detailed([r"x \hspace{300cm} y"], dpi=100)[0].reason == "too_large"
+
+
+def test_pip_renders_simple_formulas() -> None:
+    if "pip" not in available_renderers():
+        pytest.skip("ziamath/resvg-py not installed")
+    r = get_renderer("pip")
+    res = r.render_detailed([r"\frac{a}{b}", r"x^2 + y^2 = z^2", r"\begin{pmatrix}a&b\\c&d\end{pmatrix}",
+                             r"\frac{a", r"\input{x}"], dpi=100)
+    assert [x.reason for x in res[:3]] == [None, None, None]
+    assert res[3].reason in {"unbalanced", "render_error"} and res[4].reason == "forbidden"
+    assert res[2].image.height > res[1].image.height
+    again = r.render_batch([r"\frac{a}{b}"], dpi=100)[0]
+    assert np.array_equal(np.asarray(again), np.asarray(res[0].image))
+    assert "stix" in pip_math_fonts()
+
+
+def test_unknown_renderer() -> None:
+    with pytest.raises(TexocrError, match="unknown renderer"):
+        get_renderer("mathjax")
+
+
+@tex
+@needs_tex
+def test_one_bad_formula_costs_one_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    from texocr.data import render
+
+    runs: list[int] = []
+    real_run = render._TexJob._run
+
+    def counting(self, idx):  # type: ignore[no-untyped-def]
+        runs.append(len(idx))
+        return real_run(self, idx)
+
+    monkeypatch.setattr(render._TexJob, "_run", counting)
+    batch = [rf"a_{{{i}}} + b" for i in range(200)]
+    batch[120] = r"\frac{1}{2} \nosuchcommand"
+    res = TexRenderer().render_detailed(batch, dpi=72)
+    assert [i for i, x in enumerate(res) if x.image is None] == [120]
+    assert runs == [200]  # attributed from the log: no re-run, no bisection
