@@ -111,6 +111,11 @@ class _Writers:
                     img.save(self.render_dir / f"{stem}.png")
 
 
+def _one_line(text: str) -> str:
+    """Newlines are spaces in LaTeX math; plain output keeps one line per image (JSON keeps the text as is)."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i: i + size]
@@ -131,10 +136,10 @@ def main(args: argparse.Namespace) -> int:
             try:
                 pieces = rec.stream(src)
                 first = next(pieces, "")  # load errors surface here, before anything is printed
-                print(f"{name}\t{first}", end="", flush=True)
+                print(f"{name}\t{_one_line(first)}", end="", flush=True)
                 text = first
                 for piece in pieces:
-                    print(piece, end="", flush=True)
+                    print(_one_line(piece), end="", flush=True)
                     text += piece
                 print(flush=True)
                 writers.write([name], [text.strip()])
@@ -151,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
                 print(json.dumps({"path": name, **{k: v for k, v in p.to_dict().items() if k != "source"}},
                                  ensure_ascii=False), flush=True)
             elif p.error is None:
-                print(f"{name}\t{p.text}", flush=True)
+                print(f"{name}\t{_one_line(p.text)}", flush=True)
             else:
                 print(f"texocr predict: {p.error}", file=sys.stderr)
         writers.write([n for n, _ in chunk], [p.text if p.error is None else None for p in preds])

@@ -1,0 +1,121 @@
+"""`texocr predict` over a folder of good and bad files, stdin, .tex/.png outputs, streaming."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import pytest
+from PIL import Image, ImageDraw
+
+from texocr.cli import main
+from texocr.predict import _Writers, expand_inputs
+
+MAX_NEW = ["--max-new-tokens", "8"]
+
+
+def _formula(path, w=120, h=36, text="x^2+1"):
+    im = Image.new("RGB", (w, h), "white")
+    ImageDraw.Draw(im).text((6, 10), text, fill="black")
+    im.save(path)
+
+
+def _huge_png_header(path, w=9000, h=8000):
+    """A small PNG file whose header declares w x h pixels (72 M, over the 64 M guard): refused undecoded."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", w, h)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def messy_dir(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    good = ["good_a.png", "good_b.jpg", "sub/good_c.png"]
+    (d / "sub").mkdir()
+    _formula(d / good[0])
+    _formula(d / good[1], 200, 50, "a/b")
+    _formula(d / good[2], 80, 40, "y")
+    full = io.BytesIO()
+    Image.new("RGB", (120, 40), "white").save(full, format="PNG")
+    (d / "truncated.png").write_bytes(full.getvalue()[:60])
+    (d / "text.png").write_text("this is a text file, not an image\n")
+    Image.new("RGB", (1, 1), "black").save(d / "one_pixel.png")
+    Image.new("RGBA", (90, 30), (0, 0, 0, 0)).save(d / "transparent.png")
+    (d / "empty.png").write_bytes(b"")
+    _huge_png_header(d / "huge.png")
+    (d / "notes.txt").write_text("not an image suffix: ignored when listing a folder\n")
+    bad = {"truncated.png": "cannot decode", "text.png": "not an image", "one_pixel.png": "smaller than",
+           "transparent.png": "blank image", "empty.png": "empty file", "huge.png": "more than the limit"}
+    return d, good, bad
+
+
+def test_predict_folder_with_bad_files(tiny_model_dir, messy_dir, capsys, tmp_path):
+    d, good, bad = messy_dir
+    rc = main(["predict", "--model", str(tiny_model_dir("qwen2_vl")), str(d), "--json",
+               "--tex-dir", str(tmp_path / "tex"), *MAX_NEW])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    by_name = {line["path"].removeprefix(str(d) + "/"): line for line in lines}
+    assert set(by_name) == set(good) | set(bad)  # notes.txt is not listed
+    for name in good:
+        rec = by_name[name]
+        assert rec["error"] is None and rec["text"] is not None and rec["tokens"] > 0 and rec["time_s"] > 0
+    for name, message in bad.items():
+        rec = by_name[name]
+        assert rec["error"] and message in rec["error"], (name, rec["error"])
+        assert rec["text"] == ""
+    assert sorted(p.name for p in (tmp_path / "tex").iterdir()) == ["good_a.tex", "good_b.tex", "good_c.tex"]
+    assert (tmp_path / "tex" / "good_a.tex").read_text() == by_name["good_a.png"]["text"] + "\n"
+
+
+def test_predict_plain_lines_and_exit_code(tiny_model_dir, messy_dir, capsys):
+    d, good, _ = messy_dir
+    model = str(tiny_model_dir("qwen2_vl"))
+    assert main(["predict", "--model", model, str(d / good[0]), str(d / "empty.png"), *MAX_NEW]) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert len(out) == 1 and out[0].startswith(str(d / good[0]) + "\t")
+    assert "empty.png" in captured.err and "empty file" in captured.err
+    # every image failed: non-zero
+    assert main(["predict", "--model", model, str(d / "empty.png"), str(d / "nothere.png"), *MAX_NEW]) == 1
+    assert "all 2 images failed" in capsys.readouterr().err
+
+
+def test_predict_default_model_is_a_clear_error(capsys, messy_dir):
+    d, good, _ = messy_dir
+    assert main(["predict", str(d / good[0])]) == 2
+    assert "not shipped yet" in capsys.readouterr().err
+
+
+def test_predict_stream(tiny_model_dir, messy_dir, capsys):
+    d, good, _ = messy_dir
+    assert main(["predict", "--model", str(tiny_model_dir("qwen2_vl")), str(d / good[0]), "--stream", *MAX_NEW]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(str(d / good[0]) + "\t") and out.endswith("\n")
+
+
+def test_stdin_paths_or_image_bytes(messy_dir):
+    d, good, _ = messy_dir
+    paths = f"{d / good[0]}\n\n{d / good[1]}\n"
+    assert expand_inputs(["-"], io.BytesIO(paths.encode())) == [(str(d / good[0]), str(d / good[0])),
+                                                                  (str(d / good[1]), str(d / good[1]))]
+    data = (d / good[0]).read_bytes()
+    assert expand_inputs(["-"], io.BytesIO(data)) == [("-", data)]
+
+
+def test_render_dir_writes_pngs(tmp_path):
+    try:
+        w = _Writers(None, str(tmp_path / "png"))
+    except Exception as e:  # noqa: BLE001 - TexocrError when no renderer is installed
+        pytest.skip(f"no renderer: {e}")
+    w.write(["a.png", "dir/a.png", "bad.png"], [r"\frac{1}{2}", "x^2", None])
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a-2.png", "a.png"]
+    assert Image.open(tmp_path / "png" / "a.png").size[0] > 5
