@@ -1,0 +1,124 @@
+"""evaluate.score (the one scoring path), `texocr eval` outputs, and the report's pieces."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PIL import Image, ImageDraw
+
+from texocr.cli import main
+from texocr.config import EvalConfig
+from texocr.evaluate import RECORD_KEYS, score
+from texocr.infer import Prediction
+from texocr.metrics import METRIC_KEYS, compute_metrics
+from texocr.report import sample_order, token_diff_html
+from texocr.sample import Sample
+
+TIMING_KEYS = {"images_per_s", "latency_ms_p50"}
+
+
+def _img(text: str, w: int = 120) -> Image.Image:
+    im = Image.new("RGB", (w, 36), "white")
+    ImageDraw.Draw(im).text((6, 10), text, fill="black")
+    return im
+
+
+class ScriptedRecognizer:
+    """Answers each image with the text drawn on it + a scripted change: scoring logic without a model."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.calls: list[dict] = []
+
+    def predict(self, images, **kwargs):
+        self.calls.append(kwargs)
+        return [Prediction(self.answers[im.info["label"]], score=-0.1, time_s=0.02, tokens=3, stop="end")
+                if im.info["label"] in self.answers else Prediction("", error="boom")
+                for im in images]
+
+
+def _samples(labels: list[str]) -> list[Sample]:
+    out = []
+    for i, label in enumerate(labels):
+        im = _img(label)
+        im.info["label"] = label
+        out.append(Sample(im, label, f"s{i}"))
+    return out
+
+
+def test_score_aggregates_like_compute_metrics():
+    labels = ["x^2", r"\frac{a}{b}", "a+b", "y"]
+    answers = {"x^2": "x^{2}", r"\frac{a}{b}": r"\frac{a}{c}", "a+b": "a+b+c"}  # "y" fails with an error
+    rec = ScriptedRecognizer(answers)
+    res = score(rec, _samples(labels), EvalConfig(batch_size=2, num_beams=3, max_new_tokens=7, render=False))
+    expected = compute_metrics(["x^{2}", r"\frac{a}{c}", "a+b+c", ""], labels)
+    assert {k: res.metrics[k] for k in METRIC_KEYS} == expected
+    assert set(res.metrics) == set(METRIC_KEYS) | TIMING_KEYS
+    assert res.metrics["exact_match"] == 0.25 and res.metrics["latency_ms_p50"] == pytest.approx(20.0)
+    assert rec.calls[0] == {"batch_size": 2, "num_beams": 3, "max_new_tokens": 7}
+    assert [r["id"] for r in res.predictions] == ["s0", "s1", "s2", "s3"]
+    assert [r["edit_distance"] for r in res.predictions] == [0, 1, 2, 1]  # y vs "": one deletion
+    assert res.predictions[3]["error"] == "boom" and res.predictions[0]["exact"] is True
+    assert set(RECORD_KEYS) <= set(res.predictions[0])
+    assert res.images == []  # only kept when asked
+
+
+def test_score_respects_limit_and_streams():
+    rec = ScriptedRecognizer({"a": "a"})
+    gen = (s for s in _samples(["a"] * 50))  # a generator: no len()
+    res = score(rec, gen, EvalConfig(batch_size=4, limit=10, render=False), keep_images=True)
+    assert res.metrics["n"] == 10 and len(res.images) == 10 and res.images[0].startswith(b"\x89PNG")
+    assert len(rec.calls) == 1  # 10 samples fit in one chunk of 4 * batch_size
+
+
+def test_token_diff_and_order():
+    html = token_diff_html(["x", "^", "{", "3", "}", "+"], ["x", "^", "{", "2", "}"])
+    assert "<del>2</del><ins>3</ins>" in html.replace(" ", "") and "<ins>+</ins>" in html
+    assert "&lt;" in token_diff_html(["<"], ["a"])  # escaped
+    recs = [{"id": "ok", "edit_distance": 0, "ref_tokens": ["a"]},
+            {"id": "err", "error": "bad", "edit_distance": 0, "ref_tokens": ["a"]},
+            {"id": "half", "edit_distance": 1, "ref_tokens": ["a", "b"]},
+            {"id": "all", "edit_distance": 2, "ref_tokens": ["a", "b"]}]
+    assert [recs[i]["id"] for i in sample_order(recs)] == ["err", "all", "half", "ok"]
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaldata")
+    rows = [("x^2", 90), (r"\frac{a}{b}", 140), ("a+b", 100), (r"\alpha", 60), ("y_1", 80)]
+    with (d / "labels.jsonl").open("w") as f:
+        for i, (latex, w) in enumerate(rows):
+            _img(latex, w).save(d / f"{i}.png")
+            f.write(json.dumps({"image": f"{i}.png", "latex": latex}) + "\n")
+        f.write(json.dumps({"image": "gone.png", "latex": "z"}) + "\n")  # a bad row: skipped, reported
+    return d
+
+
+def test_eval_command_writes_all_outputs(tiny_model_dir, eval_data, tmp_path, capsys):
+    model = str(tiny_model_dir("qwen2_vl"))
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", model, "--data", str(eval_data), "--out", str(out), "--limit", "4",
+               "--compare", model, "--max-new-tokens", "6", "--eval.batch_size", "3"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) | TIMING_KEYS <= set(metrics) <= set(METRIC_KEYS) | TIMING_KEYS | {"image_match"}
+    assert metrics["n"] == 4 and all(0 <= metrics[k] <= 1 for k in METRIC_KEYS if k != "n")
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 4 and set(preds[0]) == set(RECORD_KEYS)
+    assert [p["reference"] for p in preds] == ["x^2", r"\frac{a}{b}", "a+b", r"\alpha"]
+    rows = list(csv.DictReader((out / "summary_report.csv").open()))
+    assert len(rows) == 2 and rows[0]["model"] == model and float(rows[0]["n"]) == 4
+    assert json.loads((out / "compare" / "metrics.json").read_text())["n"] == 4
+    html = (out / "report.html").read_text()
+    assert html.count("class=input") == 4 and "data:image/png;base64," in html
+    assert "Most frequent token confusions" in html
+    assert html.count("<th>" + model + "</th>") == 4  # side by side: a column each in metrics and samples
+    assert "skipped 1" in html  # the missing image is reported, not silently dropped
+    assert "exact_match" in capsys.readouterr().out
+
+
+def test_eval_without_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", "--model", "x", "--out", str(tmp_path)]) == 2
+    assert "no data to evaluate" in capsys.readouterr().err
