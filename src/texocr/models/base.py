@@ -61,6 +61,8 @@ class Family:
     """Attribute path of the vision tower (and projector) under the model, frozen by `freeze_vision`."""
     language_module: str = ""
     """Attribute path of the language model, frozen by `freeze_language`."""
+    answer_prefix: str = ""
+    """Text put before the target inside the answer (e.g. the space after Idefics3's `Assistant:`)."""
     answer_token_values: dict[str, int] = {}
     """Values of per-token processor outputs (besides ids/mask) for answer tokens; default: repeat the
     prompt's last value (right for Mllama's cross-attention mask and Qwen3's mm_token_type_ids)."""
@@ -121,6 +123,7 @@ class Family:
             images=self.images_arg(images),
             padding=True,
             padding_side=padding_side,
+            add_special_tokens=False,  # the prompt already holds BOS where the family wants one
             return_tensors="pt",
         )
 
@@ -134,7 +137,9 @@ class Family:
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         tok = processor.tokenizer
         end_id = self.end_token_id(processor)
-        answers = [tok(t, add_special_tokens=False)["input_ids"] + [end_id] for t in targets]
+        answers = [
+            tok(self.answer_prefix + t, add_special_tokens=False)["input_ids"] + [end_id] for t in targets
+        ]
         enc = self._prompt_batch(processor, images, padding_side="right")
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         lengths = [int(p) + len(a) for p, a in zip(prompt_lens, answers)]

@@ -32,7 +32,7 @@ def _register_builtin() -> None:
 
     for fam in (Qwen2VL(), Qwen25VL(), Qwen3VL()):
         FAMILIES.setdefault(fam.name, fam)
-    for module in ("paligemma", "idefics3", "mllama"):
+    for module in ("paligemma", "idefics3", "mllama", "compact"):  # optional until written
         try:
             mod = __import__(f"texocr.models.{module}", fromlist=["FAMILY_CLASSES"])
         except ModuleNotFoundError as e:

@@ -24,10 +24,10 @@ LATEX_COMMANDS = (
 
 
 def char_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, unk: str,
-                   extra_tokens: list[str] | None = None, **kwargs: Any) -> Any:
+                   add_bos: bool = False, extra_tokens: list[str] | None = None, **kwargs: Any) -> Any:
     """A character-level `PreTrainedTokenizerFast` whose vocabulary starts with `specials`.
 
-    `bos` is prepended by the post-processor when not None (Gemma/Llama style); `extra_tokens` are
+    `bos` is prepended by the post-processor when `add_bos` (Llama style); `extra_tokens` are
     added as special tokens after the printable characters (e.g. Idefics3 row/column markers).
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -49,7 +49,7 @@ def char_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, 
         [AddedToken(t, special=True, normalized=False) for t in [*specials, *(extra_tokens or [])]]
     )
     core.add_tokens([AddedToken(c, special=False, normalized=False) for c in LATEX_COMMANDS])
-    if bos is not None:
+    if bos is not None and add_bos:
         core.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
         )
@@ -70,6 +70,12 @@ def padded_vocab_size(tokenizer: Any, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "paligemma2": ("paligemma", {"variant": "paligemma2"}),
+}
+"""Tiny-model names that are a variant of a registered family."""
+
+
 def build_tiny(family_name: str, out_dir: str | Path, **sizes: Any) -> Path:
     """Build a tiny random model + processor of `family_name` and save both to `out_dir`.
 
@@ -79,6 +85,9 @@ def build_tiny(family_name: str, out_dir: str | Path, **sizes: Any) -> Path:
 
     from texocr.models.registry import get_family
 
+    if family_name in VARIANTS:  # e.g. `paligemma2`: same family, another text backbone
+        family_name, extra = VARIANTS[family_name]
+        sizes = {**extra, **sizes}
     family = get_family(family_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
