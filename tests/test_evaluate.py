@@ -89,10 +89,10 @@ def eval_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaldata")
     rows = [("x^2", 90), (r"\frac{a}{b}", 140), ("a+b", 100), (r"\alpha", 60), ("y_1", 80)]
     with (d / "labels.jsonl").open("w") as f:
+        f.write(json.dumps({"image": "gone.png", "latex": "z"}) + "\n")  # a bad row: skipped, reported
         for i, (latex, w) in enumerate(rows):
             _img(latex, w).save(d / f"{i}.png")
             f.write(json.dumps({"image": f"{i}.png", "latex": latex}) + "\n")
-        f.write(json.dumps({"image": "gone.png", "latex": "z"}) + "\n")  # a bad row: skipped, reported
     return d
 
 
