@@ -99,8 +99,9 @@ def _prediction_cell(run: RunView, i: int) -> str:
     rec = run.records[i]
     if rec.get("error"):
         return f"<td><span class=err>{html.escape(rec['error'])}</span></td>"
+    dist = rec.get("edit_distance", "?")
     mark = "<span class=ok>✓ exact</span>" if rec.get("exact") else \
-        f"<span class=bad>{rec.get('edit_distance', '?')} token edits</span>"
+        f"<span class=bad>{dist} token edit{'' if dist == 1 else 's'}</span>"
     img = run.rendered[i] if i < len(run.rendered) else None
     rendered = (f"<br><img class=rendered alt='rendered prediction' src='{data_uri(img)}'>" if img is not None
                 else "<br><i>(not rendered)</i>" if run.rendered else "")
