@@ -1,0 +1,140 @@
+"""texocr's own compact image->LaTeX model: a small Qwen2-VL trained from scratch.
+
+    path = build_compact("runs/compact-init", size="base")     # random weights + processor + LaTeX tokenizer
+    loaded = load_model(ModelConfig(name_or_path=str(path)))    # the same code path as Qwen2-VL-7B
+
+Why a Qwen2-VL shape (see bench/compact.md for the measured alternatives): the compact model is then
+*literally* a `Qwen2VLForConditionalGeneration`, so loading, the collator's label mask, generation, LoRA
+targets and the training loop are the Qwen2-VL family's, and "LoRA of the default model" is LoRA of a VLM.
+What differs from a stock Qwen2-VL checkpoint is saved inside the checkpoint itself:
+  - the tokenizer: `latex_tokenizer.build_latex_tokenizer` (about 1,300 ids: LaTeX tokens + characters);
+  - the prompt, as the processor's chat template: no chat turns, no instruction, only
+    `<|vision_start|><|image_pad|>*n<|vision_end|>` followed by the LaTeX and `<|im_end|>`;
+so a compact checkpoint detected as plain `qwen2_vl` (from its config.json) still gets this prompt.
+Sizes: decoding on a CPU is memory-bound (each new token reads all text-tower weights), so capacity goes to
+the vision tower, which runs once per image; the text tower stays at 4 layers of width 256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from texocr.models.qwen_vl import QWEN_SPECIALS, Qwen2VL
+
+COMPACT_TEMPLATE = (
+    "{% for message in messages %}{% if message['content'] is not string %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}{% endif %}{% endfor %}"
+)
+"""Only the image: the compact model has one task, so an instruction would be dead weight in every sequence."""
+
+PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
+EOS = "<|im_end|>"
+PAD = "<|endoftext|>"
+
+SIZES: dict[str, dict[str, int]] = {
+    # vision: depth, width, heads (patch 14, 2x2 merge -> one text token per 28x28 pixels)
+    # text: layers, width, heads, kv heads (GQA), MLP width
+    "base": dict(vis_depth=7, vis_dim=320, vis_heads=5, layers=4, hidden=256, heads=4, kv_heads=2, ffn=1024),
+    "tiny": dict(vis_depth=1, vis_dim=32, vis_heads=2, layers=1, hidden=64, heads=2, kv_heads=1, ffn=128),
+}
+"""`base` is what texocr trains and ships (~15.3M parameters, ~31 MB in bf16); `tiny` is for tests."""
+
+
+class Compact(Qwen2VL):
+    """The compact model's family: Qwen2-VL code with an image-only prompt and a LaTeX tokenizer.
+
+    `model_types` is empty on purpose: a compact checkpoint's config.json says `qwen2_vl`, and the Qwen2-VL
+    family serves it identically (the prompt lives in the checkpoint's chat template); this family is
+    picked by name (`model.family: compact`) or for the `default` model.
+    """
+
+    name = "compact"
+    model_types = ()
+    hub_patterns = ()
+    chat_template = COMPACT_TEMPLATE
+
+    def prompt(self, processor: Any) -> str:
+        return PROMPT
+
+    def end_token(self, processor: Any) -> str:
+        return EOS
+
+    def build_tiny(self, out_dir: str, **sizes: Any) -> None:
+        build_compact(out_dir, size="tiny", **sizes)
+
+
+def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[str, int] | None = None) -> Any:
+    """The `Qwen2VLConfig` of a compact model of `size` (`base` or `tiny`)."""
+    from transformers import Qwen2VLConfig
+
+    from texocr.errors import TexocrError
+
+    if size not in SIZES:
+        raise TexocrError(f"unknown compact size {size!r}; choose one of {', '.join(SIZES)}")
+    s = SIZES[size]
+    ids = token_ids or {t: i for i, t in enumerate(QWEN_SPECIALS)}
+    half = s["hidden"] // s["heads"] // 2  # M-RoPE splits the rotary half-dim into (time, height, width)
+    hw = (half - half // 4) // 2  # width and height get most of it: a formula is a 2-D layout, time is 1
+    return Qwen2VLConfig(
+        vision_config=dict(depth=s["vis_depth"], embed_dim=s["vis_dim"], num_heads=s["vis_heads"],
+                           hidden_size=s["hidden"], mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2),
+        text_config=dict(vocab_size=vocab_size, hidden_size=s["hidden"], intermediate_size=s["ffn"],
+                         num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                         num_key_value_heads=s["kv_heads"], max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [half - 2 * hw, hw, hw]},
+                         bos_token_id=ids[PAD], eos_token_id=ids[EOS], pad_token_id=ids[PAD]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,  # input and output embeddings share one matrix: small vocab, fewer bytes
+    )
+
+
+def build_compact_processor(n_formulas: int = 5000, seed: int = 0) -> Any:
+    """Processor = PIL Qwen2-VL image processor + LaTeX tokenizer + the image-only chat template."""
+    import transformers
+
+    from texocr.models.latex_tokenizer import build_latex_tokenizer
+
+    tok = build_latex_tokenizer(QWEN_SPECIALS, eos=EOS, pad=PAD, n_formulas=n_formulas, seed=seed)
+    image_processor = transformers.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
+    family = Compact()
+    processor = family.processor_class()(image_processor, tok, chat_template=COMPACT_TEMPLATE)
+    family.configure_processor(processor, None)
+    return processor
+
+
+def build_compact(
+    out_dir: str | Path, size: str = "base", *, seed: int = 0, n_formulas: int | None = None, dtype: str = "float32"
+) -> Path:
+    """Write a randomly initialized compact model + processor to `out_dir`; returns the path.
+
+    `n_formulas` generated formulas feed the tokenizer's vocabulary (default 5000; 300 for `tiny`).
+    `dtype="bfloat16"` halves the file (how the trained model ships).
+    """
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from texocr.models.tiny import padded_vocab_size
+
+    processor = build_compact_processor(n_formulas or (300 if size == "tiny" else 5000), seed)
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = compact_config(size, padded_vocab_size(tok), ids)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids[EOS]
+    model.generation_config.pad_token_id = ids[PAD]
+    model = model.to(getattr(torch, dtype))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+FAMILY_CLASSES = [Compact]
+"""Picked up by `texocr.models.registry` like the other optional family modules."""
