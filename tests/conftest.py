@@ -12,14 +12,21 @@
 
 `formula_image(w=112, h=32, text="x^2") -> PIL.Image`  (function scope, factory)
     A white RGB image with some black text drawn on it.
+
+The hub is switched off for the whole session (`HF_HUB_OFFLINE=1`): nothing here can download.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+# No test may reach a model hub: fail fast instead of retrying a download for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
