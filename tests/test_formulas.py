@@ -9,20 +9,9 @@ import sys
 
 import pytest
 
-from texocr.data.formulas import REAL_LENGTH_HIST, FormulaGenerator, FormulaPool, read_formulas
+from texocr.data.formulas import CONSTRUCTS, REAL_LENGTH_HIST, FormulaGenerator, FormulaPool, read_formulas
 from texocr.errors import TexocrError
 from texocr.latex import normalize
-
-CONSTRUCTS = {
-    "frac": r"\\[dt]?frac\b", "sqrt": r"\\sqrt\b", "sub": r"_ \{", "sup": r"\^ \{", "sum": r"\\sum\b",
-    "int": r"\\i*int\b", "prod": r"\\prod\b", "lim": r"\\lim\b", "greek": r"\\(alpha|beta|mu|nu|pi|phi)\b",
-    "accent": r"\\(hat|bar|vec|tilde|dot)\b", "mathbf": r"\\mathbf\b", "mathcal": r"\\(mathcal|cal)\b",
-    "mathbb": r"\\mathbb\b", "mathrm": r"\\mathrm\b", "operatorname": r"\\operatorname\b", "left": r"\\left",
-    "matrix": r"\\begin\{[pbvBV]?matrix\}", "array": r"\\begin\{array\}", "cases": r"\\begin\{cases\}",
-    "aligned": r"\\begin\{aligned\}", "newline": r"\\\\", "space": r"\\[,;:!]|\\q?quad\b", "text": r"\\text\{",
-    "relation": r"(=|\\leq|\\geq|\\approx|\\equiv|\\sim)", "function": r"\\(sin|cos|log|exp|ln)\b",
-}
-
 
 @pytest.fixture(scope="module")
 def formulas() -> list[str]:

@@ -56,6 +56,18 @@ MATRIX_ENVS = ["pmatrix", "pmatrix", "bmatrix", "matrix", "vmatrix", "Bmatrix", 
 BB = "RCZNQPEHF"
 
 
+CONSTRUCTS = {
+    "frac": r"\\[dt]?frac\b", "sqrt": r"\\sqrt\b", "sub": r"_ \{", "sup": r"\^ \{", "sum": r"\\sum\b",
+    "int": r"\\i*int\b", "prod": r"\\prod\b", "lim": r"\\lim\b", "greek": r"\\(alpha|beta|mu|nu|pi|phi)\b",
+    "accent": r"\\(hat|bar|vec|tilde|dot)\b", "mathbf": r"\\mathbf\b", "mathcal": r"\\(mathcal|cal)\b",
+    "mathbb": r"\\mathbb\b", "mathrm": r"\\mathrm\b", "operatorname": r"\\operatorname\b", "left": r"\\left",
+    "matrix": r"\\begin\{[pbvBV]?matrix\}", "array": r"\\begin\{array\}", "cases": r"\\begin\{cases\}",
+    "aligned": r"\\begin\{aligned\}", "newline": r"\\\\", "space": r"\\[,;:!]|\\q?quad\b", "text": r"\\text\{",
+    "relation": r"(=|\\leq|\\geq|\\approx|\\equiv|\\sim)", "function": r"\\(sin|cos|log|exp|ln)\b",
+}
+"""Regexes naming the constructs the generator must cover (tests and bench/render.py measure their rates)."""
+
+
 def read_formulas(path: str | Path) -> list[str]:
     """Formulas from a file: labels.jsonl (`latex` field) or plain text, one per line; blank lines skipped."""
     p = Path(path)
@@ -98,7 +110,7 @@ class _Builder:
     # -- atoms ---------------------------------------------------------------------------------------
     def letter(self) -> list[str]:
         r = self.r.random()
-        if r < 0.66:
+        if r < 0.74:
             return [self.r.choice(COMMON) if self.r.random() < 0.7 else self.r.choice(LATIN)]
         if r < 0.96:
             return ["\\" + self.r.choice(GREEK)]
@@ -157,7 +169,7 @@ class _Builder:
         if r < 0.45:
             acc = self.r.choice(ACCENTS)
             return ["\\" + acc, "{", *self.letter(), "}"]
-        if r < 0.6:
+        if r < 0.53:
             return ["\\mathbf", "{", self.r.choice(LATIN), "}"]
         if r < 0.75:
             return ["\\mathcal", "{", self.r.choice(LATIN[26:]), "}"]
@@ -182,7 +194,7 @@ class _Builder:
             return self.scripted(s) if self.r.random() < 0.35 else s
         if r < 0.58:
             return self.frac(depth)
-        if r < 0.63:
+        if r < 0.61:
             return self.sqrt(depth)
         if r < 0.73:
             return self.delimited(depth)
@@ -301,7 +313,7 @@ class _Builder:
             out += self.number()
         for _ in range(1 if self.r.random() < 0.55 else self.r.randint(2, 3)):
             out += self.factor(depth)
-            if self.r.random() < 0.06:
+            if self.r.random() < 0.03:
                 out.append(self.r.choice(SPACES))
         return out
 
@@ -330,6 +342,8 @@ class _Builder:
 
     def equation(self, budget: int) -> list[str]:
         out = self.lhs()
+        if len(out) >= budget and self.r.random() < 0.9:  # real formulas are nearly all (in)equalities
+            out += [self.r.choice(RELATIONS)] + self.expr(self.r.randint(1, 4), depth=1)
         while len(out) < budget:
             out += [self.r.choice(RELATIONS)]
             out += self.expr(max(2, min(budget - len(out), self.r.randint(6, 40))), depth=0)
