@@ -70,6 +70,8 @@ def test_data_render_writes_loadable_dataset(tmp_path, capsys) -> None:
     for r in rows:
         with Image.open(out / r["image"]) as im:
             assert im.size == (r["width"], r["height"]) and min(im.size) >= 8
+            gray = np.asarray(im.convert("L"), dtype=np.float32)
+            assert np.percentile(gray, 0.5) < np.median(gray) - 80, f"{r['image']}: ink too faint"
         assert r["latex"] and r["style"] in {"printed", "handwritten"}
     assert {r["origin"] for r in rows} == {"generated", "real"}
     with Image.open(out / "montage.png") as m:

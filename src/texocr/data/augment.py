@@ -35,15 +35,15 @@ def printed(img: Image.Image, rng: random.Random, strength: float = 1.0, thicken
     """Scan/screenshot-like degradations, each applied with a probability that grows with `strength`."""
     p = min(1.0, max(0.0, strength))
     img = rescale(img, rng.uniform(1 - 0.4 * p, 1 + 0.3 * p))
-    if thicken and rng.random() < 0.35 * p:
-        # eroding thin strokes (small renders) would erase them: only thicken those
-        img = ink_weight(img, rng.choice([-1, 1, 1]) if img.height > 90 else 1)
+    if thicken and rng.random() < 0.25 * p:
+        # thicker only: eroding renders' thin strokes (hairlines at 100-150 dpi) erases them
+        img = ink_weight(img, 1)
     img = pad(img, rng)
     if rng.random() < 0.3 * p:
         img = rotate_shear(img, angle=rng.uniform(-2, 2) * p, shear=rng.uniform(-0.08, 0.08) * p)
     if rng.random() < 0.15 * p:
         img = perspective(img, rng, 0.03 * p)
-    if rng.random() < 0.5 * p:
+    if rng.random() < 0.3 * p:  # most im2latex-like images are plain black on white
         img = colorize(img, rng, texture=rng.random() < 0.5)
     if rng.random() < 0.35 * p:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
@@ -179,7 +179,7 @@ def colorize(img: Image.Image, rng: random.Random, texture: bool = False) -> Ima
     a = np.asarray(img.convert("L"), dtype=np.float32) / 255.0  # [H, W], 1 = paper
     ink = np.array([rng.randint(0, 70), rng.randint(0, 70), rng.randint(0, 90)], np.float32)
     base = rng.randint(215, 255)  # near-neutral paper, slightly tinted
-    paper = np.array([min(255, base + rng.randint(-12, 12)) for _ in range(3)], np.float32)
+    paper = np.array([min(255, base + rng.randint(-6, 6)) for _ in range(3)], np.float32)
     out = ink + a[..., None] * (paper - ink)  # [H, W, 3]
     if texture:
         h, w = a.shape
