@@ -123,3 +123,11 @@ def test_collator_normalizes_targets_only_when_asked(tiny_loaded, formula_image)
         assert tok.decode(labels[labels != IGNORE_INDEX][:-1].tolist()) == want
     with pytest.raises(TexocrError, match="empty batch"):
         Collator(loaded, 4096)([])
+
+
+def test_inconsistent_image_budget_is_a_clear_error(tiny_model_dir) -> None:
+    from texocr.models.loading import load_model
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir("qwen2_vl")), min_pixels=10**7, max_pixels=10**5)
+    with pytest.raises(TexocrError, match="min_pixels"):
+        load_model(cfg)
