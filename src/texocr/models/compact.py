@@ -86,7 +86,7 @@ def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[s
                          num_key_value_heads=s["kv_heads"], max_position_embeddings=2048,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                           "mrope_section": [half - 2 * hw, hw, hw]},
-                         bos_token_id=ids[PAD], eos_token_id=ids[EOS], pad_token_id=ids[PAD]),
+                         bos_token_id=None, eos_token_id=ids[EOS], pad_token_id=ids[PAD]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,  # input and output embeddings share one matrix: small vocab, fewer bytes
