@@ -28,7 +28,7 @@ def test_refuses_dangerous_formulas(formula: str) -> None:
 
 @pytest.mark.parametrize("formula,reason", [
     ("", "empty"), ("  ", "empty"), (r"\frac{a}{b", "unbalanced"), (r"a}", "unbalanced"),
-    (r"\begin{pmatrix} a \end{bmatrix}", "unbalanced"), (r"\begin{cases} a", "unbalanced"), ("x" * 5000, "too_long"),
+    (r"\begin{pmatrix} a \end{bmatrix}", "unbalanced"), (r"\begin{cases} a", "unbalanced"), ("x" * 5000, "too_long"), (r"a \\ [ x , y ] b", "unsupported"),
 ])
 def test_rejects_broken_structure(formula: str, reason: str) -> None:
     assert check_formula(formula)[0] == reason

@@ -430,6 +430,9 @@ class FormulaGenerator:
             if abs(len(tokens) - target) <= max(3, target // 8):
                 break
             budget *= min(1.6, max(0.4, target / len(tokens)))
+        # `\\ [` would read the bracket as a length (`\\[2pt]`): keep such a cell's bracket literal
+        best = [t for k, t in enumerate(best) for t in ((["{", "}", t]) if t == "[" and k and best[k - 1] == "\\\\"
+                                                        else [t])]
         return " ".join(best)
 
 

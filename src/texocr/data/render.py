@@ -54,6 +54,8 @@ _FORBIDDEN_PREFIXES = ("pdf", "tracing", "write", "open", "luatex", "Input")
 _FORBIDDEN_ENVS = frozenset({"document", "preview", "filecontents", "filecontents*", "verbatim", "comment"})
 _CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
 _ENV = re.compile(r"\\(begin|end)\s*\{([^}]*)\}")
+_NEWLINE_BRACKET = re.compile(r"\\\\\s*\[")
+_LENGTH = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)\s*(pt|em|ex|mm|cm|in|bp|mu|pc|dd|sp)\s*\]")
 _ERROR_LINE = re.compile(r"^\./doc\.tex:(\d+): (.*)$", re.M)
 
 # Sizes inside a document: relative scale -> LaTeX size command (12pt base).
@@ -96,6 +98,9 @@ def check_formula(formula: str) -> tuple[str, str] | None:
         word = m.group(1)
         if "@" in word or word in _FORBIDDEN or word.startswith(_FORBIDDEN_PREFIXES):
             return "forbidden", f"\\{word}"
+    m = _NEWLINE_BRACKET.search(formula)
+    if m and not _LENGTH.match(formula, m.end()):  # `\\ [x]` reads x as a length: TeX can loop forever on it
+        return "unsupported", "\\\\ followed by [ that is not a length"
     depth = 0
     for m in re.finditer(r"\\.|[{}]", formula, re.S):
         t = m.group()
@@ -165,7 +170,7 @@ class TexRenderer(Renderer):
 
     name = "tex"
 
-    def __init__(self, timeout_s: float = 60.0) -> None:
+    def __init__(self, timeout_s: float = 10.0) -> None:
         super().__init__()
         if not tex_available():
             raise TexocrError("the TeX renderer needs `latex` and `dvipng` on PATH "
