@@ -71,7 +71,7 @@ def test_tex_deterministic_and_dpi() -> None:
     big = r.render_batch([r"\int_0^1 x^2\,dx"], dpi=240)[0]
     assert big.height > 1.7 * a[0].height
     assert set(r.fonts()) >= {"cm"}
-    with pytest.raises(TexocrError, match="unknown TeX font"):
+    with pytest.raises(TexocrError, match="unknown tex font"):
         r.render_batch(["x"], font="nope")
 
 

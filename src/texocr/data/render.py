@@ -131,6 +131,7 @@ class Renderer:
     def __init__(self) -> None:
         self.failures: Counter[str] = Counter()
         self.rendered = 0
+        self._fonts: list[str] | dict[str, str | None] = []
 
     def render_detailed(self, formulas: list[str], *, font: str | None = None, dpi: int = 200,
                         scales: list[float] | None = None, display: bool = True) -> list[RenderResult]:
@@ -158,7 +159,14 @@ class Renderer:
 
     def fonts(self) -> list[str]:
         """Font names this renderer accepts for `font=` (the first is the default)."""
-        return []
+        return list(self._fonts)
+
+    def _font(self, font: str | None) -> str:
+        """`font`, or the default; a clear error for a font this renderer lacks."""
+        font = font or self.fonts()[0]
+        if font not in self._fonts:
+            raise TexocrError(f"unknown {self.name} font {font!r}; available: {', '.join(self._fonts)}")
+        return font
 
     def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
                 display: bool) -> list[RenderResult]:
@@ -178,14 +186,9 @@ class TexRenderer(Renderer):
         self.timeout_s = timeout_s
         self._fonts = available_tex_fonts()
 
-    def fonts(self) -> list[str]:
-        return list(self._fonts)
-
     def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
                 display: bool) -> list[RenderResult]:
-        font = font or "cm"
-        if font not in self._fonts:
-            raise TexocrError(f"unknown TeX font {font!r}; available: {', '.join(self._fonts)}")
+        font = self._font(font)
         results: list[RenderResult | None] = [None] * len(formulas)
         todo = []
         for i, f in enumerate(formulas):
@@ -316,19 +319,13 @@ class PipRenderer(Renderer):
             raise TexocrError(f"the pip renderer needs the `render` extra (ziamath, resvg-py): {e}") from None
         self._fonts = pip_math_fonts()
 
-    def fonts(self) -> list[str]:
-        return list(self._fonts)
-
     def _render(self, formulas: list[str], *, font: str | None, dpi: int, scales: list[float],
                 display: bool) -> list[RenderResult]:
         import resvg_py
         import ziamath
         from PIL import Image
 
-        font = font or "stix"
-        if font not in self._fonts:
-            raise TexocrError(f"unknown pip font {font!r}; available: {', '.join(self._fonts)}")
-        path = self._fonts[font]
+        path = self._fonts[self._font(font)]  # type: ignore[index]
         out = []
         for f, scale in zip(formulas, scales):
             problem = check_formula(f)
