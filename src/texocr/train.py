@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from texocr.config import Config, DataConfig, TrainConfig
+    from texocr.models.base import Family
     from texocr.models.loading import LoadedModel
     from texocr.sample import Sample, Skipped
 
@@ -104,20 +105,21 @@ def normalize_target(latex: str) -> str:
 
 @dataclass
 class Collate:
-    """Samples -> a training batch through the family's encoding; over-long samples are dropped and counted."""
+    """Samples -> a training batch through the family's encoding; over-long samples are dropped (logged).
 
-    loaded: LoadedModel
+    Runs inside DataLoader workers when `train.dataloader_workers > 0`, so it holds no model.
+    """
+
+    family: Family
+    processor: Any
     max_length: int
-    dropped: int = 0
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         from texocr.errors import TexocrError
 
-        fam, proc = self.loaded.family, self.loaded.processor
-        enc = fam.encode(proc, [s.image for s in samples], [normalize_target(s.latex) for s in samples],
-                         self.max_length)
+        enc = self.family.encode(self.processor, [s.image for s in samples],
+                                 [normalize_target(s.latex) for s in samples], self.max_length)
         if enc.dropped:
-            self.dropped += len(enc.dropped)
             log.warning("dropped %d over-long sample(s) (lengths %s > model.max_length=%d)",
                         len(enc.dropped), [n for _, n in enc.dropped], self.max_length)
         if enc.batch is None:
@@ -276,13 +278,12 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     ]
     if cfg.train.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience))
-    collate = Collate(loaded, cfg.model.max_length)
     trainer = _make_trainer_class()(
         model=loaded.model,
         args=args,
         train_dataset=SampleDataset(train_samples),
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
-        data_collator=collate,
+        data_collator=Collate(loaded.family, loaded.processor, cfg.model.max_length),
         processing_class=loaded.processor,
         callbacks=callbacks,
     )
@@ -292,8 +293,6 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     metrics: dict[str, float] = {"n": 0.0}
     if val_samples:
         metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k != "epoch"}
-    if collate.dropped:
-        metrics["dropped_too_long"] = float(collate.dropped)
     if trainer.is_world_process_zero():
         final = out / ("model" if cfg.model.method == "full" else "adapter")
         trainer.save_model(str(final))  # a PeftModel saves only its adapter

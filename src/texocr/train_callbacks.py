@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,11 @@ class CheckpointMarker(TrainerCallback):
 
 
 class CsvLogger(TrainerCallback):
-    """Appends every logged number to `path` as `step,epoch,name,value` rows (survives resumes)."""
+    """Appends every logged number to `path` as `step,epoch,time,name,value` rows (survives resumes).
+
+    `time` is the wall clock (Unix seconds) when the Trainer logged the row: throughput between two
+    logged steps is `(step2 - step1) * batch / (time2 - time1)`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -106,19 +111,22 @@ class CsvLogger(TrainerCallback):
         with self.path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:
-                w.writerow(["step", "epoch", "name", "value"])
+                w.writerow(["step", "epoch", "time", "name", "value"])
+            now = f"{time.time():.3f}"
             for name, value in logs.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    w.writerow([state.global_step, f"{state.epoch or 0:.4f}", name, value])
+                    w.writerow([state.global_step, f"{state.epoch or 0:.4f}", now, name, value])
 
 
-def read_csv_log(path: str | Path, name: str) -> dict[int, float]:
-    """`{step: value}` of one logged quantity (the last value wins when a resumed run logs a step again)."""
-    out: dict[int, float] = {}
+def read_csv_log(path: str | Path, name: str, *, with_time: bool = False) -> dict[int, Any]:
+    """`{step: value}` (or `{step: (time, value)}`) of one logged quantity; the last row wins when a
+    resumed run logs a step again."""
+    out: dict[int, Any] = {}
     with Path(path).open(newline="") as f:
         for row in csv.DictReader(f):
             if row["name"] == name:
-                out[int(row["step"])] = float(row["value"])
+                value = float(row["value"])
+                out[int(row["step"])] = (float(row["time"]), value) if with_time else value
     return out
 
 

@@ -1,0 +1,146 @@
+"""A plain transformers + peft LoRA/QLoRA training loop: the baseline that `texocr train` must not trail.
+
+No texocr code: the model directory (built by bench/train_gpu.py), its processor, the images and labels
+are read with transformers/PIL alone. Same recipe as texocr's: bf16 weights + bf16 autocast, SDPA,
+gradient checkpointing (non-reentrant), LoRA r=16/alpha=16 on the language model's linear layers,
+AdamW, gradient clipping at 1.0, labels only on the answer. Batches are encoded once up front, so
+data preparation costs this loop nothing (the strictest baseline).
+
+    python3 bench/plain_loop.py --model /tmp/bench/qwen2vl-2b --data /tmp/bench/data --batch 32 \\
+        --warmup 10 --steps 30 [--qlora] [--json out.json]
+
+Prints one JSON line: samples_per_s over the timed steps, peak_alloc_gib, peak_reserved_gib, seq_len.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+LANG_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+INSTRUCTION = "Write the LaTeX of this formula."
+
+
+def load(model_dir: str, qlora: bool) -> tuple[torch.nn.Module, object]:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, BitsAndBytesConfig,
+                              Qwen2VLProcessor)
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    kwargs: dict = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
+    if qlora:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": "cuda"}
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
+    if qlora:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.to("cuda")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
+                                             target_modules=LANG_TARGETS, task_type="CAUSAL_LM"))
+    model.enable_input_require_grads()
+    model.config.use_cache = False
+    model.train()
+    # The saved processor has no video processor config; build the stock processor from its parts.
+    processor = Qwen2VLProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=(Path(model_dir) / "chat_template.jinja").read_text(),
+    )
+    return model, processor
+
+
+def encode(processor: object, images: list[Image.Image], answers: list[str]) -> dict[str, torch.Tensor]:
+    """Prompt (chat template, image placeholder) + answer + <|im_end|>; labels only on the answer."""
+    tok = processor.tokenizer
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[prompt] * len(images), images=images, padding=True, padding_side="right",
+                    return_tensors="pt")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ans = [tok(a, add_special_tokens=False)["input_ids"] + [end] for a in answers]
+    plen = enc["attention_mask"].sum(1).tolist()
+    total = max(p + len(a) for p, a in zip(plen, ans))
+    ids = torch.full((len(ans), total), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    # other per-token outputs (mm_token_type_ids: 1 on image tokens) extend over the answer with 0 (text)
+    per_token = {k: torch.zeros_like(ids) for k, v in enc.items()
+                 if k not in ("input_ids", "attention_mask") and v.shape[:2] == enc["input_ids"].shape}
+    for b, (p, a) in enumerate(zip(plen, ans)):
+        ids[b, :p] = enc["input_ids"][b, :p]
+        ids[b, p : p + len(a)] = torch.tensor(a)
+        mask[b, : p + len(a)] = 1
+        labels[b, p : p + len(a)] = torch.tensor(a)
+        for k, v in per_token.items():
+            v[b, :p] = enc[k][b, :p]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **per_token,
+            "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="folder with labels.jsonl")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--qlora", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model, processor = load(args.model, args.qlora)
+    rows = [json.loads(x) for x in (Path(args.data) / "labels.jsonl").read_text().splitlines() if x.strip()]
+    n_batches = args.warmup + args.steps
+    batches = []
+    for i in range(n_batches):
+        chunk = [rows[(i * args.batch + j) % len(rows)] for j in range(args.batch)]
+        imgs = [Image.open(Path(args.data) / r["image"]).convert("RGB") for r in chunk]
+        batches.append({k: v.pin_memory() for k, v in encode(processor, imgs, [r["latex"] for r in chunk]).items()})
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+
+    def step(cpu_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to("cuda", non_blocking=True) for k, v in cpu_batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for b in batches[: args.warmup]:
+        step(b)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for b in batches[args.warmup :]:
+        loss = step(b)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    out = {
+        "loop": "plain", "method": "qlora" if args.qlora else "lora", "batch": args.batch, "steps": args.steps,
+        "samples_per_s": args.steps * args.batch / dt, "s_per_step": dt / args.steps,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "seq_len": int(batches[0]["input_ids"].shape[1]), "image_tokens": int(batches[0]["image_grid_thw"].prod(-1).sum()) // 4,
+        "final_loss": float(loss),
+    }
+    print(json.dumps(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
