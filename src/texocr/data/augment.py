@@ -63,7 +63,7 @@ def handwriting(img: Image.Image, rng: random.Random, strength: float = 1.0) -> 
     img = warp(img, rng, elastic=p * rng.uniform(0.012, 0.025) * max(h, 60),
                wave=p * rng.uniform(0.01, 0.035) * max(h, 60), cell=rng.randint(18, 30))
     img = rotate_shear(img, angle=rng.uniform(-3, 3) * p, shear=rng.uniform(-0.3, 0.15) * p)
-    img = pen(img, width=rng.choice([1, 1, 2]) if h > 60 else 1)
+    img = pen(img, width=rng.choice([1, 1, 2]) if h > 120 else 1)
     return _bound(img)
 
 
@@ -167,7 +167,8 @@ def ink_weight(img: Image.Image, step: int) -> Image.Image:
 def pen(img: Image.Image, width: int = 2) -> Image.Image:
     """Even, pen-like strokes: threshold the glyphs' ink, dilate by `width`, soften the edge a little."""
     g = np.asarray(img.convert("L"))
-    ink = Image.fromarray(np.where(g < 150, 0, 255).astype(np.uint8), mode="L")
+    # a high threshold keeps the faint antialiased hairlines of small renders, so strokes do not break up
+    ink = Image.fromarray(np.where(g < 215, 0, 255).astype(np.uint8), mode="L")
     if width > 1:
         ink = ink.filter(ImageFilter.MinFilter(2 * (width // 2) + 1))
     ink = ink.filter(ImageFilter.GaussianBlur(0.5))
