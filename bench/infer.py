@@ -1,0 +1,179 @@
+"""Recognizer speed: throughput (images/s) and latency (p50/p95) at batch 1 and batch 32.
+
+    # this CPU, texocr's tiny random Qwen2-VL (built locally):
+    PYTHONPATH=src .venv/bin/python bench/infer.py --model tiny
+    # a CUDA machine, a random model of Qwen2-VL-2B's published shape (bf16, SDPA; no network, PIL images only):
+    PYTHONPATH=src python3 bench/infer.py --model qwen2-vl-2b
+    # any local model directory:
+    PYTHONPATH=src python3 bench/infer.py --model runs/x/model --batches 1 8 32
+
+Each batch size generates `--images` formula-shaped images (448x112 and 300..600 x 60..140, PIL-drawn text) through
+`Recognizer.predict`, after one warm-up batch. Latency is the wall time of one `predict` call for one batch
+(CUDA-synchronized); throughput is images / total time. Random models do not emit the end token, so every
+image generates up to `--max-new-tokens` unless the repetition stopper cuts a loop: the table reports the mean
+generated tokens per image too. Prints a markdown table; writes the rows as JSON to $OUT/infer_bench.json when
+OUT is set (and to --json if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
+
+QWEN2_VL_2B = {"hidden": 1536, "layers": 28, "heads": 12, "kv": 2, "inter": 8960, "vocab": 151936,
+               "vision_depth": 32, "embed_dim": 1280, "vision_heads": 16}
+"""Qwen/Qwen2-VL-2B-Instruct's published config.json shape."""
+
+
+def build_qwen2_vl_2b(device: str):  # -> (model, processor, family)
+    """A random-weight Qwen2-VL of the 2B shape, built in memory on `device` in bf16 (no hub, no disk)."""
+    import torch
+    import transformers
+
+    from texocr.models.qwen_vl import QWEN_SPECIALS, Qwen2VL
+    from texocr.models.tiny import char_tokenizer
+
+    s = QWEN2_VL_2B
+    fam = Qwen2VL()
+    tok = char_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk="<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    text = {"vocab_size": s["vocab"], "hidden_size": s["hidden"], "intermediate_size": s["inter"],
+            "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"], "num_key_value_heads": s["kv"],
+            "max_position_embeddings": 32768, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
+    vision = {"depth": s["vision_depth"], "embed_dim": s["embed_dim"], "hidden_size": s["hidden"],
+              "num_heads": s["vision_heads"], "mlp_ratio": 4, "patch_size": 14, "spatial_merge_size": 2}
+    config = transformers.Qwen2VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = transformers.Qwen2VLForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
+    model.eval()
+    ip = transformers.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = fam.processor_class()(ip, tok, chat_template=fam.chat_template)
+    fam.configure_processor(processor, None)
+    return model, processor, fam
+
+
+def load_recognizer(model: str, device: str | None, max_new_tokens: int):
+    from texocr.infer import Recognizer, pick_device
+
+    device = pick_device(device)
+    if model == "qwen2-vl-2b":
+        m, proc, fam = build_qwen2_vl_2b(device)
+        return Recognizer(m, proc, fam, device=device, max_new_tokens=max_new_tokens), device
+    if model == "tiny":
+        from texocr.models.tiny import build_tiny
+
+        model = str(build_tiny("qwen2_vl", Path(tempfile.mkdtemp(prefix="texocr-bench-tiny-"))))
+    return Recognizer.load(model, device=device, max_new_tokens=max_new_tokens), device
+
+
+def formula_images(n: int, seed: int = 0) -> list:
+    """Formula-shaped PIL images with drawn text: half 448x112, half of varied size (grouping matters)."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        size = (448, 112) if i % 2 == 0 else (rng.randint(300, 600), rng.randint(60, 140))
+        im = Image.new("RGB", size, "white")
+        text = " ".join(rng.choice(["x^2", "\\frac{a}{b}", "+", "=", "\\sum_i", "y_1", "\\sqrt{z}"])
+                        for _ in range(rng.randint(2, 6)))
+        ImageDraw.Draw(im).text((8, size[1] // 2 - 6), text, fill="black")
+        out.append(im)
+    return out
+
+
+def bench(rec, device: str, batch: int, n_images: int) -> dict:
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    images = formula_images(n_images)
+    rec.predict(images[:batch], batch_size=batch)  # warm-up (kernels, allocator, caches)
+    sync()
+    latencies, tokens = [], 0
+    start = time.perf_counter()
+    for i in range(0, n_images, batch):
+        t0 = time.perf_counter()
+        preds = rec.predict(images[i: i + batch], batch_size=batch)
+        sync()
+        latencies.append(time.perf_counter() - t0)
+        tokens += sum(p.tokens for p in preds)
+        errors = [p.error for p in preds if p.error]
+        if errors:
+            raise SystemExit(f"bench images failed: {errors[:3]}")
+    total = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) > 1 else latencies * 19
+    return {"batch": batch, "images": n_images, "images_per_s": n_images / total,
+            "latency_ms_p50": statistics.median(latencies) * 1000, "latency_ms_p95": q[18] * 1000,
+            "tokens_per_image": tokens / n_images, "tokens_per_s": tokens / total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny, qwen2-vl-2b, or a local model directory")
+    ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--images", type=int, default=None, help="images per batch size (default: max(16, 4 x batch))")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+
+    t0 = time.perf_counter()
+    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens)
+    load_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in rec.model.parameters())
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    meta = {"model": args.model, "params": params, "dtype": str(next(rec.model.parameters()).dtype),
+            "device": device, "gpu": gpu, "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "max_new_tokens": args.max_new_tokens, "load_s": round(load_s, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(meta), flush=True)
+    rows = []
+    for b in args.batches:
+        row = {**meta, **bench(rec, device, b, args.images or max(16, 4 * b))}
+        if device.startswith("cuda"):
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in row if k not in meta}), flush=True)
+
+    print(f"\n{args.model} ({params / 1e6:.1f}M params, {meta['dtype']}) on {gpu or device}, "
+          f"max_new_tokens {args.max_new_tokens}\n")
+    print("| batch | images | images/s | latency p50 (ms) | latency p95 (ms) | tokens/image | tokens/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['images']} | {r['images_per_s']:.2f} | {r['latency_ms_p50']:.0f} | "
+              f"{r['latency_ms_p95']:.0f} | {r['tokens_per_image']:.1f} | {r['tokens_per_s']:.0f} |")
+    for path in [args.json, os.path.join(os.environ["OUT"], "infer_bench.json") if os.environ.get("OUT") else None]:
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(rows, indent=2) + "\n")
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
