@@ -17,6 +17,7 @@ model; data, batching, loop, evaluation and saving are shared. Output (`train.ou
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -198,21 +199,40 @@ def _make_trainer_class() -> type:
         texocr_eval_cfg: Any
 
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
-                     metric_key_prefix: str = "eval") -> dict[str, float]:
+                     metric_key_prefix: str = "eval", *, render: bool = False) -> dict[str, float]:
+            from texocr.train_callbacks import score_samples
+
             model = self.accelerator.unwrap_model(self.model)
             was_training = model.training
             model.eval()
             try:
                 loaded = replace(self.texocr_loaded, model=model)
-                from texocr.train_callbacks import score_samples
-
-                raw = score_samples(loaded, self.texocr_val, self.texocr_eval_cfg)
+                # periodic evaluations skip rendering (image_match): exact match is what they steer by
+                eval_cfg = replace(self.texocr_eval_cfg, render=render and self.texocr_eval_cfg.render)
+                raw = score_samples(loaded, self.texocr_val, eval_cfg)
             finally:
                 model.train(was_training)
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in raw.items()}
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
+
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            # Checkpoints of a full model keep transformers' in-memory key layout: the Trainer resumes
+            # with a plain load_state_dict, which does not undo the conversion to the original layout
+            # that save_pretrained applies by default (huggingface/transformers#43701).
+            from transformers import PreTrainedModel
+
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            in_checkpoints = output_dir is not None and Path(output_dir).parent == Path(self.args.output_dir)
+            if not (in_checkpoints and isinstance(model, PreTrainedModel)):
+                return super()._save(output_dir, state_dict)
+            original = model.save_pretrained
+            model.save_pretrained = functools.partial(original, save_original_format=False)
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                del model.save_pretrained  # back to the class's method
 
     return TexocrTrainer
 
@@ -223,6 +243,8 @@ class TrainResult:
     steps: int
     metrics: dict[str, float]
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+    """The trained model (a PeftModel for LoRA/QLoRA), still in memory."""
 
 
 def _device() -> str | None:
@@ -292,14 +314,16 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
 
     metrics: dict[str, float] = {"n": 0.0}
     if val_samples:
-        metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k != "epoch"}
+        final_eval = trainer.evaluate(render=True)
+        metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
     if trainer.is_world_process_zero():
         final = out / ("model" if cfg.model.method == "full" else "adapter")
         trainer.save_model(str(final))  # a PeftModel saves only its adapter
         loaded.processor.save_pretrained(str(final))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
-    return TrainResult(out, trainer.state.global_step, metrics, list(trainer.state.log_history))
+    return TrainResult(out, trainer.state.global_step, metrics, list(trainer.state.log_history),
+                       trainer.accelerator.unwrap_model(trainer.model))
 
 
 def _tensorboard(folder: Path) -> Any:
