@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from texocr.latex import LEVELS, STRUCTURAL_KINDS, normalize, repair, tokenize, validate
+from texocr.latex import LEVELS, STRUCTURAL_KINDS, detokenize, normalize, repair, tokenize, validate
 
 DOC = ("\\documentclass{article}\\usepackage{amsmath,amssymb}\\pagestyle{empty}\\begin{document}\n"
        "$\\displaystyle %s $\n\\end{document}\n")
@@ -37,7 +37,7 @@ def best_of(fn, repeat: int = 3) -> float:
 def compiles(formula: str) -> bool:
     """True when LaTeX (no shell escape, no file reads outside the work dir) typesets the formula."""
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "f.tex").write_text(DOC % formula)
+        Path(d, "f.tex").write_text(DOC % detokenize(tokenize(formula)))  # dimensions written whole
         env = dict(os.environ, openin_any="p", openout_any="p", shell_escape="f")
         try:
             r = subprocess.run(["latex", "-no-shell-escape", "-interaction=nonstopmode", "-halt-on-error",

@@ -62,6 +62,13 @@ def test_tokenize(src, tokens):
     assert tokenize(detokenize(tokens)) == tokens
 
 
+def test_detokenize_writes_dimensions_whole():
+    # TeX reads `\hspace { 1 c m }` (the im2latex spelling) as an illegal unit
+    tokens = tokenize(r"\hspace { 0 . 5 c m } x \kern - 2 m u y \rule { 1 p t } { 2 e m }")
+    assert detokenize(tokens) == r"\hspace { 0.5cm } x \kern -2mu y \rule { 1pt } { 2em }"
+    assert tokenize(detokenize(tokens)) == tokens
+
+
 def test_tokenize_matches_im2latex_convention():
     s = r"\sum _ { i = 1 } ^ { n } { \frac { 1 } { 2 } } \left( \begin{matrix} { a } & { b } \\ \end{matrix} \right) \, \ ."
     assert tokenize(s) == s.split()
@@ -304,6 +311,7 @@ def _balanced(s: str) -> bool:
 def test_no_input_crashes_and_tokenize_round_trips(s):
     tokens = tokenize(s)
     assert tokenize(detokenize(tokens)) == tokens
+    assert tokenize(" ".join(tokens)) == tokens
     issues = validate(s)
     assert is_valid(s) == (not issues)
     assert all(0 <= i.pos <= len(s) for i in issues)

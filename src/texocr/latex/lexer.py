@@ -89,5 +89,48 @@ def _fix(t: str) -> str:
 
 
 def detokenize(tokens: list[str]) -> str:
-    """Tokens -> source text, space-joined (the im2latex convention; re-tokenizes to the same list)."""
-    return " ".join(tokens)
+    """Tokens -> source text, space-joined (the im2latex convention), except that a dimension is
+    written whole (`\\hspace { 1cm }`, `\\kern -2mu`): TeX reads `1 c m` as a bad unit.
+
+    `tokenize(detokenize(tokens)) == tokens` for every token list.
+    """
+    if not _DIMENSION_COMMANDS.intersection(tokens):
+        return " ".join(tokens)
+    out: list[str] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        tok = tokens[i]
+        out.append(tok)
+        i += 1
+        if tok not in _DIMENSION_COMMANDS:
+            continue
+        if i < n and tokens[i] == "*":
+            out.append("*")
+            i += 1
+        for _ in range(2 if tok == "\\rule" else 1):
+            braced = i < n and tokens[i] == "{"
+            end = dimension_end(tokens, i + braced, n)
+            if end is None or (braced and (end >= n or tokens[end] != "}")):
+                break
+            out.extend(["{", "".join(tokens[i + 1:end]), "}"] if braced else ["".join(tokens[i:end])])
+            i = end + braced
+    return " ".join(out)
+
+
+def dimension_end(tokens: list[str], j: int, n: int) -> int | None:
+    """End index (< n) of a TeX dimension `[sign] digits [unit]` starting at j (`- 0 . 5 e m`), or None."""
+    k = j + (j < n and tokens[j] in ("-", "+"))
+    start = k
+    while k < n and (tokens[k].isdigit() or tokens[k] in (".", ",")):
+        k += 1
+    if k == start:
+        return None
+    if k + 1 < n and tokens[k] + tokens[k + 1] in _UNITS:
+        k += 2
+    return k
+
+
+_UNITS = frozenset({"pt", "em", "ex", "mu", "cm", "mm", "in", "pc", "bp", "dd", "cc", "sp"})
+# Commands followed by a dimension, braced (`\\hspace{1cm}`) or not (`\\kern 2pt`).
+_DIMENSION_COMMANDS = frozenset({"\\hspace", "\\vspace", "\\kern", "\\mkern", "\\hskip", "\\vskip",
+                                 "\\mskip", "\\raise", "\\lower", "\\rule"})

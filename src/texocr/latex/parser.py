@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from texocr.latex.commands import DELIMITER_TOKENS, ENV_SIGNATURES, SIGNATURES
+from texocr.latex.lexer import dimension_end
 
 MAX_DEPTH = 100  # nesting deeper than this is reported, not parsed (keeps recursion bounded)
 _SCRIPTS = frozenset({"^", "_"})
@@ -22,7 +23,6 @@ _SEPARATORS = frozenset({"&", "\\\\"})
 _NOT_AN_ARGUMENT = _SCRIPTS | _SEPARATORS | {"}"}
 _SPECIAL_FIRST = frozenset("\\{}^_&'")
 _STRUCTURAL_PREFIXES = ("\\right", "\\end{", "\\left", "\\begin{", "\\\\")
-_DIMENSION_UNITS = frozenset({"pt", "em", "ex", "mu", "cm", "mm", "in", "pc", "bp", "dd", "cc", "sp"})
 
 
 class TooDeep(Exception):
@@ -405,16 +405,9 @@ class Parser:
         return None
 
     def _dimension(self, stop: int) -> list[str]:
-        t, j = self.t, self.i
-        if j < stop and t[j] in ("-", "+"):
-            j += 1
-        k = j
-        while k < stop and (t[k].isdigit() or t[k] in (".", ",")):
-            k += 1
-        if k == j:
+        end = dimension_end(self.t, self.i, stop)
+        if end is None:
             return []
-        if k + 1 < stop and t[k] + t[k + 1] in _DIMENSION_UNITS:
-            k += 2
-        out = t[self.i:k]
-        self.i = k
+        out = self.t[self.i:end]
+        self.i = end
         return out
