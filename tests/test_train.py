@@ -155,3 +155,70 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no training data" in capsys.readouterr().err
     assert cli(["train", "--config", str(cfg), "--train.lrr", "1"]) == 2
     assert "train.lrr" in capsys.readouterr().err
+
+
+def test_periodic_generation_eval_and_early_stopping(tiny_model_dir, tmp_path):
+    from texocr.sample import Sample
+    from texocr.train import train
+
+    samples = [Sample(_image(t), t, str(i)) for i, t in enumerate(LATEX)]
+    cfg = _config(tiny_model_dir("qwen2_vl"), tmp_path, tmp_path / "run", "--train.max_steps", "10",
+                  "--train.eval_steps", "1", "--train.early_stopping_patience", "1", "--eval.render", "false")
+    result = train(cfg, train_samples=samples, val_samples=samples[:2])
+    em = read_csv_log(tmp_path / "run" / "logs" / "metrics.csv", "eval_exact_match")
+    # a random model matches nothing: step 2 does not improve on step 1, so patience 1 stops the run there
+    assert result.steps == 2 and sorted(em) == [1, 2] and set(em.values()) == {0.0}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["exact_match"] == 0.0 and "cer" in metrics
+
+
+def _open_mllama_gates(src: Path, dst: Path) -> Path:
+    """A copy of the tiny Mllama whose cross-attention gates are open, as in a trained checkpoint.
+
+    A fresh Mllama initializes the gates to 0 (tanh(0) = 0): nothing from the image reaches the text,
+    so no gradient reaches the vision tower or the cross-attention projections, and LoRA there cannot move.
+    """
+    import shutil
+
+    from transformers import MllamaForConditionalGeneration
+
+    shutil.copytree(src, dst)
+    model = MllamaForConditionalGeneration.from_pretrained(dst)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
+    model.save_pretrained(dst)
+    return dst
+
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "paligemma", "idefics3", "smolvlm", "mllama", "compact"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_trains(family, tiny_model_dir, tmp_path):
+    """LoRA on language and vision towers: finite loss, every trainable parameter moved, adapter reloads."""
+    from peft import get_peft_model_state_dict
+    from transformers import set_seed
+
+    from texocr.models.loading import load_model
+    from texocr.sample import Sample
+    from texocr.train import train
+
+    samples = [Sample(_image(t), t, str(i)) for i, t in enumerate(LATEX[:2])]
+    model_dir = tiny_model_dir(family)
+    if family == "mllama":
+        model_dir = _open_mllama_gates(model_dir, tmp_path / "mllama")
+    steps = 2
+    cfg = _config(model_dir, tmp_path, tmp_path / "run", "--train.max_steps", str(steps),
+                  "--train.batch_size", "2", "--model.lora_scope", "vision_language", "--train.logging_steps", "1")
+    set_seed(cfg.train.seed)
+    before = {k: v.detach().clone() for k, v in get_peft_model_state_dict(load_model(cfg.model, training=True).model).items()}
+    result = train(cfg, train_samples=samples)
+    losses = read_csv_log(tmp_path / "run" / "logs" / "metrics.csv", "loss")
+    assert len(losses) == steps and all(math.isfinite(v) for v in losses.values())
+    after = get_peft_model_state_dict(result.model)
+    assert before.keys() == after.keys() and before
+    unchanged = [k for k in before if torch.equal(before[k], after[k].detach().cpu())]
+    assert not unchanged, unchanged[:5]
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()

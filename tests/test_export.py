@@ -1,0 +1,75 @@
+"""`texocr export`: a LoRA adapter (language + vision tower) merged into its base gives the adapter model's logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from texocr.config import ModelConfig
+
+
+def test_export_merges_every_adapter(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from texocr.cli import main as cli
+    from texocr.models.loading import load_model
+    from texocr.sample import Sample
+    from texocr.train import Collate
+
+    base = tiny_model_dir("qwen2_vl")
+    cfg = ModelConfig(name_or_path=str(base), lora_scope="vision_language", lora_r=4, lora_alpha=8)
+    peft_model = load_model(cfg, training=True).model
+    torch.manual_seed(0)
+    with torch.no_grad():  # B starts at zero: give every adapter a real delta
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+
+    out = tmp_path / "merged"
+    assert cli(["export", "--model", str(base), "--adapter", str(adapter), "--out", str(out)]) == 0
+    assert json.loads((out / "texocr_export.json").read_text())["family"] == "qwen2_vl"
+
+    with_adapter = load_model(ModelConfig(name_or_path=str(base), adapter=str(adapter)))
+    merged = AutoModelForImageTextToText.from_pretrained(out).eval()  # plain transformers, no peft
+    assert not [n for n, _ in merged.named_modules() if "lora" in n]
+    plain = AutoModelForImageTextToText.from_pretrained(base)
+    vis = "model.visual.blocks.0.attn.qkv.weight"
+    assert not torch.equal(merged.state_dict()[vis], plain.state_dict()[vis])  # the vision tower's adapter too
+
+    images = []
+    for t in ("x^2", "a+b"):
+        im = Image.new("RGB", (64, 32), "white")
+        ImageDraw.Draw(im).text((2, 8), t, fill="black")
+        images.append(Sample(im, t, t))
+    batch = Collate(with_adapter.family, with_adapter.processor, 1024)(images)
+    batch.pop("labels")
+    with torch.no_grad():
+        a = with_adapter.model(**batch).logits
+        m = merged(**batch).logits
+    torch.testing.assert_close(m, a, atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_a_non_empty_out_and_no_adapter(tiny_model_dir, tmp_path, capsys):
+    from texocr.cli import main as cli
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "f").write_text("x")
+    base = str(tiny_model_dir("qwen2_vl"))
+    assert cli(["export", "--model", base, "--out", str(tmp_path / "busy")]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+    assert cli(["export", "--model", base, "--out", str(tmp_path / "o")]) == 2
+    assert "no LoRA adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["export", "--help"], ["train", "--help"]])
+def test_help(argv, capsys):
+    from texocr.cli import main as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 0 and "--" in capsys.readouterr().out
