@@ -222,3 +222,13 @@ def test_every_family_trains(family, tiny_model_dir, tmp_path):
     unchanged = [k for k in before if torch.equal(before[k], after[k].detach().cpu())]
     assert not unchanged, unchanged[:5]
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"
+    cfg = ClusterConfig.from_yaml_file(path)
+    assert cfg.distributed_type.value in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    assert path.read_text().startswith("# texocr: accelerate launch --config_file configs/accelerate/")
