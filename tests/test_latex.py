@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -274,7 +275,15 @@ def test_corpus_normalize_idempotent_and_round_trips(corpus):
 def test_corpus_mostly_valid(corpus):
     valid = sum(is_valid(f) for f in corpus)
     assert valid / len(corpus) > 0.99, valid
-    assert all(structural(repair(f)) == [] for f in corpus)
+
+
+def test_corpus_repair_fixes_corrupted_formulas(corpus):
+    rng = random.Random(0)
+    for f in rng.sample(corpus, 300):
+        tokens = tokenize(f)
+        del tokens[rng.randrange(len(tokens))]  # one token lost, as in a model's slip
+        out = repair(detokenize(tokens))
+        assert structural(out) == [], (f, out)
 
 
 # --- properties ---------------------------------------------------------------------------------------
