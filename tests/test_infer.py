@@ -76,7 +76,7 @@ def test_a_looping_row_is_trimmed_to_one_copy(tiny_loaded):
     rec = Recognizer.from_loaded(tiny_loaded("qwen2_vl"))
     tok = rec.processor.tokenizer
     row = tok("x^{2}+" + "\\alpha+" * 20, add_special_tokens=False)["input_ids"]
-    kwargs = rec._generate_kwargs(None, 1, None)
+    kwargs = rec._generate_kwargs(1, None)
     pred = rec._finish(row, [-0.5] * len(row), kwargs, 0.1)
     assert pred.text == "x^{2}+\\alpha"  # the loop is "+ \\alpha" from the first +: one copy kept
     assert pred.stop == "repetition" and pred.score == pytest.approx(-0.5)

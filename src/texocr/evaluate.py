@@ -193,7 +193,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", help="a LoRA adapter directory to load on top of --model")
     p.add_argument("--data", help="a data source (folder, InkML folder, hf:<id>, preset, synthetic); "
                                   "default: the config's data.val")
-    p.add_argument("--split", help="split of --data (HF split, <split>/ subfolder or rows' split field)")
+    p.add_argument("--split", help="split of --data (HF split, <split>/ subfolder or rows' split field); "
+                                   "default: the config's data.val_split (test)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, help="evaluate at most this many samples")
     p.add_argument("--compare", metavar="OTHER_MODEL", help="also evaluate this model and show both side by side")
@@ -226,14 +227,16 @@ def main(args: argparse.Namespace) -> int:
         raise TexocrError("no data to evaluate: pass --data (or a config with data.val)")
     out = Path(args.out)
 
-    source = open_source(data, cfg.data, split=args.split or (cfg.data.val_split if not args.data else None))
+    split = args.split or cfg.data.val_split  # like training's validation; rows without a split field all count
+    source = open_source(data, cfg.data, split=split)
     samples = list(islice(source, ev.limit) if ev.limit is not None else source)
     notes = []
     if source.skipped:
         write_skipped(source.skipped, out / "skipped.jsonl")
         notes.append(format_skipped(data, source.skipped) + " (see skipped.jsonl)")
     if not samples:
-        raise TexocrError(f"{data}: no usable samples" + (f" ({notes[0]})" if notes else ""))
+        raise TexocrError(f"{data}: no usable samples in split {split!r} (choose one with --split)"
+                          + (f"; {notes[0]}" if notes else ""))
     renderer = default_renderer() if ev.render else None
     options = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams}
 

@@ -228,7 +228,7 @@ class Recognizer:
         img = self._load(image)
         enc = self._encode([img])
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(enc, 1, max_new_tokens)
+        kwargs = self._generate_kwargs(1, max_new_tokens)
         kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criterion(enc["input_ids"].shape[1])])
         errors: list[BaseException] = []
 
@@ -257,8 +257,8 @@ class Recognizer:
         from texocr.data.images import load_image
 
         img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
-        lo, hi = np.asarray(img.convert("L")).min(), np.asarray(img.convert("L")).max()
-        if int(hi) - int(lo) < 8:  # also what a fully transparent PNG becomes once composited on white
+        gray = np.asarray(img.convert("L"))
+        if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
             raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
         return img
 
@@ -267,7 +267,7 @@ class Recognizer:
         dtype = next(self.model.parameters()).dtype
         return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in enc.items()}
 
-    def _generate_kwargs(self, enc: Any, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
+    def _generate_kwargs(self, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
         return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,
                     repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
 
@@ -289,7 +289,7 @@ class Recognizer:
         start = time.perf_counter()
         enc = self._encode(images)
         prompt_len = enc["input_ids"].shape[1]
-        kwargs = self._generate_kwargs(enc, beams, max_new_tokens)
+        kwargs = self._generate_kwargs(beams, max_new_tokens)
         was_training = self.model.training
         self.model.eval()
         try:
