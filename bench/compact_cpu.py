@@ -54,6 +54,7 @@ CANDIDATES = [
     Candidate("qwen-b", "qwen", 8, 384, 6, 4, 256, 4, 2, 1024),
     Candidate("qwen-m", "qwen", 6, 384, 6, 6, 512, 8, 4, 2048),
     Candidate("qwen-base", "qwen", 7, 320, 5, 4, 256, 4, 2, 1024),  # texocr.models.compact SIZES["base"]
+    Candidate("qwen-2l", "qwen", 7, 320, 5, 2, 384, 6, 2, 1536),  # fewer text layers: fewer ops per token
     Candidate("ved-xs", "ved", 6, 256, 4, 4, 256, 4, 4, 1024, patch=16),
     Candidate("ved-b", "ved", 8, 384, 6, 4, 256, 4, 4, 1024, patch=16),
 ]
@@ -97,8 +98,13 @@ def qwen_inputs(c: Candidate, batch: int) -> dict:
 
 
 def build_ved(c: Candidate) -> torch.nn.Module:
-    from transformers import (TrOCRConfig, TrOCRForCausalLM, ViTConfig, ViTModel,
-                              VisionEncoderDecoderModel)
+    from transformers import (
+        TrOCRConfig,
+        TrOCRForCausalLM,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTModel,
+    )
 
     enc = ViTModel(ViTConfig(image_size=(IMG_H, IMG_W), patch_size=c.patch, hidden_size=c.vis_dim,
                              num_hidden_layers=c.vis_depth, num_attention_heads=c.vis_heads,

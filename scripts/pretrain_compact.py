@@ -34,6 +34,8 @@ import logging
 import sys
 from pathlib import Path
 
+log = logging.getLogger("texocr.pretrain_compact")
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.train.output_dir)
     init = out / "init"
     if not (init / "config.json").is_file():  # first command only; later ones resume from checkpoints
-        logging.info("building a random %s compact model in %s", args.size, init)
+        log.info("building a random %s compact model in %s", args.size, init)
         build_compact(init, size=args.size, seed=cfg.train.seed)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=str(init), family="compact", method="full")
     train_cfg = dataclasses.replace(cfg.train, resume=cfg.train.resume or "latest")

@@ -38,7 +38,11 @@ def latex_vocabulary(n_formulas: int = 5000, seed: int = 0, min_count: int = 1) 
     """
     from texocr.data.formulas import FormulaGenerator
     from texocr.latex import tokenize
-    from texocr.latex.commands import DELIMITER_TOKENS, KNOWN_COMMANDS, KNOWN_ENVIRONMENTS
+    from texocr.latex.commands import (
+        DELIMITER_TOKENS,
+        KNOWN_COMMANDS,
+        KNOWN_ENVIRONMENTS,
+    )
 
     counts: Counter[str] = Counter()
     gen = FormulaGenerator(seed=seed)
