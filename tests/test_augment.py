@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from texocr.data.augment import MAX_SIDE, MIN_SIDE, augment, jpeg, printed, remap, rescale
+from texocr.data.augment import (
+    MAX_SIDE,
+    MIN_SIDE,
+    augment,
+    jpeg,
+    printed,
+    remap,
+    rescale,
+)
 
 
 def _formula() -> Image.Image:

@@ -9,9 +9,16 @@ import sys
 
 import pytest
 
-from texocr.data.formulas import CONSTRUCTS, REAL_LENGTH_HIST, FormulaGenerator, FormulaPool, read_formulas
+from texocr.data.formulas import (
+    CONSTRUCTS,
+    REAL_LENGTH_HIST,
+    FormulaGenerator,
+    FormulaPool,
+    read_formulas,
+)
 from texocr.errors import TexocrError
 from texocr.latex import normalize
+
 
 @pytest.fixture(scope="module")
 def formulas() -> list[str]:

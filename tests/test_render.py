@@ -7,7 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from texocr.data.render import (TexRenderer, available_renderers, check_formula, get_renderer, pip_math_fonts)
+from texocr.data.render import (
+    TexRenderer,
+    available_renderers,
+    check_formula,
+    get_renderer,
+    pip_math_fonts,
+)
 from texocr.errors import TexocrError
 
 has_tex = shutil.which("latex") is not None and shutil.which("dvipng") is not None

@@ -27,9 +27,7 @@ REAL_LENGTH_HIST = [15, 267, 924, 1396, 1314, 1123, 924, 719, 566, 472, 276, 180
 
 LATIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 COMMON = "xyzabcnmijktpqrsfgAEFHLMNRSTVXZ"
-GREEK = ("alpha alpha beta beta gamma delta mu mu nu nu pi phi phi lambda sigma theta psi omega rho tau epsilon "
-         "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi pi rho "
-         "varrho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi Omega").split()
+GREEK = ["alpha", "alpha", "beta", "beta", "gamma", "delta", "mu", "mu", "nu", "nu", "pi", "phi", "phi", "lambda", "sigma", "theta", "psi", "omega", "rho", "tau", "epsilon", "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "pi", "rho", "varrho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Phi", "Psi", "Omega"]
 ACCENTS = ["hat", "bar", "vec", "tilde", "dot", "ddot", "check", "breve", "overline", "widetilde", "widehat",
            "underline", "acute", "grave"]
 FUNCS = ["sin", "cos", "tan", "log", "ln", "exp", "det", "dim", "ker", "arg", "deg", "sinh", "cosh", "tanh",

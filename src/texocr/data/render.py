@@ -39,24 +39,14 @@ MAX_SIDE = 4000
 MAX_FORMULA_CHARS = 4000
 
 # Control words that read or write files, run commands, redefine things or change how TeX reads its input.
-_FORBIDDEN = frozenset("""
-input include includeonly InputIfFileExists IfFileExists openin openout closein closeout read readline write
-write18 immediate newwrite newread endinput catcode lccode uccode mathcode delcode sfcode csname endcsname
-def edef gdef xdef let futurelet global long outer newcommand renewcommand providecommand DeclareRobustCommand
-DeclareMathOperator newenvironment renewenvironment newcount newtoks newdimen newskip newbox usepackage
-RequirePackage documentclass LoadClass special shipout output everypar everymath everydisplay everyhbox
-everyvbox everyjob everycr everyeof afterassignment aftergroup expandafter noexpand scantokens jobname loop
-repeat lowercase uppercase directlua latelua errmessage message typeout batchmode nonstopmode scrollmode
-errorstopmode dump makeatletter font fontname includegraphics verbatiminput lstinputlisting patterns
-hyphenation showlists showbox show showthe
-""".split())
+_FORBIDDEN = frozenset(["input", "include", "includeonly", "InputIfFileExists", "IfFileExists", "openin", "openout", "closein", "closeout", "read", "readline", "write", "write18", "immediate", "newwrite", "newread", "endinput", "catcode", "lccode", "uccode", "mathcode", "delcode", "sfcode", "csname", "endcsname", "def", "edef", "gdef", "xdef", "let", "futurelet", "global", "long", "outer", "newcommand", "renewcommand", "providecommand", "DeclareRobustCommand", "DeclareMathOperator", "newenvironment", "renewenvironment", "newcount", "newtoks", "newdimen", "newskip", "newbox", "usepackage", "RequirePackage", "documentclass", "LoadClass", "special", "shipout", "output", "everypar", "everymath", "everydisplay", "everyhbox", "everyvbox", "everyjob", "everycr", "everyeof", "afterassignment", "aftergroup", "expandafter", "noexpand", "scantokens", "jobname", "loop", "repeat", "lowercase", "uppercase", "directlua", "latelua", "errmessage", "message", "typeout", "batchmode", "nonstopmode", "scrollmode", "errorstopmode", "dump", "makeatletter", "font", "fontname", "includegraphics", "verbatiminput", "lstinputlisting", "patterns", "hyphenation", "showlists", "showbox", "show", "showthe"])
 _FORBIDDEN_PREFIXES = ("pdf", "tracing", "write", "open", "luatex", "Input")
 _FORBIDDEN_ENVS = frozenset({"document", "preview", "filecontents", "filecontents*", "verbatim", "comment"})
 _CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
 _ENV = re.compile(r"\\(begin|end)\s*\{([^}]*)\}")
 _NEWLINE_BRACKET = re.compile(r"\\\\\s*\[")
 _LENGTH = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)\s*(pt|em|ex|mm|cm|in|bp|mu|pc|dd|sp)\s*\]")
-_ERROR_LINE = re.compile(r"^\./doc\.tex:(\d+): (.*)$", re.M)
+_ERROR_LINE = re.compile(r"^\./doc\.tex:(\d+): (.*)$", re.MULTILINE)
 
 # Sizes inside a document: relative scale -> LaTeX size command (12pt base).
 _SIZES = [(0.83, r"\footnotesize"), (0.92, r"\small"), (1.0, r"\normalsize"), (1.2, r"\large"),
@@ -102,7 +92,7 @@ def check_formula(formula: str) -> tuple[str, str] | None:
     if m and not _LENGTH.match(formula, m.end()):  # `\\ [x]` reads x as a length: TeX can loop forever on it
         return "unsupported", "\\\\ followed by [ that is not a length"
     depth = 0
-    for m in re.finditer(r"\\.|[{}]", formula, re.S):
+    for m in re.finditer(r"\\.|[{}]", formula, re.DOTALL):
         t = m.group()
         depth += 1 if t == "{" else -1 if t == "}" else 0
         if depth < 0:
@@ -266,7 +256,7 @@ class _TexJob:
             (Path(tmp) / "doc.tex").write_text(source, encoding="utf-8")
             try:
                 subprocess.run(["latex", "-no-shell-escape", "-interaction=nonstopmode", "-file-line-error",
-                                "doc.tex"], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
+                                "doc.tex"], cwd=tmp, env=env, stdin=subprocess.DEVNULL, check=False,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
             except subprocess.TimeoutExpired:
                 return None, {}, "latex timed out"
@@ -287,7 +277,7 @@ class _TexJob:
             try:
                 subprocess.run(["dvipng", "-q", "-T", "tight", "-D", str(int(self.dpi)), "-z", "1",
                                 "-bg", "rgb 1 1 1", "-fg", "rgb 0 0 0", "-o", "p%06d.png", "doc.dvi"],
-                               cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               cwd=tmp, env=env, stdin=subprocess.DEVNULL, check=False, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=timeout)
             except subprocess.TimeoutExpired:
                 return None, errors, "dvipng timed out"
@@ -338,7 +328,7 @@ class PipRenderer(Renderer):
                 png = resvg_py.svg_to_bytes(svg_string=math.svg(), background="#ffffff", skip_system_fonts=True)
                 with Image.open(io.BytesIO(bytes(png))) as im:
                     img = im.convert("RGB")
-            except Exception as e:  # ziamath raises bare AssertionError/KeyError/... on what it cannot parse
+            except Exception as e:  # noqa: BLE001 -- ziamath raises bare AssertionError/KeyError/... on what it cannot parse
                 out.append(RenderResult(None, "render_error", f"{type(e).__name__}: {e}"[:200]))
                 continue
             img = _crop_to_ink(img)
@@ -368,7 +358,7 @@ def available_tex_fonts() -> list[str]:
     if not shutil.which("kpsewhich"):
         return ["cm"]
     tfms = [tfm + ".tfm" for _, tfm in TEX_FONTS.values()]
-    r = subprocess.run(["kpsewhich", *tfms], capture_output=True, text=True)
+    r = subprocess.run(["kpsewhich", *tfms], capture_output=True, text=True, check=False)
     found = {Path(line).stem for line in r.stdout.split()}
     return ["cm"] + [n for n, (_, tfm) in TEX_FONTS.items() if n != "cm" and tfm in found]
 

@@ -214,9 +214,9 @@ def render_main(args: argparse.Namespace) -> int:
     if (out / "labels.jsonl").exists():
         raise TexocrError(f"{out}/labels.jsonl already exists: choose another --out or remove it")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    kwargs = dict(n=args.n, seed=args.seed, style=args.style, renderer=args.renderer,
-                  formulas=read_formulas(args.formulas) if args.formulas else None,
-                  real_ratio=args.real_ratio, augment=not args.no_augment)
+    kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
+              "formulas": read_formulas(args.formulas) if args.formulas else None,
+              "real_ratio": args.real_ratio, "augment": not args.no_augment}
     probe = SyntheticSource(**kwargs)  # validates arguments and the renderer before any worker starts
     renderer = probe.renderer.name
     workers = args.workers or os.cpu_count() or 1
