@@ -36,8 +36,9 @@ class ModelConfig:
     """Bits of the quantized base for QLoRA (NF4 or int8 through bitsandbytes)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; `auto` picks bfloat16 on a GPU that supports it, float32 on a CPU."""
-    attn_implementation: str | None = "sdpa"
-    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`)."""
+    attn_implementation: str | None = None
+    """Attention kernel (`sdpa`, `eager`, `flash_attention_2`); unset picks SDPA where the architecture
+    supports it and eager attention where it does not (Gemma 2 in PaliGemma 2)."""
     lora_r: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0

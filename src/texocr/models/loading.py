@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
     from texocr.config import ModelConfig
     from texocr.models.base import Family
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,6 +97,13 @@ def _adapter_base(path: str) -> str | None:
 def _from_pretrained(cls: type, path: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        # Some text towers refuse SDPA (Gemma 2 soft-caps its logits, so PaliGemma 2 cannot use
+        # SDPA from transformers 5.2x on). With no explicit choice, fall back to eager attention.
+        if "attn_implementation" in kwargs or "does not support an attention implementation" not in str(e):
+            raise
+        log.info("%s: SDPA not supported by this architecture, using eager attention", path)
+        return _from_pretrained(cls, path, attn_implementation="eager", **kwargs)
     except OSError as e:
         where = "local directory" if Path(path).exists() else "hub id (no network, or not downloaded yet?)"
         raise TexocrError(f"cannot load model {path!r} ({where}): {str(e).splitlines()[0]}") from None
