@@ -1,0 +1,294 @@
+"""Fast greedy decoding for Qwen2-VL-shaped models (texocr's compact model) on a CPU.
+
+    decoder = GreedyDecoder.for_model(model)          # None when the model is not a plain Qwen2-VL
+    out = decoder.generate(enc, max_new_tokens=256, eos_ids=[eos], pad_id=pad)
+    out.tokens      # [B, N] generated ids, `pad_id` after a row stopped (what `generate` returns, prompt cut)
+    out.logprobs    # [B, N] log-probability of each chosen token (what `compute_transition_scores` gives)
+
+Why: the compact model's text tower is 4 layers of width 256, so a new token is a few million multiply-adds
+and Hugging Face `generate` spends most of each step in framework code (logits processors, mask creation,
+M-RoPE position ids, output-capturing decorators, cache objects): ~10 ms per token where the arithmetic needs
+well under 1 ms (bench/compact.md). This loop runs the vision tower once (the model's own
+`get_image_features`), computes M-RoPE positions with the model's own `get_rope_index` and rotary module,
+then prefills and decodes the text tower with plain torch ops on the model's own weight tensors (held by
+reference, so a model being trained is decoded with its current weights), into a preallocated KV cache.
+Rows that finish (end token, or the caller's `stop_row`) leave the batch, so the rest decode on a smaller one.
+
+It computes what `model.generate(do_sample=False)` computes, with the same kernels in the same order (SDPA,
+grouped-query attention packed as HF packs it), and gives the same tokens (tests/test_compact.py checks it
+on random models, batch 1 and left-padded batches). Anything else (beams, sampling, LoRA layers that are not
+merged, another architecture) stays with `generate`: `for_model` returns None for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class GreedyOutput:
+    """`tokens` [B, N] (int64, `pad_id` after a row stopped) and `logprobs` [B, N] (float32, 0 after a stop)."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights (references to the model's parameters, not copies)."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    wq: torch.Tensor
+    bq: torch.Tensor
+    wk: torch.Tensor
+    bk: torch.Tensor
+    wv: torch.Tensor
+    bv: torch.Tensor
+    wo: torch.Tensor
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen2VLRMSNorm, op for op (float32 statistics, weight applied in the input dtype)."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (`apply_rotary_pos_emb`): x * cos + rotate_half(x) * sin."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class GreedyDecoder:
+    """Greedy decoding of a `Qwen2VLForConditionalGeneration` with plain torch ops (see the module docstring)."""
+
+    def __init__(self, model: Any) -> None:
+        text = model.model.language_model
+        cfg = text.config
+        self.model = model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.image_token_id = model.config.image_token_id
+        self.embed = text.embed_tokens.weight  # [V, D]
+        self.norm = text.norm.weight
+        self.eps = text.norm.variance_epsilon
+        self.lm_head = model.lm_head.weight  # [V, D] (tied to `embed` in the compact model)
+        self.layers = [
+            _Layer(
+                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
+                wq=layer.self_attn.q_proj.weight, bq=layer.self_attn.q_proj.bias,
+                wk=layer.self_attn.k_proj.weight, bk=layer.self_attn.k_proj.bias,
+                wv=layer.self_attn.v_proj.weight, bv=layer.self_attn.v_proj.bias,
+                wo=layer.self_attn.o_proj.weight,
+                wg=layer.mlp.gate_proj.weight, wu=layer.mlp.up_proj.weight, wd=layer.mlp.down_proj.weight,
+            )
+            for layer in text.layers
+        ]
+        self.layer_eps = [(la.input_layernorm.variance_epsilon, la.post_attention_layernorm.variance_epsilon)
+                          for la in text.layers]
+
+    # ------------------------------------------------------------ eligibility
+
+    @classmethod
+    def for_model(cls, model: Any) -> GreedyDecoder | None:
+        """A decoder for `model`, or None when this loop would not compute exactly what `generate` does."""
+        import torch
+        from transformers import Qwen2VLForConditionalGeneration
+
+        if type(model) is not Qwen2VLForConditionalGeneration:  # PeftModel, Qwen2.5/3-VL, ...: generate
+            return None
+        cfg = model.config.text_config
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        if (cfg.hidden_act != "silu" or getattr(cfg, "use_sliding_window", False)
+                or rope.get("rope_type", "default") != "default"
+                or cfg.hidden_size != cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)):
+            return None
+        text = model.model.language_model
+        linears = [model.lm_head] + [m for layer in text.layers
+                                     for m in (*_attn_linears(layer.self_attn), *_mlp_linears(layer.mlp))]
+        if any(type(m) is not torch.nn.Linear for m in linears):  # LoRA or quantized layers wrap the Linear
+            return None
+        if type(text.embed_tokens) is not torch.nn.Embedding:
+            return None
+        return cls(model)
+
+    # ------------------------------------------------------------ decoding
+
+    def generate(
+        self,
+        enc: dict[str, Any],
+        *,
+        max_new_tokens: int,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        min_new_tokens: int = 0,
+        stop_row: Callable[[list[int]], bool] | None = None,
+        streamer: Any = None,
+    ) -> GreedyOutput:
+        """Greedy tokens for a left-padded generation batch `enc` (a family's `encode_for_generation`).
+
+        A row stops at an id of `eos_ids` (kept), when `stop_row(its generated ids)` is true (checked after
+        every token, like a `StoppingCriteria`), or after `max_new_tokens`. `min_new_tokens` forbids the end
+        tokens before that many tokens (as `generate` does). `streamer` gets `put(ids)` / `end()` like
+        `generate`'s (batch 1).
+        """
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, stop_row, streamer)
+
+    def _prompt_embeddings(self, enc: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings with the image features scattered in ([B, T, D]) and M-RoPE positions [3, B, T]."""
+        import torch
+
+        ids = enc["input_ids"]
+        core = self.model.model
+        x = torch.nn.functional.embedding(ids, self.embed)  # [B, T, D]
+        if enc.get("pixel_values") is not None:
+            feats = core.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
+            feats = torch.cat(feats, dim=0).to(x.dtype)  # [n image tokens, D]
+            image_mask = (ids == self.image_token_id).unsqueeze(-1)
+            if int(image_mask.sum()) != feats.shape[0]:
+                raise ValueError(f"image features and image tokens do not match: tokens "
+                                 f"{int(image_mask.sum())}, features {feats.shape[0]}")
+            x = x.masked_scatter(image_mask, feats)
+        mm = enc.get("mm_token_type_ids")
+        if mm is None:
+            mm = (ids == self.image_token_id).int()
+        positions, _ = core.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=enc.get("image_grid_thw"),
+                                           attention_mask=enc.get("attention_mask"))
+        return x, positions
+
+    def _generate(self, enc: dict[str, Any], max_new: int, eos_ids: list[int], pad_id: int, min_new: int,
+                  stop_row: Callable[[list[int]], bool] | None, streamer: Any) -> GreedyOutput:
+        import torch
+        import torch.nn.functional as F
+
+        ids = enc["input_ids"]
+        batch, prompt_len = ids.shape
+        attn = enc.get("attention_mask")
+        attn = torch.ones_like(ids) if attn is None else attn
+        x, positions = self._prompt_embeddings(enc)  # [B, T, D], [3, B, T]
+        rotary = self.model.model.language_model.rotary_emb
+        cos, sin = rotary(x, positions)  # [B, T, hd] each
+        # Decode step s sits at the prompt's last position + 1 + s on every axis (generate's rule).
+        steps = torch.arange(1, max_new + 1, device=ids.device)
+        dec_cos, dec_sin = rotary(x, positions[:, :, -1:] + steps)  # [B, N, hd]
+
+        total = prompt_len + max_new
+        shape = (batch, self.kv_heads, total, self.head_dim)
+        cache = [(x.new_zeros(shape), x.new_zeros(shape)) for _ in self.layers]  # [B, KV, T + N, hd] each
+        padded = bool((attn == 0).any())
+        valid = torch.ones((batch, total), dtype=torch.bool, device=ids.device)
+        valid[:, :prompt_len] = attn.bool()
+        mask = None
+        if padded:  # causal and padding; a padding query sees itself (no empty rows, no NaN)
+            causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=ids.device).tril()
+            mask = causal & valid[:, None, None, :prompt_len]
+            mask |= torch.eye(prompt_len, dtype=torch.bool, device=ids.device)
+        h = self._forward(x, cos.unsqueeze(1), sin.unsqueeze(1), cache, 0, mask)  # [B, T, D]
+
+        tokens = torch.full((batch, max_new), pad_id, dtype=torch.long, device=ids.device)
+        logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=ids.device)
+        rows = torch.arange(batch, device=ids.device)  # original index of each row still decoding
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        eos = torch.tensor(eos_ids, device=ids.device)
+        if streamer is not None:
+            streamer.put(ids.cpu())
+        for step in range(max_new):
+            last = _rms(h[:, -1], self.norm, self.eps)  # [b, D]
+            logits = F.linear(last, self.lm_head).float()  # [b, V]
+            if step < min_new:
+                logits[:, eos] = float("-inf")
+            nxt = logits.argmax(dim=-1)  # [b]
+            lp = logits.gather(1, nxt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+            tokens[rows, step] = nxt
+            logprobs[rows, step] = lp
+            if streamer is not None:
+                streamer.put(nxt.cpu())
+            done = torch.isin(nxt, eos)
+            new_ids = nxt.tolist()
+            if stop_row is not None:
+                flags = done.tolist()
+                for j, (r, t) in enumerate(zip(rows.tolist(), new_ids)):
+                    generated[r].append(t)
+                    if not flags[j] and stop_row(generated[r]):
+                        flags[j] = True
+                done = torch.tensor(flags, device=ids.device)
+            if step + 1 == max_new or bool(done.all()):
+                break
+            if bool(done.any()):  # finished rows leave: a smaller batch for the rest
+                keep = (~done).nonzero()[:, 0]
+                rows, nxt = rows[keep], nxt[keep]
+                cache = [(k[keep], v[keep]) for k, v in cache]
+                valid, dec_cos, dec_sin = valid[keep], dec_cos[keep], dec_sin[keep]
+            pos = prompt_len + step  # cache slot of the token being fed
+            step_mask = valid[:, None, None, : pos + 1] if padded else None  # [b, 1, 1, L]
+            x = F.embedding(nxt[:, None], self.embed)  # [b, 1, D]
+            h = self._forward(x, dec_cos[:, None, step: step + 1], dec_sin[:, None, step: step + 1], cache, pos,
+                              step_mask)
+        if streamer is not None:
+            streamer.end()
+        return GreedyOutput(tokens, logprobs)
+
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 cache: list[tuple[torch.Tensor, torch.Tensor]], start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """The text tower on `x` [B, T, D] whose tokens go to cache slots start..start+T-1; cos/sin [B, 1, T, hd]."""
+        import torch.nn.functional as F
+
+        b, t, _ = x.shape
+        hd, kvh = self.head_dim, self.kv_heads
+        group = self.heads // kvh
+        end = start + t
+        for layer, (eps1, eps2), (kc, vc) in zip(self.layers, self.layer_eps, cache):
+            h = _rms(x, layer.ln1, eps1)
+            q = F.linear(h, layer.wq, layer.bq).view(b, t, -1, hd).transpose(1, 2)  # [B, H, T, hd]
+            k = F.linear(h, layer.wk, layer.bk).view(b, t, -1, hd).transpose(1, 2)  # [B, KV, T, hd]
+            v = F.linear(h, layer.wv, layer.bv).view(b, t, -1, hd).transpose(1, 2)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            kc[:, :, start:end] = k
+            vc[:, :, start:end] = v
+            keys, values = kc[:, :, :end], vc[:, :, :end]  # [B, KV, L, hd]
+            if t == 1:  # one query: the query heads of a group become that KV head's queries (HF's pack_gqa)
+                o = F.scaled_dot_product_attention(q.reshape(b, kvh, group, hd), keys, values, attn_mask=mask,
+                                                   scale=self.scaling)  # [B, KV, group, hd]
+                o = o.reshape(b, 1, -1)  # [B, 1, H * hd]
+            elif mask is None:
+                o = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=self.scaling,
+                                                   enable_gqa=group > 1)  # [B, H, T, hd]
+                o = o.transpose(1, 2).reshape(b, t, -1)
+            else:
+                keys = keys.repeat_interleave(group, dim=1) if group > 1 else keys
+                values = values.repeat_interleave(group, dim=1) if group > 1 else values
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+                o = o.transpose(1, 2).reshape(b, t, -1)
+            x = x + F.linear(o, layer.wo)
+            h = _rms(x, layer.ln2, eps2)
+            x = x + F.linear(F.silu(F.linear(h, layer.wg)) * F.linear(h, layer.wu), layer.wd)
+        return x
+
+
+def _attn_linears(attn: Any) -> tuple[Any, ...]:
+    return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+
+
+def _mlp_linears(mlp: Any) -> tuple[Any, ...]:
+    return mlp.gate_proj, mlp.up_proj, mlp.down_proj
