@@ -1,38 +1,43 @@
-"""Pretrain texocr's compact model from scratch on synthetic formulas rendered on the fly.
+"""Pretrain texocr's compact model from scratch on formulas rendered on the fly (issue 6).
 
-GPU machine (16 cores, no TeX: the `auto` renderer picks the pip renderer, ziamath + resvg), in commands of
-at most 10 minutes that resume from the newest complete checkpoint kept on the warm machine:
+GPU machine (16 cores, no TeX: the pip renderer, ziamath + resvg), in commands of at most 10 minutes. Each
+command trains for `--seconds`, then evaluates and writes bf16 weights (shards <= 15 MB) to `--export`:
 
-    timeout 570 python scripts/pretrain_compact.py --config configs/compact/pretrain.yaml   # repeat until done
+    python scripts/pretrain_compact.py --config configs/compact/pretrain.yaml --model .carry/model \\
+        --seconds 470 --budget-seconds 1400 --done-seconds 0 --export $OUT/weights --val .carry/val-im2latex
 
-CPU smoke run (a few steps, tiny model, ~1-2 minutes on 2 cores):
+The next command continues from `<out>/state.pt` (weights + optimizer, kept while the machine stays warm) or,
+on a fresh machine, from the weights brought back and copied into `--model` (optimizer restarts with a short
+warmup). `--done-seconds` is the training time already spent: the learning rate follows a cosine over
+`--budget-seconds` of training time, not steps, because throughput is only known once running.
+
+CPU smoke run (tiny model, a few steps, ~1 minute on 2 cores):
 
     .venv/bin/python scripts/pretrain_compact.py --config configs/compact/pretrain.yaml --size tiny \\
-        --train.output_dir runs/compact-smoke --train.max_steps 3 --train.batch_size 4 \\
-        --train.save_steps 2 --train.eval_steps 0 --train.dataloader_workers 0 --data.val_limit 4
+        --out runs/compact-smoke --seconds 20 --budget-seconds 20 --train.batch_size 4 \\
+        --train.dataloader_workers 2 --export runs/compact-smoke/export --val-limit 8
 
-What it does: builds the random initial model once (`texocr.models.compact.build_compact` into
-`<output_dir>/init`), then runs texocr's one training path (`texocr.train.train`, full training) with the
-config's `model` section pointed at that init and `train.resume: latest`. Training data is a lazy
-`SyntheticSource` (`data.synthetic_n` samples of `data.synthetic_style`, rendered by DataLoader workers when
-indexed) instead of the materialized list that `texocr train` reads, so no sample is rendered before it is
-needed; validation is a small synthetic set with its own seed. A command killed by `timeout` loses at most
-`train.save_steps` steps: only checkpoints marked complete are resumed from.
-
-KNOWN PROBLEM (transformers 5.17, huggingface/transformers#43701): the Trainer saves Qwen2-VL checkpoints in the
-original key layout (`visual.*`, `model.layers.*`) but resumes with a plain `load_state_dict`, so a resumed
-run starts from the *initial* weights ("There were missing keys in the checkpoint model loaded: ..."). Until
-texocr.train saves checkpoints with `save_original_format=False` (or converts keys on resume), each command
-of this recipe restarts from init: do not run it in several commands before that is fixed.
+Why a loop of its own rather than `texocr.train` (whose resume works: checkpoints keep the in-memory key
+layout): pretraining is bounded by wall-clock seconds on machines that vanish between commands, so it needs a
+time-based schedule, weights-only hand-off through 16 MB files and, above all, a data stream that keeps the
+GPU busy. Rendering (~10 formulas/s per core) is far slower than a 15M-parameter model trains, so each
+DataLoader worker keeps a *replay pool* of clean renders and yields every new render plus `--replay` pool
+images, each with a fresh augmentation. The model, processor, label mask (`family.encode` via `Collator`)
+and generation (`Recognizer`) are texocr's own, as in `texocr train`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import csv
+import json
 import logging
+import math
+import random
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("texocr.pretrain_compact")
 
@@ -41,46 +46,256 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Other --section.key value pairs override the config (e.g. --train.lr 5e-4).")
     p.add_argument("--config", required=True, help="a YAML config, e.g. configs/compact/pretrain.yaml")
-    p.add_argument("--size", default="base", choices=["base", "tiny"], help="compact model size (tiny: smoke runs)")
-    p.add_argument("--renderer", default="auto", choices=["auto", "tex", "pip"],
-                   help="formula renderer (auto: TeX when installed, else the pip renderer)")
-    p.add_argument("--chunk", type=int, default=1,
-                   help="formulas rendered together (the Trainer samples indices at random, so a chunk larger "
-                        "than 1 renders formulas that are never used; >1 only pays with TeX)")
+    p.add_argument("--out", default=None, help="working folder (default: train.output_dir); holds state.pt")
+    p.add_argument("--model", default=None, help="a compact model folder to start from (else a random init)")
+    p.add_argument("--size", default="base", choices=["base", "tiny"], help="size of a random init")
+    p.add_argument("--seconds", type=float, required=True, help="training seconds in this command")
+    p.add_argument("--budget-seconds", type=float, required=True, help="planned training seconds of all commands")
+    p.add_argument("--done-seconds", type=float, default=None,
+                   help="training seconds already done (default: from state.pt, else 0)")
+    p.add_argument("--export", default=None, help="folder for the bf16 weights (shards <= 15 MB) and logs")
+    p.add_argument("--save-every", type=float, default=150, help="export every N seconds too (crash safety)")
+    p.add_argument("--printed-ratio", type=float, default=0.75, help="share of printed (vs handwriting) renders")
+    p.add_argument("--replay", type=int, default=6, help="pool images yielded per new render")
+    p.add_argument("--pool", type=int, default=3000, help="clean renders kept per worker")
+    p.add_argument("--warmup-steps", type=int, default=400, help="linear warmup whenever the optimizer is fresh")
+    p.add_argument("--val", action="append", default=[], help="labelled folders to evaluate at the end")
+    p.add_argument("--val-limit", type=int, default=300)
+    p.add_argument("--renderer", default="pip", choices=["auto", "tex", "pip"])
     return p.parse_known_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from texocr.config import load_config
-    from texocr.data.synth import SyntheticSource
-    from texocr.models.compact import build_compact
-    from texocr.train import train
+# ------------------------------------------------------------------ data
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args, overrides = parse_args(argv)
-    cfg = load_config(args.config, overrides)
-    out = Path(cfg.train.output_dir)
-    init = out / "init"
-    if not (init / "config.json").is_file():  # first command only; later ones resume from checkpoints
-        log.info("building a random %s compact model in %s", args.size, init)
-        build_compact(init, size=args.size, seed=cfg.train.seed)
-    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(init), family="compact", method="full")
-    train_cfg = dataclasses.replace(cfg.train, resume=cfg.train.resume or "latest")
-    cfg = dataclasses.replace(cfg, model=model_cfg, train=train_cfg)
+
+def make_stream(cfg: Any, processor: Any, *, printed_ratio: float, replay: int, pool: int, offset: int,
+                renderer: str) -> Any:
+    """An IterableDataset of Samples: fresh renders interleaved with augmented replays of a per-worker pool."""
+    import torch
+    from PIL import Image
+
+    from texocr.data.augment import augment
+    from texocr.data.synth import SyntheticSource
+    from texocr.sample import Sample, Skipped
 
     d = cfg.data
-    train_set = SyntheticSource(n=d.synthetic_n, seed=d.seed, style=d.synthetic_style, renderer=args.renderer,
-                                formulas=d.formulas, real_ratio=d.real_formula_ratio, augment=d.augment,
-                                chunk=args.chunk)
-    val_n = d.val_limit or 0
-    val_source = SyntheticSource(n=val_n, seed=d.seed + 1_000_003, style=d.synthetic_style,
-                                 renderer=args.renderer, augment=False, chunk=max(1, val_n))
-    val = [val_source[i] for i in range(val_n)]
-    result = train(cfg, train_samples=train_set, val_samples=val)  # type: ignore[arg-type]  # map-style source
-    em = result.metrics.get("exact_match")
-    print(f"compact pretraining: step {result.steps} -> {result.output_dir}"
-          + (f"; synthetic val exact match {em:.3f}" if em is not None else ""))
+    sources = {style: SyntheticSource(n=2**40, seed=d.seed, style=style, renderer=renderer, formulas=d.formulas,
+                                      real_ratio=d.real_formula_ratio, augment=False, chunk=1, cache_chunks=1)
+               for style in ("printed", "handwritten")}
+
+    class ReplayStream(torch.utils.data.IterableDataset):
+        def __iter__(self):  # noqa: ANN204 -- torch's protocol
+            info = torch.utils.data.get_worker_info()
+            wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+            rng = random.Random(f"replay:{d.seed}:{offset}:{wid}")
+            kept: list[tuple[Image.Image, str, str, str]] = []  # (clean grey render, target, style, id)
+            k = offset + wid
+            while True:
+                style = "printed" if rng.random() < printed_ratio else "handwritten"
+                got = sources[style].render_index(k)
+                k += nw
+                if isinstance(got, Skipped):
+                    continue
+                item = (got.image.convert("L"), got.latex, style, got.id)
+                if len(kept) < pool:
+                    kept.append(item)
+                else:
+                    kept[rng.randrange(pool)] = item
+                for it in [item] + [rng.choice(kept) for _ in range(replay)]:
+                    grey, target, st, sid = it
+                    img = augment(grey.convert("RGB"), random.Random(rng.random()), st)
+                    yield Sample(image=img, latex=target, id=sid, meta={"style": st})
+
+    return ReplayStream()
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # 14 workers on 16 cores: no OpenMP oversubscription
+
+
+# ------------------------------------------------------------------ schedule, state, export
+
+
+def lr_at(peak: float, progress: float, step_in_command: int, warmup: int) -> float:
+    """Cosine from `peak` to 5% of it over training time, times a linear warmup after each optimizer start."""
+    cosine = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return peak * cosine * min(1.0, (step_in_command + 1) / max(1, warmup))
+
+
+def export_weights(model: Any, folder: Path) -> list[str]:
+    """Save bf16 safetensors shards (<= 15 MB each) + index into `folder`; returns the file names."""
+    import copy
+
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("model*.safetensors*"):
+        old.unlink()
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    half.save_pretrained(folder, max_shard_size="15MB")
+    for extra in ("config.json", "generation_config.json"):  # unchanged from the init: keep $OUT's 8 files
+        (folder / extra).unlink(missing_ok=True)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def evaluate(loaded: Any, folders: list[str], limit: int) -> dict[str, dict[str, Any]]:
+    """Greedy-decode up to `limit` images of each labelled folder; texocr's metrics per folder."""
+    from texocr.data.sources import open_source
+    from texocr.infer import Recognizer
+    from texocr.metrics import compute_metrics
+
+    loaded.model.eval()
+    rec = Recognizer.from_loaded(loaded, batch_size=128, max_new_tokens=256)
+    out = {}
+    for folder in folders:
+        samples = []
+        for s in open_source(folder):
+            samples.append(s)
+            if len(samples) >= limit:
+                break
+        t0 = time.perf_counter()
+        preds = rec([s.image for s in samples])
+        m = compute_metrics(preds, [s.latex for s in samples])
+        m["seconds"] = round(time.perf_counter() - t0, 1)
+        m["examples"] = [{"ref": s.latex, "pred": p} for s, p in list(zip(samples, preds))[:3]]
+        out[Path(folder).name] = m
+        log.info("eval %s: %s", folder, {k: v for k, v in m.items() if k != "examples"})
+    loaded.model.train()
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from texocr.config import ModelConfig, load_config
+    from texocr.data.collate import Collator
+    from texocr.models.compact import build_compact
+    from texocr.models.loading import load_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, overrides = parse_args(argv)
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out or cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export = Path(args.export) if args.export else out / "export"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(cfg.train.seed)
+
+    model_dir = Path(args.model) if args.model else out / "init"
+    if not (model_dir / "config.json").is_file():
+        log.info("building a random %s compact model in %s", args.size, model_dir)
+        build_compact(model_dir, size=args.size, seed=cfg.train.seed)
+    mcfg = ModelConfig(name_or_path=str(model_dir), family="compact", method="full", dtype="float32",
+                       max_length=cfg.model.max_length)
+    loaded = load_model(mcfg, training=True, device=device)
+    model = loaded.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.98),
+                            weight_decay=cfg.train.weight_decay)
+    state_path = out / "state.pt"
+    step, done = 0, 0.0
+    if state_path.is_file():  # same warm machine: full resume
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, done = state["step"], state["done_seconds"]
+        log.info("resumed %s: step %d, %.0f s trained", state_path, step, done)
+    done = args.done_seconds if args.done_seconds is not None else done
+    fresh_opt = not state_path.is_file()
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.2fM parameters on %s; step %d, %.0f of %.0f s done", model_dir, n_params / 1e6,
+             device, step, done, args.budget_seconds)
+
+    collate = Collator(loaded, cfg.model.max_length)
+    stream = make_stream(cfg, loaded.processor, printed_ratio=args.printed_ratio, replay=args.replay,
+                         pool=args.pool, offset=10_000_000 * (1 + int(done)), renderer=args.renderer)
+    workers = cfg.train.dataloader_workers
+    loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
+                                         num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                                         prefetch_factor=8 if workers else None, pin_memory=device == "cuda")
+    export.mkdir(parents=True, exist_ok=True)
+    curve = open(export / "curve.csv", "a", newline="", encoding="utf-8")
+    writer = csv.writer(curve)
+    writer.writerow(["step", "train_seconds", "loss", "lr", "samples_per_s", "data_wait", "gpu_util"])
+
+    t_start = time.perf_counter()
+    t_last_save = t_start
+    window = {"loss": 0.0, "n": 0, "samples": 0, "wait": 0.0, "t": t_start}
+    step_in_cmd = 0
+    it = iter(loader)
+    first_batch_s = None
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        if first_batch_s is None:
+            first_batch_s = t1 - t_start
+            log.info("first batch after %.1f s", first_batch_s)
+            t_start = t_last_save = window["t"] = t1  # the clock starts when data flows
+        elapsed = time.perf_counter() - t_start
+        if elapsed >= args.seconds:
+            break
+        lr = lr_at(cfg.train.lr, (done + elapsed) / args.budget_seconds, step_in_cmd,
+                   args.warmup_steps if fresh_opt else 0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        step_in_cmd += 1
+        window["loss"] += loss.item()
+        window["n"] += 1
+        window["samples"] += int(batch["input_ids"].shape[0])
+        window["wait"] += t1 - t0
+        if step % cfg.train.logging_steps == 0:
+            now = time.perf_counter()
+            dt = now - window["t"]
+            util = _gpu_util()
+            row = [step, round(done + now - t_start, 1), round(window["loss"] / window["n"], 4), f"{lr:.2e}",
+                   round(window["samples"] / dt, 1), round(window["wait"] / dt, 3), util]
+            writer.writerow(row)
+            curve.flush()
+            log.info("step %d  t %.0fs  loss %.4f  lr %s  %.0f samples/s  data wait %.0f%%  gpu %s%%", row[0],
+                     row[1], row[2], row[3], row[4], 100 * row[5], util)
+            window = {"loss": 0.0, "n": 0, "samples": 0, "wait": 0.0, "t": now}
+        if time.perf_counter() - t_last_save > args.save_every:
+            export_weights(model, export)
+            t_last_save = time.perf_counter()
+    trained = time.perf_counter() - t_start
+    done += trained
+    del it
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "done_seconds": done},
+               state_path)
+    files = export_weights(model, export)
+    metrics = {"step": step, "done_seconds": round(done, 1), "command_train_seconds": round(trained, 1),
+               "command_steps": step_in_cmd, "samples_per_s": round(step_in_cmd * cfg.train.batch_size / trained, 1),
+               "first_batch_seconds": round(first_batch_s or 0.0, 1), "params": n_params, "lr_final": lr_at(
+                   cfg.train.lr, done / args.budget_seconds, step_in_cmd, 0)}
+    if args.val:
+        metrics["eval"] = evaluate(loaded, args.val, args.val_limit)
+    (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    curve.close()
+    print(f"compact pretraining: step {step}, {done:.0f} s trained; exported {files} to {export}")
     return 0
+
+
+def _gpu_util() -> int | None:
+    try:
+        import torch
+
+        return int(torch.cuda.utilization()) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 -- pynvml missing or unsupported: the number is informative only
+        return None
 
 
 if __name__ == "__main__":
