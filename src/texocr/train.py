@@ -185,7 +185,23 @@ def training_arguments(cfg: Config, out: Path, *, has_val: bool) -> Any:
         report_to="none",  # TensorBoard is added explicitly so that it writes to logs/
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
+        use_cpu=_cpu_launch(),
     )
+
+
+def _cpu_launch() -> bool:
+    """True for a multi-process launch (torchrun / accelerate launch) on a machine without an accelerator.
+
+    Without `use_cpu`, accelerate finds no GPU backend and sets up no process group: every process would then
+    train alone on all the data, each believing it is rank 0. With it, the processes form a gloo group (DDP on
+    the CPU).
+    """
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    return not (accelerator.is_available() if accelerator is not None else torch.cuda.is_available())
 
 
 def _make_trainer_class() -> type:
@@ -247,6 +263,11 @@ class TrainResult:
     """The trained model (a PeftModel for LoRA/QLoRA), still in memory."""
 
 
+def _rank() -> int:
+    """This process's global rank under torchrun / accelerate launch (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _device() -> str | None:
     """Each process of a multi-GPU launch loads its model on its own GPU."""
     import torch
@@ -270,7 +291,9 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     out = Path(cfg.train.output_dir)
     resume = resolve_resume(cfg.train.resume, out / "checkpoints")
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    main_process = _rank() == 0  # under torchrun / accelerate launch only rank 0 writes the run's files
+    if main_process:
+        save_config(cfg, out / "config.yaml")
     set_seed(cfg.train.seed)
 
     skipped: list[Skipped] = []
@@ -282,7 +305,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     if val_samples is None:
         val_samples = read_samples(cfg.data.val, cfg.data, split=cfg.data.val_split, limit=cfg.data.val_limit,
                                    skipped=skipped) if cfg.data.val else []
-    if skipped:
+    if skipped and main_process:
         write_skipped(skipped, out / "skipped.jsonl")
     if not train_samples:
         raise TexocrError(f"no usable training samples in {cfg.data.train} "
@@ -293,6 +316,10 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     loaded = load_model(cfg.model, training=True, device=_device())
     log.info("%s (%s, %s)", trainable_parameters(loaded.model)["summary"], loaded.family.name, cfg.model.method)
     args = training_arguments(cfg, out, has_val=bool(val_samples))
+    if args.world_size > 1:
+        log.info("process %d of %d (%s, %s): effective batch %d", args.process_index, args.world_size,
+                 args.parallel_mode.value, args.device,
+                 args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     callbacks: list[Any] = [
         CheckpointMarker(),
         CsvLogger(out / "logs" / "metrics.csv"),
@@ -316,9 +343,10 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     if val_samples:
         final_eval = trainer.evaluate(render=True)
         metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
+    final = out / ("model" if cfg.model.method == "full" else "adapter")
+    # every process calls save_model: FSDP and DeepSpeed gather the weights collectively; only rank 0 writes
+    trainer.save_model(str(final))  # a PeftModel saves only its adapter
     if trainer.is_world_process_zero():
-        final = out / ("model" if cfg.model.method == "full" else "adapter")
-        trainer.save_model(str(final))  # a PeftModel saves only its adapter
         loaded.processor.save_pretrained(str(final))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_loss(trainer.state.log_history, out / "loss_curve.png")

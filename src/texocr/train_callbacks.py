@@ -83,6 +83,9 @@ class CheckpointMarker(TrainerCallback):
     """Marks a checkpoint complete after the Trainer has written all of it."""
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # other ranks may still be writing their RNG state / shards
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
