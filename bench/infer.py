@@ -30,45 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
 
-QWEN2_VL_2B = {"hidden": 1536, "layers": 28, "heads": 12, "kv": 2, "inter": 8960, "vocab": 151936,
-               "vision_depth": 32, "embed_dim": 1280, "vision_heads": 16}
-"""Qwen/Qwen2-VL-2B-Instruct's published config.json shape."""
-
-
 def build_qwen2_vl_2b(device: str):  # -> (model, processor, family)
-    """A random-weight Qwen2-VL of the 2B shape, built in memory on `device` in bf16 (no hub, no disk)."""
-    import torch
-    import transformers
+    """A random-weight Qwen2-VL of the 2B shape (bench/seeds_gpu.py's published dimensions), built in memory on
+    `device` (bf16 on CUDA; no hub, no disk), with texocr's character tokenizer and Qwen2-VL's PIL processor."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from seeds_gpu import build_random
 
-    from texocr.models.qwen_vl import QWEN_SPECIALS, Qwen2VL
-    from texocr.models.tiny import char_tokenizer
+    from texocr.models.registry import get_family
 
-    s = QWEN2_VL_2B
-    fam = Qwen2VL()
-    tok = char_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk="<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    text = {"vocab_size": s["vocab"], "hidden_size": s["hidden"], "intermediate_size": s["inter"],
-            "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"], "num_key_value_heads": s["kv"],
-            "max_position_embeddings": 32768, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-            "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
-    vision = {"depth": s["vision_depth"], "embed_dim": s["embed_dim"], "hidden_size": s["hidden"],
-              "num_heads": s["vision_heads"], "mlp_ratio": 4, "patch_size": 14, "spatial_merge_size": 2}
-    config = transformers.Qwen2VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=True,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = transformers.Qwen2VLForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    model.eval()
-    ip = transformers.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = fam.processor_class()(ip, tok, chat_template=fam.chat_template)
-    fam.configure_processor(processor, None)
-    return model, processor, fam
+    model, processor = build_random("qwen2_vl-2b", device)
+    return model.eval(), processor, get_family("qwen2_vl")
 
 
 def load_recognizer(model: str, device: str | None, max_new_tokens: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,24 +27,23 @@ LANG_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 INSTRUCTION = "Write the LaTeX of this formula."
 
 
-def load(model_dir: str, qlora: bool) -> tuple[torch.nn.Module, object]:
+def load(model_dir: str, qlora: bool, device: str = "cuda") -> tuple[torch.nn.Module, object]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, BitsAndBytesConfig,
                               Qwen2VLProcessor)
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     kwargs: dict = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
     if qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["device_map"] = {"": "cuda"}
+        kwargs["device_map"] = {"": device}
     model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
     if qlora:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model.to("cuda")
+        model.to(device)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
                                              target_modules=LANG_TARGETS, task_type="CAUSAL_LM"))
@@ -51,12 +51,16 @@ def load(model_dir: str, qlora: bool) -> tuple[torch.nn.Module, object]:
     model.config.use_cache = False
     model.train()
     # The saved processor has no video processor config; build the stock processor from its parts.
-    processor = Qwen2VLProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=(Path(model_dir) / "chat_template.jinja").read_text(),
-    )
+    parts = (AutoImageProcessor.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir))
+    template = (Path(model_dir) / "chat_template.jinja").read_text()
+    try:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLProcessor(*parts, Qwen2VLVideoProcessor(), chat_template=template)
+    except ImportError:  # no torchvision (the CPU dry run only): texocr's images-only subclass of it
+        from texocr.models.qwen_vl import _no_video
+
+        processor = _no_video(Qwen2VLProcessor)(*parts, chat_template=template)
     return model, processor
 
 
@@ -97,23 +101,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--qlora", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script on a machine without a GPU")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model, processor = load(args.model, args.qlora)
+    model, processor = load(args.model, args.qlora, args.device)
+    cuda = args.device.startswith("cuda")
     rows = [json.loads(x) for x in (Path(args.data) / "labels.jsonl").read_text().splitlines() if x.strip()]
     n_batches = args.warmup + args.steps
     batches = []
     for i in range(n_batches):
         chunk = [rows[(i * args.batch + j) % len(rows)] for j in range(args.batch)]
         imgs = [Image.open(Path(args.data) / r["image"]).convert("RGB") for r in chunk]
-        batches.append({k: v.pin_memory() for k, v in encode(processor, imgs, [r["latex"] for r in chunk]).items()})
+        batches.append({k: v.pin_memory() if cuda else v for k, v in encode(processor, imgs, [r["latex"] for r in chunk]).items()})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
 
     def step(cpu_batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.to("cuda", non_blocking=True) for k, v in cpu_batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        batch = {k: v.to(args.device, non_blocking=True) for k, v in cpu_batch.items()}
+        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -121,19 +127,22 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         return loss
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for b in batches[: args.warmup]:
         step(b)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for b in batches[args.warmup :]:
         loss = step(b)
-    torch.cuda.synchronize()
+    sync()
     dt = time.perf_counter() - t0
     out = {
         "loop": "plain", "method": "qlora" if args.qlora else "lora", "batch": args.batch, "steps": args.steps,
         "samples_per_s": args.steps * args.batch / dt, "s_per_step": dt / args.steps,
-        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
+        "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) if cuda else None,
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "seq_len": int(batches[0]["input_ids"].shape[1]), "image_tokens": int(batches[0]["image_grid_thw"].prod(-1).sum()) // 4,
         "final_loss": float(loss),
     }

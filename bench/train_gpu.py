@@ -24,52 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-# Published shapes (Qwen/Qwen2-VL-2B-Instruct and -7B-Instruct config.json).
-SHAPES = {
-    "2b": dict(hidden=1536, layers=28, heads=12, kv=2, inter=8960, vocab=151936, tie=True),
-    "7b": dict(hidden=3584, layers=28, heads=28, kv=4, inter=18944, vocab=152064, tie=False),
-}
+SHAPES = {"2b": "qwen2_vl-2b", "7b": "qwen2_vl-7b", "tiny": "qwen2_vl-7b"}
+"""--shape -> an architecture of bench/seeds_gpu.py (published dimensions); `tiny` shrinks it for a CPU dry run."""
 WARMUP = 10
 
 
 def build_model(shape: str, out: Path) -> Path:
     """Save a random-weight Qwen2-VL of `shape` with texocr's processor layout (no hub access)."""
-    import torch
-    import transformers
+    sys.path.insert(0, str(Path(__file__).parent))
+    from seeds_gpu import save_random
 
-    from texocr.models.qwen_vl import QWEN_SPECIALS, Qwen2VL
-    from texocr.models.tiny import char_tokenizer
-
-    if (out / "config.json").is_file():
-        return out
-    s = SHAPES[shape]
-    fam = Qwen2VL()
-    tok = char_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk="<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    text = dict(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
-                num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv"],
-                max_position_embeddings=32768, tie_word_embeddings=s["tie"], rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    vision = dict(depth=32, embed_dim=1280, hidden_size=s["hidden"], num_heads=16, mlp_ratio=4, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
-    config = transformers.Qwen2VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=s["tie"],
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = transformers.Qwen2VLForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    ip = transformers.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = fam.processor_class()(ip, tok, chat_template=fam.chat_template)
-    fam.configure_processor(processor, None)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"built {shape}: {n / 1e9:.2f}B parameters -> {out}", flush=True)
-    return out
+    return save_random(SHAPES[shape], out, tiny=shape == "tiny")
 
 
 def _formula(rng: random.Random) -> str:
@@ -116,37 +81,52 @@ def build_data(out: Path, n: int) -> Path:
     return out
 
 
-def run_texocr(model: Path, data: Path, work: Path, method: str, batch: int, steps: int, workers: int) -> dict:
+def run_texocr(model: Path, data: Path, work: Path, method: str, batch: int, steps: int, workers: int,
+               warmup: int) -> dict:
     """One `texocr train` run in this process; throughput from its CSV log, peak memory from CUDA."""
-    import torch
-
     from texocr.cli import main as cli
     from texocr.train_callbacks import read_csv_log
 
     out = work / f"run-texocr-{method}-b{batch}"
     cfg = work / f"{method}.yaml"
+    tiny = model.name.endswith("tiny")  # the CPU dry run
+    dtype, precision = ("auto", "auto") if tiny else ("bfloat16", "bf16")
     cfg.write_text(f"""# texocr train --config {cfg}
 model: {{name_or_path: {model}, family: qwen2_vl, method: {method}, lora_r: 16, lora_alpha: 16,
-        gradient_checkpointing: true, dtype: bfloat16, attn_implementation: sdpa, max_length: 1024}}
+        gradient_checkpointing: true, dtype: {dtype}, attn_implementation: sdpa, max_length: 1024}}
 data: {{train: [{data}], val: []}}
 train: {{output_dir: {out}, max_steps: {steps}, batch_size: {batch}, lr: 2.0e-4, warmup_ratio: 0.0,
-        logging_steps: 5, save_steps: 0, eval_steps: 0, precision: bf16, dataloader_workers: {workers}}}
+        logging_steps: 1, save_steps: 0, eval_steps: 0, precision: {precision}, dataloader_workers: {workers}}}
 """)
     rc = cli(["train", "--config", str(cfg)])
     assert rc == 0, f"texocr train exited {rc}"
     losses = read_csv_log(out / "logs" / "metrics.csv", "loss", with_time=True)
-    (t0, _), (t1, last) = losses[WARMUP], losses[steps]
-    return {"loop": "texocr", "method": method, "batch": batch, "steps": steps - WARMUP,
-            "samples_per_s": (steps - WARMUP) * batch / (t1 - t0), "s_per_step": (t1 - t0) / (steps - WARMUP),
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "final_loss": last}
+    (t0, _), (t1, last) = losses[warmup], losses[steps]
+    step_s = [round(losses[s][0] - losses[s - 1][0], 3) for s in range(warmup + 1, steps + 1)]
+    res = {"loop": "texocr", "method": method, "batch": batch, "steps": steps - warmup,
+           "samples_per_s": (steps - warmup) * batch / (t1 - t0), "s_per_step": (t1 - t0) / (steps - warmup),
+           "step_s": step_s, "final_loss": last}
+    return res | cuda_memory()
+
+
+def cuda_memory() -> dict:
+    """Peak allocated/reserved GiB and allocator retries (cudaMalloc failures that forced a cache flush)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0),
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="2b")
     ap.add_argument("--batch", type=int, nargs="+", default=[32])
-    ap.add_argument("--steps", type=int, default=40, help="total steps per run (the first 10 are not timed)")
+    ap.add_argument("--steps", type=int, default=40, help="total steps per run (the first --warmup are not timed)")
+    ap.add_argument("--warmup", type=int, default=WARMUP, help="steps left out of the timing")
     ap.add_argument("--runs", nargs="+", default=["texocr-lora", "plain-lora", "texocr-qlora", "plain-qlora"])
     ap.add_argument("--workers", type=int, default=4, help="texocr's dataloader workers")
     ap.add_argument("--work", default="/tmp/texocr-bench")
@@ -158,7 +138,8 @@ def main() -> None:
     model, data = work / f"qwen2vl-{args.shape}", work / "data"
     if args.one:  # child process
         method, batch = args.one.split(":")
-        print("RESULT " + json.dumps(run_texocr(model, data, work, method, int(batch), args.steps, args.workers)))
+        print("RESULT " + json.dumps(run_texocr(model, data, work, method, int(batch), args.steps, args.workers,
+                                                    args.warmup)))
         return
 
     t = time.time()
@@ -171,12 +152,14 @@ def main() -> None:
         for run in args.runs:
             loop, method = run.split("-")
             if loop == "texocr":
-                cmd = [sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps), "--work",
-                       str(work), "--workers", str(args.workers), "--one", f"{method}:{batch}"]
+                cmd = [sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps), "--warmup",
+                       str(args.warmup), "--work", str(work), "--workers", str(args.workers), "--one", f"{method}:{batch}"]
             else:
                 cmd = [sys.executable, str(Path(__file__).with_name("plain_loop.py")), "--model", str(model),
-                       "--data", str(data), "--batch", str(batch), "--warmup", str(WARMUP),
-                       "--steps", str(args.steps - WARMUP)] + (["--qlora"] if method == "qlora" else [])
+                       "--data", str(data), "--batch", str(batch), "--warmup", str(args.warmup),
+                       "--steps", str(args.steps - args.warmup)] + (["--qlora"] if method == "qlora" else [])
+                if args.shape == "tiny":
+                    cmd += ["--device", "cpu"]
             t = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith(("RESULT ", "{"))]
@@ -195,7 +178,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['shape']} | {r['loop']} | {r['method']} | {r['batch']} | {r['samples_per_s']:.1f} | "
-              f"{r['s_per_step']:.3f} | {r['peak_alloc_gib']:.1f} | {r['peak_reserved_gib']:.1f} |")
+              f"{r['s_per_step']:.3f} | {r.get('peak_alloc_gib') or 0:.1f} | {r.get('peak_reserved_gib') or 0:.1f} |")
 
 
 if __name__ == "__main__":
