@@ -23,17 +23,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from test_train import LATEX, _image
+from test_train import data_dir as _train_data  # noqa: F401 - a fixture: 4 formulas + 1 corrupt image
 
 from texocr.config import ModelConfig
 from texocr.train_callbacks import COMPLETE_MARKER, read_csv_log
 
 REPO = Path(__file__).resolve().parents[1]
-LATEX = ["x^2", "a+b", r"\frac{1}{2}", "y_1"]
 STEPS = 4
 
 # Loaded by every process of a launch (through PYTHONPATH): records the files this rank opens for writing
 # under TEXOCR_AUDIT_ROOT, written to TEXOCR_AUDIT_DIR/rank-<RANK>.json when the process exits.
+# It sees Python-level opens and renames (config, CSV, JSON, PNG, TensorBoard), not files written from native
+# code (safetensors, torch.save).
 SITECUSTOMIZE = textwrap.dedent('''
     import atexit, json, os, sys
 
@@ -70,28 +72,9 @@ SITECUSTOMIZE = textwrap.dedent('''
 class Launch:
     out: Path
     log: str
+    data: Path
     writes: dict[int, list[str]]
     """Run-relative paths each rank opened for writing."""
-
-
-def _image(text: str) -> Image.Image:
-    im = Image.new("RGB", (64, 32), "white")
-    ImageDraw.Draw(im).text((2, 8), text, fill="black")
-    return im
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 formulas plus one corrupt image (so that skipped.jsonl is written)."""
-    root = tmp_path_factory.mktemp("dist-data")
-    rows = []
-    for i, latex in enumerate(LATEX):
-        _image(latex).save(root / f"{i}.png")
-        rows.append({"image": f"{i}.png", "latex": latex})
-    (root / "bad.png").write_bytes(b"not a png")
-    rows.append({"image": "bad.png", "latex": "z"})
-    (root / "labels.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return root
 
 
 def _overrides(model_dir: Path, data: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
@@ -103,7 +86,7 @@ def _overrides(model_dir: Path, data: Path, out: Path, batch_size: int, *extra: 
             "--eval.batch_size", "2", "--eval.render", "false", *extra]
 
 
-def _launch(launcher: list[str], train_args: list[str], out: Path, audit: Path) -> Launch:
+def _launch(launcher: list[str], train_args: list[str], out: Path, audit: Path, data: Path) -> Launch:
     """Run `<launcher> -m texocr train <train_args>` with the audit hook; fail with the log on error."""
     audit.mkdir(parents=True)
     (audit / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -111,11 +94,11 @@ def _launch(launcher: list[str], train_args: list[str], out: Path, audit: Path) 
            "TEXOCR_AUDIT_DIR": str(audit), "TEXOCR_AUDIT_ROOT": str(out),
            "PYTHONPATH": os.pathsep.join([str(audit), os.environ.get("PYTHONPATH", "")])}
     cmd = [*launcher, "-m", "texocr", "train", "--config", os.devnull, *train_args]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{log[-6000:]}"
     writes = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in audit.glob("rank-*.json")}
-    return Launch(out, log, writes)
+    return Launch(out, log, data, writes)
 
 
 def _free_port() -> int:
@@ -129,10 +112,11 @@ def _torchrun() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tiny_model_dir, data_dir, tmp_path_factory) -> Launch:
+def two_process_run(tiny_model_dir, tmp_path_factory, request) -> Launch:
+    data = request.getfixturevalue("_train_data")
     root = tmp_path_factory.mktemp("dist-2proc")
     out = root / "run"
-    return _launch(_torchrun(), _overrides(tiny_model_dir("qwen2_vl"), data_dir, out, 2), out, root / "audit")
+    return _launch(_torchrun(), _overrides(tiny_model_dir("qwen2_vl"), data, out, 2), out, root / "audit", data)
 
 
 def _assert_ranks(run: Launch) -> None:
@@ -145,16 +129,15 @@ def _assert_ranks(run: Launch) -> None:
     assert not stray, f"rank 1 wrote {stray}"
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run, tiny_model_dir, data_dir,
-                                                                 tmp_path):
+def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run, tiny_model_dir, tmp_path):
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import set_seed
 
     from texocr.config import load_config
     from texocr.models.loading import load_model
-    from texocr.train import Collate, train
     from texocr.sample import Sample
+    from texocr.train import Collate, train
 
     run = two_process_run
     _assert_ranks(run)
@@ -180,7 +163,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
 
     # one process with the same global batch: same losses, gradient norms and final adapter
     ref_out = tmp_path / "one"
-    cfg = load_config(None, _overrides(tiny_model_dir("qwen2_vl"), data_dir, ref_out, 4))
+    cfg = load_config(None, _overrides(tiny_model_dir("qwen2_vl"), run.data, ref_out, 4))
     set_seed(cfg.train.seed)  # train() seeds the same way before building the model: same initial LoRA weights
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(load_model(cfg.model, training=True).model).items()}
     ref = train(cfg)
@@ -206,15 +189,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
 
 
 @pytest.mark.slow
-def test_two_process_resume_under_accelerate_launch(two_process_run, tiny_model_dir, data_dir, tmp_path):
+def test_two_process_resume_under_accelerate_launch(two_process_run, tiny_model_dir, tmp_path):
     """Resume checkpoint-2 of the torchrun run with `accelerate launch` (ddp.yaml): steps 3-4 log the same losses."""
     ckpt = two_process_run.out / "checkpoints" / "checkpoint-2"
     out = tmp_path / "resumed"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
                 "--mixed_precision", "no", "--main_process_port", str(_free_port())]
-    run = _launch(launcher, _overrides(tiny_model_dir("qwen2_vl"), data_dir, out, 2, "--train.resume", str(ckpt)),
-                  out, tmp_path / "audit")
+    data = two_process_run.data
+    run = _launch(launcher, _overrides(tiny_model_dir("qwen2_vl"), data, out, 2, "--train.resume", str(ckpt)),
+                  out, tmp_path / "audit", data)
     _assert_ranks(run)
     resumed = read_csv_log(out / "logs" / "metrics.csv", "loss")
     uninterrupted = read_csv_log(two_process_run.out / "logs" / "metrics.csv", "loss")
