@@ -344,6 +344,10 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         final_eval = trainer.evaluate(render=True)
         metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
     final = out / ("model" if cfg.model.method == "full" else "adapter")
+    if trainer.is_fsdp_enabled:
+        # checkpoints stay sharded (fast, resumable); the final weights are gathered whole, or save_model
+        # would write none (untested here: accelerate has no FSDP on a CPU)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     # every process calls save_model: FSDP and DeepSpeed gather the weights collectively; only rank 0 writes
     trainer.save_model(str(final))  # a PeftModel saves only its adapter
     if trainer.is_world_process_zero():
