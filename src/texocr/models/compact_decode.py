@@ -38,22 +38,42 @@ class GreedyOutput:
     logprobs: torch.Tensor
 
 
+Linear = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
 @dataclass
 class _Layer:
-    """One decoder layer's weights (references to the model's parameters, not copies)."""
+    """One decoder layer, ready to run: q/k/v fused into one projection, gate/up into another."""
 
     ln1: torch.Tensor
     ln2: torch.Tensor
-    wq: torch.Tensor
-    bq: torch.Tensor
-    wk: torch.Tensor
-    bk: torch.Tensor
-    wv: torch.Tensor
-    bv: torch.Tensor
-    wo: torch.Tensor
-    wg: torch.Tensor
-    wu: torch.Tensor
-    wd: torch.Tensor
+    eps1: float
+    eps2: float
+    qkv: Linear  # [.., D] -> [.., (H + 2 KV) * hd]
+    o: Linear  # [.., H * hd] -> [.., D]
+    gate_up: Linear  # [.., D] -> [.., 2 F]
+    down: Linear  # [.., F] -> [.., D]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, half: bool) -> Linear:
+    """`x -> x @ weight.T + bias`, with the weight stored in float16 (fbgemm, fp32 arithmetic) when `half`."""
+    import torch
+    import torch.nn.functional as F
+
+    if half:
+        packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), None if bias is None else bias.float())
+        return lambda x: torch.ops.quantized.linear_dynamic_fp16(x, packed)
+    weight, bias = weight.detach(), None if bias is None else bias.detach()
+    return lambda x: F.linear(x, weight, bias)
+
+
+def _fp16_exact(weights: Sequence[torch.Tensor]) -> bool:
+    """True when storing `weights` in float16 changes none by more than 2**-25 (true of bfloat16 checkpoints,
+    texocr's shipping format, except values over 65504; false of ordinary float32 weights)."""
+    import torch
+
+    return all(w.dtype != torch.float64 and float((w.half().float() - w.float()).abs().max()) <= 2.0**-25
+               for w in weights)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,7 +98,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class GreedyDecoder:
     """Greedy decoding of a `Qwen2VLForConditionalGeneration` with plain torch ops (see the module docstring)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, half: bool | None = None) -> None:
+        """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
+        None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint."""
         text = model.model.language_model
         cfg = text.config
         self.model = model
@@ -87,23 +109,41 @@ class GreedyDecoder:
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.image_token_id = model.config.image_token_id
-        self.embed = text.embed_tokens.weight  # [V, D]
-        self.norm = text.norm.weight
-        self.eps = text.norm.variance_epsilon
-        self.lm_head = model.lm_head.weight  # [V, D] (tied to `embed` in the compact model)
-        self.layers = [
-            _Layer(
-                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-                wq=layer.self_attn.q_proj.weight, bq=layer.self_attn.q_proj.bias,
-                wk=layer.self_attn.k_proj.weight, bk=layer.self_attn.k_proj.bias,
-                wv=layer.self_attn.v_proj.weight, bv=layer.self_attn.v_proj.bias,
-                wo=layer.self_attn.o_proj.weight,
-                wg=layer.mlp.gate_proj.weight, wu=layer.mlp.up_proj.weight, wd=layer.mlp.down_proj.weight,
-            )
-            for layer in text.layers
-        ]
-        self.layer_eps = [(la.input_layernorm.variance_epsilon, la.post_attention_layernorm.variance_epsilon)
-                          for la in text.layers]
+        self.half_option = half
+        self.half = False
+        self._params = [p for p in text.parameters()] + [model.lm_head.weight]
+        self._stamp: tuple[int, ...] = ()
+        self.layers: list[_Layer] = []
+
+    def _prepare(self) -> None:
+        """(Re)build the fused / packed weights when a parameter changed since (e.g. between training evals)."""
+        import torch
+
+        stamp = tuple(p._version for p in self._params) + tuple(p.data_ptr() for p in self._params)
+        if stamp == self._stamp:
+            return
+        model, text = self.model, self.model.model.language_model
+        mats = [p for p in self._params if p.dim() == 2 and p is not text.embed_tokens.weight]
+        can_half = (model.device.type == "cpu" and text.embed_tokens.weight.dtype == torch.float32
+                    and hasattr(torch.ops.quantized, "linear_prepack_fp16"))
+        self.half = can_half and (self.half_option if self.half_option is not None else _fp16_exact(mats))
+        with torch.no_grad():
+            self.embed = text.embed_tokens.weight.detach()  # [V, D]
+            self.norm, self.eps = text.norm.weight.detach(), text.norm.variance_epsilon
+            self.lm_head = _linear(model.lm_head.weight, None, self.half)  # [.., D] -> [.., V]
+            self.layers = []
+            for layer in text.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                self.layers.append(_Layer(
+                    ln1=layer.input_layernorm.weight.detach(), ln2=layer.post_attention_layernorm.weight.detach(),
+                    eps1=layer.input_layernorm.variance_epsilon, eps2=layer.post_attention_layernorm.variance_epsilon,
+                    qkv=_linear(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]),
+                                torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]), self.half),
+                    o=_linear(at.o_proj.weight, None, self.half),
+                    gate_up=_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, self.half),
+                    down=_linear(mlp.down_proj.weight, None, self.half),
+                ))
+        self._stamp = stamp
 
     # ------------------------------------------------------------ eligibility
 
@@ -153,6 +193,7 @@ class GreedyDecoder:
         import torch
 
         with torch.inference_mode():
+            self._prepare()
             return self._generate(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, stop_row, streamer)
 
     def _prompt_embeddings(self, enc: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +255,7 @@ class GreedyDecoder:
         if streamer is not None:
             streamer.put(ids.cpu())
         for step in range(max_new):
-            last = _rms(h[:, -1], self.norm, self.eps)  # [b, D]
-            logits = F.linear(last, self.lm_head).float()  # [b, V]
+            logits = self.lm_head(_rms(h[:, -1], self.norm, self.eps)).float()  # [b, V]
             if step < min_new:
                 logits[:, eos] = float("-inf")
             nxt = logits.argmax(dim=-1)  # [b]
@@ -255,20 +295,18 @@ class GreedyDecoder:
         import torch.nn.functional as F
 
         b, t, _ = x.shape
-        hd, kvh = self.head_dim, self.kv_heads
-        group = self.heads // kvh
+        hd, h_q, h_kv = self.head_dim, self.heads, self.kv_heads
+        group = h_q // h_kv
         end = start + t
-        for layer, (eps1, eps2), (kc, vc) in zip(self.layers, self.layer_eps, cache):
-            h = _rms(x, layer.ln1, eps1)
-            q = F.linear(h, layer.wq, layer.bq).view(b, t, -1, hd).transpose(1, 2)  # [B, H, T, hd]
-            k = F.linear(h, layer.wk, layer.bk).view(b, t, -1, hd).transpose(1, 2)  # [B, KV, T, hd]
-            v = F.linear(h, layer.wv, layer.bv).view(b, t, -1, hd).transpose(1, 2)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kc[:, :, start:end] = k
-            vc[:, :, start:end] = v
+        for layer, (kc, vc) in zip(self.layers, cache):
+            qkv = layer.qkv(_rms(x, layer.ln1, layer.eps1)).view(b, t, -1, hd).transpose(1, 2)  # [B, H+2KV, T, hd]
+            qk = _rotate(qkv[:, : h_q + h_kv], cos, sin)
+            q = qk[:, :h_q]  # [B, H, T, hd]
+            kc[:, :, start:end] = qk[:, h_q:]
+            vc[:, :, start:end] = qkv[:, h_q + h_kv:]
             keys, values = kc[:, :, :end], vc[:, :, :end]  # [B, KV, L, hd]
             if t == 1:  # one query: the query heads of a group become that KV head's queries (HF's pack_gqa)
-                o = F.scaled_dot_product_attention(q.reshape(b, kvh, group, hd), keys, values, attn_mask=mask,
+                o = F.scaled_dot_product_attention(q.reshape(b, h_kv, group, hd), keys, values, attn_mask=mask,
                                                    scale=self.scaling)  # [B, KV, group, hd]
                 o = o.reshape(b, 1, -1)  # [B, 1, H * hd]
             elif mask is None:
@@ -280,9 +318,9 @@ class GreedyDecoder:
                 values = values.repeat_interleave(group, dim=1) if group > 1 else values
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
                 o = o.transpose(1, 2).reshape(b, t, -1)
-            x = x + F.linear(o, layer.wo)
-            h = _rms(x, layer.ln2, eps2)
-            x = x + F.linear(F.silu(F.linear(h, layer.wg)) * F.linear(h, layer.wu), layer.wd)
+            x = x + layer.o(o)
+            gate, up = layer.gate_up(_rms(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
+            x = x + layer.down(F.silu(gate) * up)
         return x
 
 
