@@ -1,0 +1,131 @@
+"""Pretraining recipe: the im2latex hold-out split, the schedule, batched vision attention, weight export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IM2LATEX = ROOT.parent / "shared" / "data" / "im2latex-val-formulas" / "labels.jsonl"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+heldout = _script("heldout")
+pretrain = _script("pretrain_compact")
+
+
+def test_split_is_by_normalized_formula(tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "latex": f"x ^ {{ {i} }} + y"} for i in range(400)]
+    rows.append({"id": "dup", "latex": "x^{7}+y"})  # the same formula as r7, written differently
+    src = tmp_path / "labels.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    counts = heldout.split(src, tmp_path / "out")
+    assert counts["train"] + counts["test"] == len(rows)
+    assert 0.15 < counts["test"] / len(rows) < 0.35
+    parts = {name: [json.loads(line) for line in open(tmp_path / "out" / name / "labels.jsonl")]
+             for name in ("train", "test")}
+    side = {r["id"]: name for name, part in parts.items() for r in part}
+    assert side["dup"] == side["r7"]
+    assert heldout.is_test("x^{7}+y") == heldout.is_test("x ^ { 7 } + y")
+    assert heldout.split(src, tmp_path / "again") == counts  # deterministic
+
+
+@pytest.mark.skipif(not IM2LATEX.is_file(), reason="../shared/data not present")
+def test_im2latex_split_is_disjoint(tmp_path: Path) -> None:
+    from texocr.data.inspect import compute_overlap
+
+    counts = heldout.split(IM2LATEX, tmp_path)
+    assert counts["test"] >= 2000
+    ov = compute_overlap(str(tmp_path / "train"), str(tmp_path / "test"))
+    assert ov["exact"]["count"] == 0 and ov["normalized"]["count"] == 0
+
+
+def test_lr_schedule() -> None:
+    peak = 1e-3
+    assert pretrain.lr_at(peak, 0.0, 10_000, 100) == pytest.approx(peak)
+    assert pretrain.lr_at(peak, 1.0, 10_000, 100) == pytest.approx(0.05 * peak)
+    assert pretrain.lr_at(peak, 2.0, 10_000, 100) == pytest.approx(0.05 * peak)  # past the budget: the floor
+    assert pretrain.lr_at(peak, 0.0, 0, 100) == pytest.approx(peak / 100)  # warmup after an optimizer start
+    mids = [pretrain.lr_at(peak, p / 10, 10_000, 0) for p in range(11)]
+    assert mids == sorted(mids, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    from texocr.config import ModelConfig
+    from texocr.models.compact import build_compact
+    from texocr.models.loading import load_model
+
+    path = build_compact(tmp_path_factory.mktemp("compact") / "tiny", size="tiny")
+    return load_model(ModelConfig(name_or_path=str(path), family="compact", method="full", dtype="float32"),
+                      training=True, device="cpu")
+
+
+def test_batched_vision_attention_matches_per_image(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from PIL import Image, ImageDraw
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+
+    from texocr.data.collate import Collator
+    from texocr.sample import Sample
+
+    samples = []
+    for i, (w, h) in enumerate([(300, 60), (120, 90), (500, 40)]):  # different patch counts per image
+        img = Image.new("RGB", (w, h), "white")
+        ImageDraw.Draw(img).text((5, 5), f"x+{i}", fill="black")
+        samples.append(Sample(image=img, latex=f"x + {i}", id=str(i), meta={}))
+    batch = Collator(tiny, 512)(samples)
+
+    def loss_and_grads():
+        tiny.model.zero_grad()
+        loss = tiny.model(**batch).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in tiny.model.parameters() if p.grad is not None]
+
+    monkeypatch.setattr(m.VisionAttention, "forward", m.VisionAttention.forward)  # restored after the test
+    ref_loss, ref_grads = loss_and_grads()
+    pretrain.batch_vision_attention()
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert len(grads) == len(ref_grads)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_export_writes_bf16_shards_that_load(tiny, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+
+    names = pretrain.export_weights(tiny.model, tmp_path / "w")
+    assert any(n.endswith(".safetensors") for n in names)
+    assert "config.json" not in names  # $OUT holds at most 8 files: config travels with the carried model
+    for f in (tmp_path / "w").glob("*.safetensors"):
+        assert f.stat().st_size <= 15_000_000
+        with safe_open(str(f), framework="pt") as st:
+            assert all(st.get_tensor(k).dtype == torch.bfloat16 for k in st.keys())
+    # the weights + the model folder's config/processor load back
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny.model.name_or_path, model_dir)
+    for f in model_dir.glob("model*.safetensors*"):
+        f.unlink()
+    for f in (tmp_path / "w").glob("model*"):
+        shutil.copy(f, model_dir / f.name)
+    from texocr.config import ModelConfig
+    from texocr.models.loading import load_model
+
+    back = load_model(ModelConfig(name_or_path=str(model_dir), family="compact", dtype="float32"), device="cpu")
+    for (k, a), b in zip(tiny.model.state_dict().items(), back.model.state_dict().values()):
+        torch.testing.assert_close(a.to(torch.bfloat16).float(), b, msg=k)
