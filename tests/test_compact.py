@@ -231,3 +231,169 @@ def test_pretrain_script_smoke_run_and_checkpoints(tmp_path: Path) -> None:
     assert rc == 0
     assert (out / "init" / "config.json").is_file() and (out / "model" / "config.json").is_file()
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
+
+
+# ------------------------------------------------------------------ fast greedy decoding (compact_decode.py)
+
+
+def _scramble(model, seed: int = 0, bf16: bool = False):
+    """Re-draw every matrix so that a random model's greedy output varies with the image and the step.
+
+    A freshly initialized model with tied embeddings repeats one token forever (the residual stream is its
+    own input embedding), which would make "same tokens as generate" a weak check. `bf16`: round every
+    weight through bfloat16, as the shipped checkpoint is (the decoder then stores its matrices in fp16).
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                std = 0.05 if "embed" in name else 2.0 / p.shape[1] ** 0.5
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            if bf16:
+                p.copy_(p.bfloat16().float())
+    return model
+
+
+@pytest.fixture(scope="module")
+def compact_models(compact_loaded):
+    """(name, model, processor, family, expected fp16 storage): the tiny model in fp32, and a base-size
+    model with random bf16-representable weights and the tiny model's processor (same special-token ids)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from texocr.models.compact import compact_config
+    from texocr.models.qwen_vl import QWEN_SPECIALS
+    from texocr.models.tiny import padded_vocab_size
+
+    proc, fam = compact_loaded.processor, compact_loaded.family
+    tiny = _scramble(Qwen2VLForConditionalGeneration(compact_loaded.model.config).eval(), seed=1)
+    tok = proc.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    torch.manual_seed(0)
+    base = Qwen2VLForConditionalGeneration(compact_config("base", padded_vocab_size(tok), ids))
+    base.generation_config.eos_token_id = ids["<|im_end|>"]
+    base = _scramble(base.eval(), seed=2, bf16=True)
+    return [("tiny", tiny, proc, fam, False), ("base", base, proc, fam, True)]
+
+
+def _generate_reference(model, fam, proc, enc, n: int, **kw):
+    """HF greedy generate: (new tokens [B, n'], log-probabilities [B, n'])."""
+    import torch
+
+    gen = dict(fam.generation_kwargs(proc), **kw)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, **gen)
+        logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    return out.sequences[:, enc["input_ids"].shape[1]:], logp
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["tiny-fp32", "base-bf16"])
+def test_fast_greedy_gives_generates_tokens(compact_models, which: int) -> None:
+    """Batch 1 and a left-padded batch of differently sized images, 24 tokens with the end token forbidden."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    _, model, proc, fam, half = compact_models[which]
+    dec = GreedyDecoder.for_model(model)
+    assert dec is not None
+    kw = fam.generation_kwargs(proc)
+    images = [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)]
+    for batch in ([images[2]], images):
+        enc = fam.encode_for_generation(proc, batch)
+        assert (enc["attention_mask"] == 0).any() or len(batch) == 1  # the batch really is padded
+        ref, ref_lp = _generate_reference(model, fam, proc, enc, 24, min_new_tokens=24)
+        out = dec.generate(enc, max_new_tokens=24, min_new_tokens=24, eos_ids=kw["eos_token_id"],
+                           pad_id=kw["pad_token_id"])
+        assert dec.half is half
+        assert torch.equal(out.tokens, ref)
+        assert len({tuple(r) for r in ref.tolist()}) == len(batch)  # rows differ: not a degenerate model
+        assert torch.allclose(out.logprobs, ref_lp, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["tiny-fp32", "base-bf16"])
+def test_fast_greedy_rows_stop_where_generate_stops_them(compact_models, which: int) -> None:
+    """An end token that rows reach at different steps: finished rows leave the batch, padded like generate."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    _, model, proc, fam, _ = compact_models[which]
+    dec = GreedyDecoder.for_model(model)
+    pad = fam.generation_kwargs(proc)["pad_token_id"]
+    enc = fam.encode_for_generation(proc, [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)])
+    free, _ = _generate_reference(model, fam, proc, enc, 30, min_new_tokens=30)
+    end = int(free[0, 4])  # row 0 stops at step <= 4; the others later or never
+    ref, ref_lp = _generate_reference(model, fam, proc, enc, 30, eos_token_id=end, pad_token_id=pad)
+    out = dec.generate(enc, max_new_tokens=30, eos_ids=[end], pad_id=pad)
+    n = ref.shape[1]
+    assert torch.equal(out.tokens[:, :n], ref) and bool((out.tokens[:, n:] == pad).all())
+    lengths = {row.index(end) if end in row else n for row in ref.tolist()}
+    assert len(lengths) > 1  # rows really stopped at different steps
+    stopped = ref != pad
+    assert torch.allclose(out.logprobs[:, :n][stopped], ref_lp[stopped], atol=1e-4)
+
+
+def test_fast_greedy_follows_weight_updates(compact_models) -> None:
+    """Weights changed in place (a training step between evaluations) are picked up on the next call."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    _, model, proc, fam, _ = compact_models[0]
+    dec = GreedyDecoder.for_model(model)
+    kw = fam.generation_kwargs(proc)
+    enc = fam.encode_for_generation(proc, [_image()])
+    before = dec.generate(enc, max_new_tokens=8, eos_ids=kw["eos_token_id"], pad_id=kw["pad_token_id"]).tokens
+    layer = model.model.language_model.layers[0]
+    saved = layer.mlp.down_proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            layer.mlp.down_proj.weight.mul_(-3.0)
+        ref, _ = _generate_reference(model, fam, proc, enc, 8)
+        after = dec.generate(enc, max_new_tokens=8, eos_ids=kw["eos_token_id"], pad_id=kw["pad_token_id"]).tokens
+        assert torch.equal(after[:, : ref.shape[1]], ref) and not torch.equal(after, before)
+    finally:
+        with torch.no_grad():
+            layer.mlp.down_proj.weight.copy_(saved)
+
+
+def test_fast_greedy_is_only_for_plain_qwen2_vl(compact_loaded, tiny_loaded) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from texocr.models.compact_decode import GreedyDecoder
+    from texocr.models.registry import get_family
+
+    assert get_family("compact").greedy_decoder(compact_loaded.model) is not None
+    assert GreedyDecoder.for_model(tiny_loaded("qwen2_5_vl").model) is None
+    assert get_family("qwen2_5_vl").greedy_decoder(tiny_loaded("qwen2_5_vl").model) is None
+    import copy
+
+    lora = get_peft_model(copy.deepcopy(compact_loaded.model), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert GreedyDecoder.for_model(lora) is None
+    assert GreedyDecoder.for_model(lora.get_base_model()) is None  # LoRA layers wrap the Linear: not exact
+
+
+def test_recognizer_fast_and_generate_paths_agree(compact_models, compact_loaded) -> None:
+    """Same texts, token counts, stop reasons and scores through both paths, incl. loop cutting."""
+    from texocr.infer import Recognizer
+
+    _, model, proc, fam, _ = compact_models[0]
+    images = [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)]
+    fast = Recognizer(model, proc, fam, max_new_tokens=40, batch_size=4)
+    slow = Recognizer(model, proc, fam, max_new_tokens=40, batch_size=4, fast_decode=False)
+    assert fast._greedy_decoder() is not None and slow._greedy_decoder() is None
+    a, b = fast(images, return_details=True), slow(images, return_details=True)
+    assert [(p.text, p.tokens, p.stop) for p in a] == [(p.text, p.tokens, p.stop) for p in b]
+    assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-4)
+    # the tiny model as saved (tied embeddings, small init) loops: both cut the loop the same way
+    plain = Recognizer(compact_loaded.model, proc, fam, max_new_tokens=60)
+    plain_slow = Recognizer(plain.model, proc, fam, max_new_tokens=60, fast_decode=False)
+    c, d = plain(images[:2], return_details=True), plain_slow(images[:2], return_details=True)
+    assert [(p.text, p.tokens, p.stop) for p in c] == [(p.text, p.tokens, p.stop) for p in d]
+    assert "repetition" in {p.stop for p in c}
+    assert "".join(plain.stream(images[0], max_new_tokens=60)) == "".join(plain_slow.stream(images[0],
+                                                                                           max_new_tokens=60))

@@ -8,7 +8,9 @@
     for piece in rec.stream("eq.png"): print(piece, end="")  # tokens as they are generated
 
 A batch is grouped by image shape (similar aspect ratio and area generate together, less padding) and put
-back in input order. Decoding is greedy unless `num_beams > 1`. Generation stops at the end token, at
+back in input order. Decoding is greedy unless `num_beams > 1`; greedy decoding of a family that has a fast
+exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop on a CPU instead of
+`generate` (same tokens, several times less overhead per token; `fast_decode=False` turns it off). Generation stops at the end token, at
 `max_new_tokens`, or when the output has fallen into a loop (`RepetitionStopper`); the looping tail is cut.
 The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
 `texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
@@ -166,8 +168,10 @@ class Recognizer:
 
     def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu", batch_size: int = 16,
                  max_new_tokens: int = 256, num_beams: int = 1, repetition_penalty: float = 1.0,
-                 max_pixels: int = 64_000_000, max_side: int = 4096) -> None:
+                 max_pixels: int = 64_000_000, max_side: int = 4096, fast_decode: bool = True) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
+        self.fast_decode = fast_decode
+        self._greedy: Any = None  # the family's fast greedy decoder, built on first use
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
@@ -223,21 +227,16 @@ class Recognizer:
 
     def stream(self, image: Any, *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (raw model text: not cleaned or repaired)."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
         img = self._load(image)
         enc = self._encode([img])
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(1, max_new_tokens)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_stopping_criterion(enc["input_ids"].shape[1])])
         errors: list[BaseException] = []
 
         def run() -> None:
-            import torch
-
             try:
-                with torch.inference_mode():
-                    self.model.generate(**enc, **kwargs, streamer=streamer)
+                self._decode(enc, 1, max_new_tokens, streamer=streamer, scores=False)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
                 errors.append(e)
                 streamer.on_finalized_text("", stream_end=True)
@@ -282,29 +281,56 @@ class Recognizer:
         return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
 
     def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None) -> list[Prediction]:
-        import torch
-        from transformers import StoppingCriteriaList
-
         beams = num_beams or self.num_beams
         start = time.perf_counter()
         enc = self._encode(images)
-        prompt_len = enc["input_ids"].shape[1]
         kwargs = self._generate_kwargs(beams, max_new_tokens)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **enc, **kwargs, stopping_criteria=StoppingCriteriaList([_stopping_criterion(prompt_len)]),
-                    output_scores=True, return_dict_in_generate=True)
-                new = out.sequences[:, prompt_len:]  # [B, new tokens]
-                logp = self.model.compute_transition_scores(
-                    out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1)
+            new, logp = self._decode(enc, beams, max_new_tokens)
         finally:
             if was_training:
                 self.model.train()
         elapsed = time.perf_counter() - start
         return [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(new.tolist(), logp.float().tolist())]
+
+    def _greedy_decoder(self) -> Any:
+        """The family's fast greedy loop for this model (CPU only), or None."""
+        if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith("cpu"):
+            return None
+        if self._greedy is None or self._greedy.model is not self.model:
+            self._greedy = self.family.greedy_decoder(self.model) or False
+        return self._greedy or None
+
+    def _decode(self, enc: Any, beams: int, max_new_tokens: int | None, *, streamer: Any = None,
+                scores: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New ids [B, N] (padded after an early stop) and their log-probabilities [B, N] (None if not `scores`).
+
+        The fast greedy loop where there is one, else `generate`; both stop rows at the end token, at
+        `max_new_tokens`, or when they fall into a loop (`find_repeat`).
+        """
+        import torch
+        from transformers import StoppingCriteriaList
+
+        kwargs = self._generate_kwargs(beams, max_new_tokens)
+        prompt_len = enc["input_ids"].shape[1]
+        fast = self._greedy_decoder() if beams == 1 else None
+        if fast is not None:
+            out = fast.generate(enc, max_new_tokens=kwargs["max_new_tokens"], eos_ids=kwargs["eos_token_id"],
+                                pad_id=kwargs["pad_token_id"], stop_row=lambda ids: find_repeat(ids) is not None,
+                                streamer=streamer)
+            return out.tokens, out.logprobs
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc, **kwargs, stopping_criteria=StoppingCriteriaList([_stopping_criterion(prompt_len)]),
+                output_scores=scores, return_dict_in_generate=True, streamer=streamer)
+            new = out.sequences[:, prompt_len:]  # [B, new tokens]
+            if not scores:
+                return new, None
+            logp = self.model.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=beams == 1)
+        return new, logp
 
     def _finish(self, row: list[int], logp: list[float], kwargs: dict[str, Any], elapsed: float) -> Prediction:
         stops = set(kwargs["eos_token_id"])

@@ -142,6 +142,13 @@ class Qwen2VL(QwenVLFamily):
     hub_patterns = (r"qwen2-vl", r"qwen2_vl")
     chat_template = QWEN2_VL_TEMPLATE
 
+    def greedy_decoder(self, model: Any) -> Any | None:
+        # Here, not only in Compact: a compact checkpoint's config.json says `qwen2_vl`, so it is usually
+        # detected as this family. The loop gives the same tokens as `generate` for any plain Qwen2-VL.
+        from texocr.models.compact_decode import GreedyDecoder
+
+        return GreedyDecoder.for_model(model)
+
 
 class Qwen25VL(QwenVLFamily):
     name = "qwen2_5_vl"
