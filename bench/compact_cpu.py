@@ -1,17 +1,19 @@
-"""CPU speed of candidate architectures for texocr's compact model (random weights).
+"""CPU speed of texocr's compact model: HF `generate` vs the fast greedy loop, and of candidate architectures.
 
-Run (about 5-10 minutes on 2 cores):
+Run (about 5 minutes on 2 cores; random weights, so nothing to download):
 
-    .venv/bin/python bench/compact_cpu.py                      # every candidate, fp32
-    .venv/bin/python bench/compact_cpu.py --only qwen-s --dtype bfloat16 --batch 1
+    .venv/bin/python bench/compact_cpu.py                       # generate vs fast loop, 1 and 2 threads
+    .venv/bin/python bench/compact_cpu.py --threads 1 --reps 20 --image 448x112
+    .venv/bin/python bench/compact_cpu.py --candidates --only qwen-s --batch 1   # the architecture comparison
 
-For each candidate it builds the model from a config (random weights), then runs Hugging Face `generate`
-greedily for exactly `--new-tokens` tokens (`min_new_tokens` forbids an early end) on 448x112 formula images,
-at batch 1 (median / p95 latency of `--reps` runs) and at batch 32 (formulas/s), with `torch.set_num_threads(2)`
-and `torch.inference_mode()`. Also reports the parameter count and the fp32 safetensors size.
-Candidates:
-  qwen-*  a tiny `Qwen2VLForConditionalGeneration` (the same family code as Qwen2-VL-7B);
-  ved-*   a `VisionEncoderDecoderModel`: ViT encoder + `TrOCRForCausalLM` decoder with cross-attention.
+Default mode: the shipped `base` size (`texocr.models.compact`), random weights rounded through bfloat16 as
+the shipped checkpoint is, one rendered-size formula image (`--image`, default 448x112 = 64 image tokens).
+Each path decodes exactly `--new-tokens` tokens greedily (the end token is forbidden before that, as
+`min_new_tokens` does), at batch 1 (median / p95 latency of `--reps` runs) and batch 32 (formulas/s), under
+`torch.inference_mode()`, at each `--threads` count; wall time and process CPU time, and the load average.
+Paths: `generate` (HF, a ready `GenerationConfig`), `fast-fp32` (`GreedyDecoder(half=False)`) and `fast`
+(`GreedyDecoder`, float16 weight storage: what `Recognizer` uses for a bf16 checkpoint), plus the vision
+tower alone. `--candidates`: each candidate architecture through `generate` (the table that chose `base`).
 Results are recorded in bench/compact.md.
 """
 
@@ -175,6 +177,93 @@ def run(c: Candidate, args) -> dict:
     return row
 
 
+def build_base() -> torch.nn.Module:
+    """The compact `base` model with random weights rounded through bfloat16 (as the shipped checkpoint is)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from texocr.models.compact import compact_config
+
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(compact_config("base", vocab_size=1344)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    return model
+
+
+def base_inputs(model, batch: int, width: int, height: int) -> dict:
+    """What the processor gives for `batch` images of width x height (multiples of 28): ids + pixel patches."""
+    cfg = model.config
+    gh, gw = height // 14, width // 14
+    n_tok = gh * gw // 4
+    ids = torch.tensor([[cfg.vision_start_token_id] + [cfg.image_token_id] * n_tok + [cfg.vision_end_token_id]] * batch)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == cfg.image_token_id).int(),
+                pixel_values=torch.randn(batch * gh * gw, 3 * 2 * 14 * 14), image_grid_thw=torch.tensor([[1, gh, gw]] * batch))
+
+
+def timed(fn) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def decode_paths(model, n: int) -> dict:
+    """name -> fn(inputs) decoding exactly n tokens greedily."""
+    from transformers import GenerationConfig
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    eos, pad = model.config.text_config.eos_token_id or 2, 0
+    gc = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, eos_token_id=eos,
+                          pad_token_id=pad)
+    fast32, fast16 = GreedyDecoder(model, half=False), GreedyDecoder(model)
+
+    def generate(inp: dict) -> None:
+        with torch.inference_mode():
+            out = model.generate(**inp, generation_config=gc)
+        assert out.shape[1] - inp["input_ids"].shape[1] == n
+
+    def fast(dec):
+        def run(inp: dict) -> None:
+            out = dec.generate(inp, max_new_tokens=n, min_new_tokens=n, eos_ids=[eos], pad_id=pad)
+            assert out.tokens.shape[1] == n
+        return run
+
+    def vision(inp: dict) -> None:
+        with torch.inference_mode():
+            model.model.get_image_features(inp["pixel_values"], inp["image_grid_thw"])
+
+    return {"generate": generate, "fast-fp32": fast(fast32), "fast": fast(fast16), "vision only": vision}
+
+
+def run_decode(args) -> None:
+    width, height = (int(v) for v in args.image.lower().split("x"))
+    model = build_base()
+    paths = decode_paths(model, args.new_tokens)
+    print(f"image {width}x{height} ({width // 28 * (height // 28)} image tokens), {args.new_tokens} new tokens, "
+          f"torch {torch.__version__}, load average before: {os.getloadavg()}")
+    print("| threads | path | b1 median wall (ms) | b1 p95 wall (ms) | b1 median CPU (ms) | "
+          + " | ".join(f"b{b} formulas/s wall (per CPU-s)" for b in args.batch if b > 1) + " | load avg (1 min) |")
+    print("|---" * (6 + sum(b > 1 for b in args.batch)) + "|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, fn in paths.items():
+            cells = [str(threads), name]
+            inp = base_inputs(model, 1, width, height)
+            fn(inp)  # warm-up
+            runs = [timed(lambda: fn(inp)) for _ in range(args.reps)]
+            lat = sorted(w for w, _ in runs)
+            cells += [f"{1000 * statistics.median(lat):.0f}", f"{1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))]:.0f}",
+                      f"{1000 * statistics.median(c for _, c in runs):.0f}"]
+            for b in [b for b in args.batch if b > 1]:
+                inp = base_inputs(model, b, width, height)
+                runs = [timed(lambda: fn(inp)) for _ in range(max(1, args.reps // 5))]
+                cells.append(f"{b / statistics.median(w for w, _ in runs):.1f} ({b / statistics.median(c for _, c in runs):.1f})")
+            cells.append(f"{os.getloadavg()[0]:.1f}")
+            print("| " + " | ".join(cells) + " |", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
@@ -183,13 +272,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="*", default=[1, 32])
     p.add_argument("--new-tokens", type=int, default=60)
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--candidates", action="store_true", help="compare candidate architectures through generate")
+    p.add_argument("--image", default="448x112", help="image size WxH (multiples of 28) for the default mode")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    if not args.candidates:
+        run_decode(args)
+        return
+    args.threads = args.threads[0]
+    torch.set_num_threads(args.threads)
     print(f"threads={args.threads} load average before: {os.getloadavg()}")
     print("| candidate | params (M) | safetensors fp32 (MB) | dtype | cache | b1 median (ms) | b1 p95 (ms) | b1 CPU (ms) | "
           + " | ".join(f"b{b} formulas/s (per CPU-s)" for b in args.batch if b > 1) + " |")

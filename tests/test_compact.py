@@ -256,6 +256,11 @@ def _scramble(model, seed: int = 0, bf16: bool = False):
     return model
 
 
+def _images() -> list:
+    """Four formula images of different shapes (16-24 image tokens each: a padded batch)."""
+    return [_image(112, 32), _image(200, 40), _image(150, 60), _image(60, 60)]
+
+
 @pytest.fixture(scope="module")
 def compact_models(compact_loaded):
     """(name, model, processor, family, expected fp16 storage): the tiny model in fp32, and a base-size
@@ -301,8 +306,8 @@ def test_fast_greedy_gives_generates_tokens(compact_models, which: int) -> None:
     dec = GreedyDecoder.for_model(model)
     assert dec is not None
     kw = fam.generation_kwargs(proc)
-    images = [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)]
-    for batch in ([images[2]], images):
+    images = _images()
+    for batch in ([images[1]], images):
         enc = fam.encode_for_generation(proc, batch)
         assert (enc["attention_mask"] == 0).any() or len(batch) == 1  # the batch really is padded
         ref, ref_lp = _generate_reference(model, fam, proc, enc, 24, min_new_tokens=24)
@@ -324,7 +329,7 @@ def test_fast_greedy_rows_stop_where_generate_stops_them(compact_models, which: 
     _, model, proc, fam, _ = compact_models[which]
     dec = GreedyDecoder.for_model(model)
     pad = fam.generation_kwargs(proc)["pad_token_id"]
-    enc = fam.encode_for_generation(proc, [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)])
+    enc = fam.encode_for_generation(proc, _images())
     free, _ = _generate_reference(model, fam, proc, enc, 30, min_new_tokens=30)
     end = int(free[0, 4])  # row 0 stops at step <= 4; the others later or never
     ref, ref_lp = _generate_reference(model, fam, proc, enc, 30, eos_token_id=end, pad_token_id=pad)
@@ -382,7 +387,7 @@ def test_recognizer_fast_and_generate_paths_agree(compact_models, compact_loaded
     from texocr.infer import Recognizer
 
     _, model, proc, fam, _ = compact_models[0]
-    images = [_image(112, 32), _image(300, 60), _image(448, 112), _image(60, 60)]
+    images = _images()
     fast = Recognizer(model, proc, fam, max_new_tokens=40, batch_size=4)
     slow = Recognizer(model, proc, fam, max_new_tokens=40, batch_size=4, fast_decode=False)
     assert fast._greedy_decoder() is not None and slow._greedy_decoder() is None

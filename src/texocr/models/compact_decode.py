@@ -80,19 +80,25 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen2VLRMSNorm, op for op (float32 statistics, weight applied in the input dtype)."""
     import torch
 
-    dtype = x.dtype
+    if x.dtype == torch.float32:  # the casts are no-ops: skip their dispatch (this runs 9 times per token)
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
+    return weight * h.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding (`apply_rotary_pos_emb`): x * cos + rotate_half(x) * sin."""
-    import torch
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: x * cos + rotate_half(x) * sin, with rotate_half(x) * sin written as
+    roll(x, half) * signed_sin (`signed_sin` = sin with its first half negated: the same numbers, fewer ops)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+
+def _signed(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` with the first half of its last dimension negated (see `_rotate`)."""
+    half = sin.shape[-1] // 2
+    out = sin.clone()
+    out[..., :half] = -sin[..., :half]
+    return out
 
 
 class GreedyDecoder:
@@ -230,9 +236,11 @@ class GreedyDecoder:
         x, positions = self._prompt_embeddings(enc)  # [B, T, D], [3, B, T]
         rotary = self.model.model.language_model.rotary_emb
         cos, sin = rotary(x, positions)  # [B, T, hd] each
+        sin = _signed(sin)
         # Decode step s sits at the prompt's last position + 1 + s on every axis (generate's rule).
         steps = torch.arange(1, max_new + 1, device=ids.device)
         dec_cos, dec_sin = rotary(x, positions[:, :, -1:] + steps)  # [B, N, hd]
+        dec_sin = _signed(dec_sin)
 
         total = prompt_len + max_new
         shape = (batch, self.kv_heads, total, self.head_dim)
@@ -291,7 +299,8 @@ class GreedyDecoder:
 
     def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  cache: list[tuple[torch.Tensor, torch.Tensor]], start: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """The text tower on `x` [B, T, D] whose tokens go to cache slots start..start+T-1; cos/sin [B, 1, T, hd]."""
+        """The text tower on `x` [B, T, D] whose tokens go to cache slots start..start+T-1; cos/sin [B, 1, T, hd]
+        (sin signed, see `_rotate`)."""
         import torch.nn.functional as F
 
         b, t, _ = x.shape
