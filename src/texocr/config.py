@@ -98,6 +98,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps (overrides `epochs` when > 0)."""
+    max_minutes: float = 0.0
+    """Also stop after this many minutes of training wall time (0: no limit)."""
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 2e-4

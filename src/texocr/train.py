@@ -286,7 +286,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from texocr.data.sources import write_skipped
     from texocr.errors import TexocrError
     from texocr.models.loading import load_model, trainable_parameters
-    from texocr.train_callbacks import CheckpointMarker, CsvLogger, plot_loss, resolve_resume
+    from texocr.train_callbacks import CheckpointMarker, CsvLogger, TimeLimit, plot_loss, resolve_resume
 
     out = Path(cfg.train.output_dir)
     resume = resolve_resume(cfg.train.resume, out / "checkpoints")
@@ -325,6 +325,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         CsvLogger(out / "logs" / "metrics.csv"),
         _tensorboard(out / "logs"),
     ]
+    if cfg.train.max_minutes > 0:
+        callbacks.append(TimeLimit(cfg.train.max_minutes))
     if cfg.train.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(cfg.train.early_stopping_patience))
     trainer = _make_trainer_class()(

@@ -93,6 +93,34 @@ class CheckpointMarker(TrainerCallback):
             _atomic_write(folder / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
 
 
+class TimeLimit(TrainerCallback):
+    """Stops training once `minutes` of wall time have passed since training began (checked after each step).
+
+    Every process of a multi-process launch takes the same decision (the max over ranks), so none is left
+    waiting in a collective for a rank that stopped.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        over = time.monotonic() - self.start >= self.seconds
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(over)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over and not control.should_training_stop:
+            log.info("train.max_minutes=%g reached at step %d: stopping", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+
+
 # ---------------------------------------------------------------- logs
 
 
