@@ -29,8 +29,13 @@ INSTRUCTION = "Write the LaTeX of this formula."
 
 def load(model_dir: str, qlora: bool, device: str = "cuda") -> tuple[torch.nn.Module, object]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, BitsAndBytesConfig,
-                              Qwen2VLProcessor)
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        Qwen2VLProcessor,
+    )
 
     kwargs: dict = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
     if qlora:
@@ -54,7 +59,9 @@ def load(model_dir: str, qlora: bool, device: str = "cuda") -> tuple[torch.nn.Mo
     parts = (AutoImageProcessor.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir))
     template = (Path(model_dir) / "chat_template.jinja").read_text()
     try:
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
+            Qwen2VLVideoProcessor,
+        )
 
         processor = Qwen2VLProcessor(*parts, Qwen2VLVideoProcessor(), chat_template=template)
     except ImportError:  # no torchvision (the CPU dry run only): texocr's images-only subclass of it

@@ -121,7 +121,11 @@ def _qwen(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 def _paligemma(spec: dict[str, Any]) -> tuple[Any, Any]:
     """(config, processor) of a PaliGemma (Gemma text, SigLIP vision) with a character tokenizer."""
-    from transformers import PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessorPil
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
 
     from texocr.models.tiny import char_tokenizer
 
@@ -263,7 +267,8 @@ def main() -> None:
                    "--one", seed, str(model)] + (["--tiny"] if args.tiny else [])
             t = time.time()
             try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+                proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True,
+                                      timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 print(f"{seed}: TIMED OUT after {args.timeout} s", flush=True)
                 continue

@@ -161,7 +161,7 @@ def main() -> None:
                 if args.shape == "tiny":
                     cmd += ["--device", "cpu"]
             t = time.time()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
             lines = [x for x in proc.stdout.splitlines() if x.startswith(("RESULT ", "{"))]
             if proc.returncode != 0 or not lines:
                 print(f"{run} b{batch} FAILED ({proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
@@ -174,7 +174,7 @@ def main() -> None:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(res) + "\n")
 
-    print(f"\n| shape | loop | method | batch | samples/s | s/step | peak alloc GiB | peak reserved GiB |")
+    print("\n| shape | loop | method | batch | samples/s | s/step | peak alloc GiB | peak reserved GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['shape']} | {r['loop']} | {r['method']} | {r['batch']} | {r['samples_per_s']:.1f} | "
