@@ -251,13 +251,13 @@ def run_decode(args) -> None:
             cells = [str(threads), name]
             inp = base_inputs(model, 1, width, height)
             fn(inp)  # warm-up
-            runs = [timed(lambda: fn(inp)) for _ in range(args.reps)]
+            runs = [timed(lambda fn=fn, inp=inp: fn(inp)) for _ in range(args.reps)]
             lat = sorted(w for w, _ in runs)
             cells += [f"{1000 * statistics.median(lat):.0f}", f"{1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))]:.0f}",
                       f"{1000 * statistics.median(c for _, c in runs):.0f}"]
             for b in [b for b in args.batch if b > 1]:
                 inp = base_inputs(model, b, width, height)
-                runs = [timed(lambda: fn(inp)) for _ in range(max(1, args.reps // 5))]
+                runs = [timed(lambda fn=fn, inp=inp: fn(inp)) for _ in range(max(1, args.reps // 5))]
                 cells.append(f"{b / statistics.median(w for w, _ in runs):.1f} ({b / statistics.median(c for _, c in runs):.1f})")
             cells.append(f"{os.getloadavg()[0]:.1f}")
             print("| " + " | ".join(cells) + " |", flush=True)

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--val", action="append", default=[], help="labelled folders to evaluate at the end")
     p.add_argument("--val-limit", type=int, default=300)
     p.add_argument("--renderer", default="pip", choices=["auto", "tex", "pip"])
+    p.add_argument("--pack", default=None,
+                   help="train on this pre-rendered pack (scripts/pretrain_pack.py) instead of rendering on the fly")
+    p.add_argument("--printed-aug", type=float, default=0.4, help="with --pack: share of printed renders augmented")
     p.add_argument("--no-batch-attention", action="store_true",
                    help="keep transformers' per-image vision attention (see batch_vision_attention)")
     return p.parse_known_args(argv)
@@ -110,6 +113,56 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                     yield Sample(image=it[4], latex=it[1], id=it[3], meta={"style": it[2]})
 
     return ReplayStream()
+
+
+def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, blur: tuple[float, float]) -> Any:
+    """An IterableDataset of Samples drawn at random from a TeX-rendered pack (`scripts/pretrain_pack.py`).
+
+    Each 1-bit render gets a Gaussian blur of radius in `blur` (anti-aliased edges like dvipng's), then the
+    texocr augmentation of its style: always for handwriting-style renders (the handwriting distortion is
+    what makes them handwriting-like), with probability `printed_aug` for printed ones (the im2latex test
+    renders are clean, so most printed samples stay clean).
+    """
+    import io
+
+    import torch
+    from PIL import Image, ImageFilter
+
+    from texocr.data.augment import augment
+    from texocr.sample import Sample
+
+    folder = Path(pack)
+    import gzip
+
+    with gzip.open(folder / "index.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise SystemExit(f"{folder}/index.jsonl.gz lists no images")
+
+    class PackStream(torch.utils.data.IterableDataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __iter__(self):  # noqa: ANN204 -- torch's protocol
+            info = torch.utils.data.get_worker_info()
+            wid = info.id if info is not None else 0
+            rng = random.Random(f"pack:{seed}:{offset}:{wid}")
+            with open(folder / "pack.bin", "rb") as f:
+                data = f.read()
+            while True:
+                row = rows[rng.randrange(len(rows))]
+                try:
+                    img = Image.open(io.BytesIO(data[row["offset"]: row["offset"] + row["length"]])).convert("L")
+                except OSError as e:  # a damaged entry costs one sample, never the run
+                    log.warning("pack image at byte %s unreadable: %s", row["offset"], e)
+                    continue
+                img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*blur))).convert("RGB")
+                style = row.get("style", "printed")
+                if style == "handwritten" or rng.random() < printed_aug:
+                    img = augment(img, random.Random(rng.random()), style)
+                yield Sample(image=img, latex=row["latex"], id=f"pack-{row['offset']}", meta={"style": style})
+
+    return PackStream()
 
 
 def _worker_init(_: int) -> None:
@@ -257,8 +310,13 @@ def main(argv: list[str] | None = None) -> int:
              device, step, done, args.budget_seconds)
 
     collate = Collator(loaded, cfg.model.max_length)
-    stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
-                         fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)), renderer=args.renderer)
+    if args.pack:
+        stream = make_pack_stream(args.pack, seed=cfg.data.seed, offset=int(done), printed_aug=args.printed_aug,
+                                  blur=(0.35, 0.7))
+        log.info("training on the pack %s: %d images", args.pack, len(stream))
+    else:
+        stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
+                             fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)), renderer=args.renderer)
     workers = cfg.train.dataloader_workers
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
@@ -326,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                "command_steps": step_in_cmd, "samples_per_s": round(step_in_cmd * cfg.train.batch_size / trained, 1),
                "first_batch_seconds": round(first_batch_s or 0.0, 1), "params": n_params, "lr_final": lr_at(
                    cfg.train.lr, done / args.budget_seconds, step_in_cmd, 0)}
+    tok_file = model_dir / "tokenizer.json"
+    if tok_file.is_file():  # the machine that assembles the model checks its own tokenizer against this
+        import hashlib
+
+        metrics["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest()
     if args.val:
         metrics["eval"] = evaluate(loaded, args.val, args.val_limit)
     (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

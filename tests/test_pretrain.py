@@ -129,3 +129,36 @@ def test_export_writes_bf16_shards_that_load(tiny, tmp_path: Path) -> None:
     back = load_model(ModelConfig(name_or_path=str(model_dir), family="compact", dtype="float32"), device="cpu")
     for (k, a), b in zip(tiny.model.state_dict().items(), back.model.state_dict().values()):
         torch.testing.assert_close(a.to(torch.bfloat16).float(), b, msg=k)
+
+
+def test_pack_stream_reads_renders_and_skips_a_damaged_entry(tmp_path: Path) -> None:
+    """A pack as scripts/pretrain_pack.py writes it; one entry's bytes are damaged and only it is lost."""
+    import gzip
+    import io
+    import itertools
+
+    from PIL import Image, ImageDraw
+
+    rows, blobs, offset = [], [], 0
+    for i, style in enumerate(["printed", "handwritten", "printed"]):
+        img = Image.new("L", (60 + 10 * i, 20), 255)
+        ImageDraw.Draw(img).rectangle([5, 5, 30, 12], fill=0)
+        buf = io.BytesIO()
+        img.convert("1").save(buf, "PNG")
+        blob = buf.getvalue() if i != 2 else b"\x89PNG not really"
+        rows.append({"offset": offset, "length": len(blob), "latex": f"x _ {{ {i} }}", "style": style})
+        blobs.append(blob)
+        offset += len(blob)
+    (tmp_path / "pack.bin").write_bytes(b"".join(blobs))
+    with gzip.open(tmp_path / "index.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    stream = pretrain.make_pack_stream(str(tmp_path), seed=0, offset=0, printed_aug=0.0, blur=(0.4, 0.6))
+    assert len(stream) == 3
+    got = list(itertools.islice(iter(stream), 40))
+    assert {s.latex for s in got} == {"x _ { 0 }", "x _ { 1 }"}  # the damaged third never comes out
+    clean = next(s for s in got if s.latex == "x _ { 0 }")
+    assert clean.image.mode == "RGB" and clean.image.size == (60, 20)  # printed, not augmented: size kept
+    grey = sorted(set(clean.image.convert("L").getdata()))
+    assert 0 < len(grey) - 2  # the blur put anti-aliased grey levels between black and white
+    assert all(s.meta["style"] == "handwritten" for s in got if s.latex == "x _ { 1 }")

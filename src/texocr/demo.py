@@ -30,6 +30,7 @@ import argparse
 import html
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from texocr.config import Config
     from texocr.evaluate import EvalResult
 
+MARKER = ".texocr-demo"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
 SHORT_FORMULAS = [2, 1]
 """Token-length histogram in bins of 10 (`FormulaGenerator(length_hist=...)`): 3-19 tokens, two thirds under 10,
@@ -135,12 +137,19 @@ def training_config(p: Plan, args: argparse.Namespace, out: Path, formulas: Path
 
 
 def evaluate(model: str, adapter: str | None, samples: list[Any], cfg: Config) -> EvalResult:
-    """`texocr.evaluate.score` of one model on the test samples (rendering on, for image_match and the report)."""
+    """`texocr.evaluate.score` of one model on the test samples (rendering on, for image_match and the report).
+
+    The model is loaded with the training config's model section (family, image budget), so that before and
+    after see the images exactly as training did.
+    """
+    from dataclasses import replace
+
     from texocr.evaluate import score
     from texocr.infer import Recognizer
+    from texocr.models.loading import load_model
 
-    rec = Recognizer.load(model, adapter, device="cpu", family=cfg.model.family, batch_size=cfg.eval.batch_size,
-                          max_new_tokens=cfg.eval.max_new_tokens)
+    loaded = load_model(replace(cfg.model, name_or_path=model, adapter=adapter), training=False, device="cpu")
+    rec = Recognizer.from_loaded(loaded, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
     return score(rec, samples, cfg.eval, keep_images=True)
 
 
@@ -224,9 +233,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise TexocrError(f"{out} is not empty: remove it or choose another --out")
+    if (out / MARKER).is_file():  # a previous demo's output: replaced, so `make demo` can run again
+        shutil.rmtree(out)
+        print(f"texocr demo: replacing the previous demo output in {out}")
+    elif out.exists() and any(out.iterdir()):
+        raise TexocrError(f"{out} is not empty and not a previous demo's output: remove it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m texocr.demo; the next demo run with this --out replaces it\n")
     threads = cpu_threads()
     torch.set_num_threads(threads)
     p = plan(args, out)
@@ -245,6 +258,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     times["before"] = time.perf_counter() - t
     print(f"before: exact match {before.metrics['exact_match']:.3f} on {len(test)} test images", flush=True)
 
+    print(f"training ({cfg.model.method}) for up to {args.minutes:g} minutes on {threads} CPU thread(s); the progress "
+          f"bar counts to train.max_steps={cfg.train.max_steps}, an upper bound", flush=True)
     t = time.perf_counter()
     result = train(cfg)
     times["train"] = time.perf_counter() - t

@@ -104,9 +104,10 @@ def _signed(sin: torch.Tensor) -> torch.Tensor:
 class GreedyDecoder:
     """Greedy decoding of a `Qwen2VLForConditionalGeneration` with plain torch ops (see the module docstring)."""
 
-    def __init__(self, model: Any, *, half: bool | None = None) -> None:
+    def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int = 4) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
-        None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint."""
+        None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
+        `vision_batch`: images per vision-tower call."""
         text = model.model.language_model
         cfg = text.config
         self.model = model
@@ -116,6 +117,7 @@ class GreedyDecoder:
         self.scaling = self.head_dim**-0.5
         self.image_token_id = model.config.image_token_id
         self.half_option = half
+        self.vision_batch = max(1, vision_batch)
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -210,8 +212,7 @@ class GreedyDecoder:
         core = self.model.model
         x = torch.nn.functional.embedding(ids, self.embed)  # [B, T, D]
         if enc.get("pixel_values") is not None:
-            feats = core.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output
-            feats = torch.cat(feats, dim=0).to(x.dtype)  # [n image tokens, D]
+            feats = self._image_features(enc["pixel_values"], enc["image_grid_thw"]).to(x.dtype)  # [n tokens, D]
             image_mask = (ids == self.image_token_id).unsqueeze(-1)
             if int(image_mask.sum()) != feats.shape[0]:
                 raise ValueError(f"image features and image tokens do not match: tokens "
@@ -223,6 +224,24 @@ class GreedyDecoder:
         positions, _ = core.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=enc.get("image_grid_thw"),
                                            attention_mask=enc.get("attention_mask"))
         return x, positions
+
+    def _image_features(self, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The vision tower (the model's own `get_image_features`) over `vision_batch` images at a time.
+
+        Images are independent in it (attention stays within an image), so chunks change nothing but speed:
+        a whole batch of 32 images makes activations of tens of MB that fall out of the CPU caches and run
+        slower per image than a few images at a time (bench/compact.md)."""
+        import torch
+
+        core = self.model.model
+        patches = grid.prod(-1).tolist()  # patches per image
+        feats, offset = [], 0
+        for i in range(0, len(patches), self.vision_batch):
+            n = sum(patches[i: i + self.vision_batch])
+            out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
+            feats.extend(out.pooler_output)
+            offset += n
+        return torch.cat(feats, dim=0)  # [image tokens of all images, D]
 
     def _generate(self, enc: dict[str, Any], max_new: int, eos_ids: list[int], pad_id: int, min_new: int,
                   stop_row: Callable[[list[int]], bool] | None, streamer: Any) -> GreedyOutput:
