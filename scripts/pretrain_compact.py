@@ -165,6 +165,39 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
     return PackStream()
 
 
+class WorkerSideCollate:
+    """texocr's Collator plus what the training step would otherwise compute in the main process.
+
+    The first H200 run was bound by the main process (GPU ~30% busy, no data wait). Two parts of its step move
+    into the DataLoader workers here: Qwen2-VL's M-RoPE position ids (`get_rope_index`, a Python loop over the
+    rows: ~45 ms per batch of 128 on one CPU core), computed by transformers' own function, and, with
+    `bf16_pixels`, the cast of `pixel_values` to bfloat16 (the fp32 patches are ~150 MB per batch to pass
+    between processes and pin; autocast computes the patch embedding in bf16 anyway).
+    """
+
+    def __init__(self, collate: Any, model_config: Any, *, bf16_pixels: bool) -> None:
+        self.collate, self.model_config, self.bf16_pixels = collate, model_config, bf16_pixels
+
+    def __call__(self, samples: list[Any]) -> Any:
+        import functools
+        from types import SimpleNamespace
+
+        import torch
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+        batch = self.collate(samples)
+        # get_rope_index reads only config.vision_config and get_vision_position_ids (which uses no state)
+        core = SimpleNamespace(config=self.model_config)
+        core.get_vision_position_ids = functools.partial(Qwen2VLModel.get_vision_position_ids, core)
+        with torch.no_grad():
+            batch["position_ids"], _ = Qwen2VLModel.get_rope_index(
+                core, batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])  # [3, B, T]
+        if self.bf16_pixels:
+            batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+        return batch
+
+
 def _worker_init(_: int) -> None:
     import torch
 
@@ -309,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s: %.2fM parameters on %s; step %d, %.0f of %.0f s done", model_dir, n_params / 1e6,
              device, step, done, args.budget_seconds)
 
-    collate = Collator(loaded, cfg.model.max_length)
+    collate = WorkerSideCollate(Collator(loaded, cfg.model.max_length), model.config,
+                                bf16_pixels=device == "cuda")
     if args.pack:
         stream = make_pack_stream(args.pack, seed=cfg.data.seed, offset=int(done), printed_aug=args.printed_aug,
                                   blur=(0.35, 0.7))

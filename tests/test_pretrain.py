@@ -162,3 +162,31 @@ def test_pack_stream_reads_renders_and_skips_a_damaged_entry(tmp_path: Path) -> 
     grey = sorted(set(clean.image.convert("L").getdata()))
     assert 0 < len(grey) - 2  # the blur put anti-aliased grey levels between black and white
     assert all(s.meta["style"] == "handwritten" for s in got if s.latex == "x _ { 1 }")
+
+
+def test_worker_side_position_ids_give_the_models_own_loss(tiny) -> None:
+    """Position ids computed in the DataLoader worker equal the model's own (same loss, padded batch)."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from texocr.data.collate import Collator
+    from texocr.sample import Sample
+
+    samples = []
+    for i, (w, h) in enumerate([(300, 60), (120, 90), (500, 40)]):  # different image and text lengths: padding
+        img = Image.new("RGB", (w, h), "white")
+        ImageDraw.Draw(img).text((5, 5), f"x+{i}", fill="black")
+        samples.append(Sample(image=img, latex="x + y" * (i + 1), id=str(i), meta={}))
+    plain = Collator(tiny, 512)
+    batch = plain(samples)
+    assert (batch["attention_mask"] == 0).any()
+    worker = pretrain.WorkerSideCollate(plain, tiny.model.config, bf16_pixels=False)(samples)
+    assert worker["position_ids"].shape == (3, *batch["input_ids"].shape)
+    expected, _ = tiny.model.model.get_rope_index(
+        batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"])
+    assert torch.equal(worker["position_ids"], expected)
+    with torch.no_grad():
+        assert tiny.model(**worker).loss.item() == pytest.approx(tiny.model(**batch).loss.item(), rel=1e-6)
+    half = pretrain.WorkerSideCollate(plain, tiny.model.config, bf16_pixels=True)(samples)
+    assert half["pixel_values"].dtype == torch.bfloat16
