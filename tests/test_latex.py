@@ -277,6 +277,14 @@ def test_corpus_mostly_valid(corpus):
     assert valid / len(corpus) > 0.99, valid
 
 
+def test_corpus_has_no_structural_problem_and_repair_changes_nothing(corpus):
+    """Every real formula: balanced braces, paired delimiters and environments; repair returns it as is."""
+    problems = [(f, structural(f)) for f in corpus if structural(f)]
+    assert problems == []
+    changed = [f for f in corpus if repair(f) != f]
+    assert changed == []
+
+
 def test_corpus_repair_fixes_corrupted_formulas(corpus):
     rng = random.Random(0)
     for f in rng.sample(corpus, 300):
