@@ -287,3 +287,41 @@ def test_shared_handwritten_small() -> None:
     src = open_source(str(SHARED / "handwritten-small"), split="val")
     samples = list(src)
     assert len(samples) == 68 and not src.skipped and samples[0].image.mode == "RGB"
+
+
+def test_every_source_kind_yields_the_same_record(tmp_path: Path) -> None:
+    """Folder, Hugging Face (saved copy), InkML and synthetic: one Sample type with the same fields and types;
+    the same formula gives the same label through the three labelled kinds."""
+    import datasets
+
+    from texocr.sample import Sample
+
+    latex = "\\frac{a}{b}"
+    save(formula(), tmp_path / "folder" / "a.png")
+    (tmp_path / "folder" / "labels.jsonl").write_text(json.dumps({"image": "a.png", "latex": latex}) + "\n")
+    buf = io.BytesIO()
+    formula().save(buf, "PNG")
+    feats = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"image": [{"bytes": buf.getvalue(), "path": None}], "text": [latex]}, features=feats)}
+    ).save_to_disk(str(tmp_path / "hf"))
+    (tmp_path / "ink").mkdir()
+    (tmp_path / "ink" / "a.inkml").write_text(
+        '<ink xmlns="http://www.w3.org/2003/InkML"><annotation type="normalizedLabel">\\frac{a}{b}</annotation>'
+        '<trace>10 10, 30 10</trace><trace>20 20, 20 40</trace></ink>')
+
+    kinds = {
+        "folder": list(open_source(str(tmp_path / "folder"))),
+        "hf": list(open_source(f"hf:{tmp_path / 'hf'}", split="train")),
+        "inkml": list(open_source(str(tmp_path / "ink"))),
+        "synthetic": list(open_source("synthetic", DataConfig(synthetic_n=2, seed=3))),
+    }
+    for kind, samples in kinds.items():
+        assert samples, kind
+        for s in samples:
+            assert type(s) is Sample, kind
+            assert isinstance(s.image, Image.Image) and s.image.mode == "RGB" and min(s.image.size) > 1, kind
+            assert isinstance(s.latex, str) and s.latex.strip(), kind
+            assert isinstance(s.id, str) and s.id, kind
+            assert isinstance(s.meta, dict), kind
+    assert {kinds[k][0].latex for k in ("folder", "hf", "inkml")} == {latex}
