@@ -177,14 +177,14 @@ def run(c: Candidate, args) -> dict:
     return row
 
 
-def build_base() -> torch.nn.Module:
-    """The compact `base` model with random weights rounded through bfloat16 (as the shipped checkpoint is)."""
+def build_base(size: str = "base") -> torch.nn.Module:
+    """A compact model of `size` with random weights rounded through bfloat16 (as the shipped checkpoint is)."""
     from transformers import Qwen2VLForConditionalGeneration
 
     from texocr.models.compact import compact_config
 
     torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(compact_config("base", vocab_size=1344)).eval()
+    model = Qwen2VLForConditionalGeneration(compact_config(size, vocab_size=1344)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.bfloat16().float())
@@ -238,9 +238,9 @@ def decode_paths(model, n: int) -> dict:
 
 def run_decode(args) -> None:
     width, height = (int(v) for v in args.image.lower().split("x"))
-    model = build_base()
+    model = build_base(args.size)
     paths = decode_paths(model, args.new_tokens)
-    print(f"image {width}x{height} ({width // 28 * (height // 28)} image tokens), {args.new_tokens} new tokens, "
+    print(f"size {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), image {width}x{height} ({width // 28 * (height // 28)} image tokens), {args.new_tokens} new tokens, "
           f"torch {torch.__version__}, load average before: {os.getloadavg()}")
     print("| threads | path | b1 median wall (ms) | b1 p95 wall (ms) | b1 median CPU (ms) | "
           + " | ".join(f"b{b} formulas/s wall (per CPU-s)" for b in args.batch if b > 1) + " | load avg (1 min) |")
@@ -275,6 +275,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     p.add_argument("--candidates", action="store_true", help="compare candidate architectures through generate")
     p.add_argument("--image", default="448x112", help="image size WxH (multiples of 28) for the default mode")
+    p.add_argument("--size", default="base", help="compact size for the default mode (texocr.models.compact.SIZES)")
     args = p.parse_args()
     from transformers.utils import logging as hf_logging
 

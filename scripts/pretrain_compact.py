@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--config", required=True, help="a YAML config, e.g. configs/compact/pretrain.yaml")
     p.add_argument("--out", default=None, help="working folder (default: train.output_dir); holds state.pt")
     p.add_argument("--model", default=None, help="a compact model folder to start from (else a random init)")
-    p.add_argument("--size", default="base", choices=["base", "tiny"], help="size of a random init")
+    p.add_argument("--size", default="small", help="size of a random init (texocr.models.compact.SIZES; bench/compact.md)")
     p.add_argument("--seconds", type=float, required=True, help="training seconds in this command")
     p.add_argument("--budget-seconds", type=float, required=True, help="planned training seconds of all commands")
     p.add_argument("--done-seconds", type=float, default=None,

@@ -410,3 +410,25 @@ def test_recognizer_fast_and_generate_paths_agree(compact_models, compact_loaded
     assert "repetition" in {p.stop for p in c}
     assert "".join(plain.stream(images[0], max_new_tokens=60)) == "".join(plain_slow.stream(images[0],
                                                                                            max_new_tokens=60))
+
+
+@pytest.mark.parametrize("size", ["base", "small", "xsmall", "tiny"])
+def test_every_size_builds_a_model_that_runs(size: str, compact_loaded) -> None:
+    """Each size's config is consistent (head dims, M-RoPE sections) and its model runs a training forward."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from texocr.models.compact import SIZES, compact_config
+    from texocr.models.tiny import padded_vocab_size
+
+    proc, fam = compact_loaded.processor, compact_loaded.family
+    ids = {t: proc.tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    cfg = compact_config(size, padded_vocab_size(proc.tokenizer), ids)
+    text = cfg.text_config
+    assert sum(text.rope_parameters["mrope_section"]) == text.hidden_size // text.num_attention_heads // 2
+    assert cfg.vision_config.embed_dim == SIZES[size]["vis_dim"]
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(cfg)
+    enc = fam.encode(proc, _images()[:2], ["x ^ { 2 }", "\\frac { a } { b }"], 512).batch
+    loss = model(**enc).loss
+    assert torch.isfinite(loss)

@@ -37,6 +37,9 @@ SIZES: dict[str, dict[str, int]] = {
     # vision: depth, width, heads (patch 14, 2x2 merge -> one text token per 28x28 pixels)
     # text: layers, width, heads, kv heads (GQA), MLP width
     "base": dict(vis_depth=7, vis_dim=320, vis_heads=5, layers=4, hidden=256, heads=4, kv_heads=2, ffn=1024),
+    # lighter candidates for the CPU targets (bench/compact.md): fewer/narrower vision layers, fewer text layers
+    "small": dict(vis_depth=5, vis_dim=256, vis_heads=4, layers=3, hidden=256, heads=4, kv_heads=2, ffn=1024),
+    "xsmall": dict(vis_depth=4, vis_dim=192, vis_heads=3, layers=2, hidden=256, heads=4, kv_heads=2, ffn=1024),
     "tiny": dict(vis_depth=1, vis_dim=32, vis_heads=2, layers=1, hidden=64, heads=2, kv_heads=1, ffn=128),
 }
 """`base` is what texocr trains and ships (~15.3M parameters, ~31 MB in bf16); `tiny` is for tests."""
