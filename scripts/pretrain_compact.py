@@ -423,9 +423,14 @@ def main(argv: list[str] | None = None) -> int:
         import hashlib
 
         metrics["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest()
-    if args.val:
-        metrics["eval"] = evaluate(loaded, args.val, args.val_limit)
     (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if args.val:  # after the weights and training numbers are written: a failing evaluation loses neither
+        try:
+            metrics["eval"] = evaluate(loaded, args.val, args.val_limit)
+        except Exception as e:  # noqa: BLE001 -- reported in metrics.json, the command still succeeds
+            log.exception("evaluation failed")
+            metrics["eval_error"] = f"{type(e).__name__}: {e}"
+        (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     curve.close()
     print(f"compact pretraining: step {step}, {done:.0f} s trained; exported {files} to {export}")
     return 0

@@ -190,3 +190,29 @@ def test_worker_side_position_ids_give_the_models_own_loss(tiny) -> None:
         assert tiny.model(**worker).loss.item() == pytest.approx(tiny.model(**batch).loss.item(), rel=1e-6)
     half = pretrain.WorkerSideCollate(plain, tiny.model.config, bf16_pixels=True)(samples)
     assert half["pixel_values"].dtype == torch.bfloat16
+
+
+def test_assemble_rebuilds_a_loadable_model_from_shards_and_checks_the_tokenizer(tiny, tmp_path: Path) -> None:
+    import hashlib
+
+    import torch
+
+    from texocr.errors import TexocrError
+
+    assemble = _script("assemble_compact")
+    pretrain.export_weights(tiny.model, tmp_path / "w")
+    sha = hashlib.sha256((Path(tiny.model.name_or_path) / "tokenizer.json").read_bytes()).hexdigest()
+    (tmp_path / "w" / "metrics.json").write_text(json.dumps({"tokenizer_sha256": sha}))
+    out = assemble.assemble(tmp_path / "w", "tiny", tmp_path / "model")
+    from texocr.config import ModelConfig
+    from texocr.models.loading import load_model
+
+    back = load_model(ModelConfig(name_or_path=str(out), family="compact", dtype="float32"), device="cpu")
+    for a, b in zip(tiny.model.state_dict().values(), back.model.state_dict().values()):
+        assert torch.equal(a.to(torch.bfloat16).float(), b.float())
+    (tmp_path / "w" / "metrics.json").write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
+    with pytest.raises(TexocrError, match="tokenizer differs"):
+        assemble.assemble(tmp_path / "w", "tiny", tmp_path / "model2")
+    (tmp_path / "w" / "metrics.json").unlink()  # no recorded tokenizer: the shapes alone must refuse a wrong size
+    with pytest.raises(TexocrError, match="do not fit"):
+        assemble.assemble(tmp_path / "w", "small", tmp_path / "model3")
