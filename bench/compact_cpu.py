@@ -69,15 +69,15 @@ def build_qwen(c: Candidate) -> torch.nn.Module:
     half = head_dim // 2  # M-RoPE splits the rotary half into (temporal, height, width) sections
     hw = (half - half // 4) // 2
     cfg = Qwen2VLConfig(
-        vision_config=dict(depth=c.vis_depth, embed_dim=c.vis_dim, num_heads=c.vis_heads,
-                           hidden_size=c.txt_hidden, patch_size=c.patch, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=4),
-        text_config=dict(vocab_size=VOCAB, hidden_size=c.txt_hidden, intermediate_size=c.txt_ffn,
-                         num_hidden_layers=c.txt_layers, num_attention_heads=c.txt_heads,
-                         num_key_value_heads=c.txt_kv_heads, max_position_embeddings=1024,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+        vision_config={"depth": c.vis_depth, "embed_dim": c.vis_dim, "num_heads": c.vis_heads,
+                           "hidden_size": c.txt_hidden, "patch_size": c.patch, "spatial_merge_size": 2,
+                           "temporal_patch_size": 2, "mlp_ratio": 4},
+        text_config={"vocab_size": VOCAB, "hidden_size": c.txt_hidden, "intermediate_size": c.txt_ffn,
+                         "num_hidden_layers": c.txt_layers, "num_attention_heads": c.txt_heads,
+                         "num_key_value_heads": c.txt_kv_heads, "max_position_embeddings": 1024,
+                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                           "mrope_section": [half - 2 * hw, hw, hw]},
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
         image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4,
         tie_word_embeddings=True,
     )
@@ -90,13 +90,13 @@ def qwen_inputs(c: Candidate, batch: int) -> dict:
     n_patch = gh * gw
     n_tok = n_patch // 4
     ids = torch.tensor([[3] + [5] * n_tok + [4]] * batch)
-    return dict(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        mm_token_type_ids=(ids == 5).int(),
-        pixel_values=torch.randn(batch * n_patch, 3 * 2 * c.patch * c.patch),
-        image_grid_thw=torch.tensor([[1, gh, gw]] * batch),
-    )
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == 5).int(),
+        "pixel_values": torch.randn(batch * n_patch, 3 * 2 * c.patch * c.patch),
+        "image_grid_thw": torch.tensor([[1, gh, gw]] * batch),
+    }
 
 
 def build_ved(c: Candidate) -> torch.nn.Module:
@@ -125,7 +125,7 @@ def build_ved(c: Candidate) -> torch.nn.Module:
 
 
 def ved_inputs(c: Candidate, batch: int) -> dict:
-    return dict(pixel_values=torch.randn(batch, 3, IMG_H, IMG_W))
+    return {"pixel_values": torch.randn(batch, 3, IMG_H, IMG_W)}
 
 
 def size_of(model: torch.nn.Module) -> tuple[int, float]:
@@ -158,7 +158,7 @@ def run(c: Candidate, args) -> dict:
     dtype = getattr(torch, args.dtype)
     model = model.to(dtype)
     make = qwen_inputs if c.kind == "qwen" else ved_inputs
-    row = dict(name=c.name, params_m=n_params / 1e6, mb=mb, dtype=args.dtype, cache=args.cache or "dynamic")
+    row = {"name": c.name, "params_m": n_params / 1e6, "mb": mb, "dtype": args.dtype, "cache": args.cache or "dynamic"}
     with torch.inference_mode():
         if 1 in args.batch:
             inp = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in make(c, 1).items()}
@@ -197,8 +197,8 @@ def base_inputs(model, batch: int, width: int, height: int) -> dict:
     gh, gw = height // 14, width // 14
     n_tok = gh * gw // 4
     ids = torch.tensor([[cfg.vision_start_token_id] + [cfg.image_token_id] * n_tok + [cfg.vision_end_token_id]] * batch)
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == cfg.image_token_id).int(),
-                pixel_values=torch.randn(batch * gh * gw, 3 * 2 * 14 * 14), image_grid_thw=torch.tensor([[1, gh, gw]] * batch))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == cfg.image_token_id).int(),
+                "pixel_values": torch.randn(batch * gh * gw, 3 * 2 * 14 * 14), "image_grid_thw": torch.tensor([[1, gh, gw]] * batch)}
 
 
 def timed(fn) -> tuple[float, float]:

@@ -18,7 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from texocr.latex import LEVELS, STRUCTURAL_KINDS, detokenize, normalize, repair, tokenize, validate
+from texocr.latex import (
+    LEVELS,
+    STRUCTURAL_KINDS,
+    detokenize,
+    normalize,
+    repair,
+    tokenize,
+    validate,
+)
 
 DOC = ("\\documentclass{article}\\usepackage{amsmath,amssymb}\\pagestyle{empty}\\begin{document}\n"
        "$\\displaystyle %s $\n\\end{document}\n")

@@ -80,6 +80,7 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                 renderer: str) -> Any:
     """An IterableDataset of Samples: fresh renders interleaved with augmented replays of a per-worker pool."""
     import torch
+
     from texocr.data.augment import augment
     from texocr.data.synth import SyntheticSource
     from texocr.sample import Sample, Skipped
@@ -90,7 +91,7 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                for style in ("printed", "handwritten")}
 
     class ReplayStream(torch.utils.data.IterableDataset):
-        def __iter__(self):  # noqa: ANN204 -- torch's protocol
+        def __iter__(self):
             info = torch.utils.data.get_worker_info()
             wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
             rng = random.Random(f"replay:{d.seed}:{offset}:{wid}")
@@ -143,7 +144,7 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
         def __len__(self) -> int:
             return len(rows)
 
-        def __iter__(self):  # noqa: ANN204 -- torch's protocol
+        def __iter__(self):
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
             rng = random.Random(f"pack:{seed}:{offset}:{wid}")
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
                                          prefetch_factor=8 if workers else None, pin_memory=device == "cuda")
     export.mkdir(parents=True, exist_ok=True)
-    curve = open(export / "curve.csv", "a", newline="", encoding="utf-8")
+    curve = open(export / "curve.csv", "a", newline="", encoding="utf-8")  # noqa: SIM115 -- open for the whole loop
     writer = csv.writer(curve)
     writer.writerow(["step", "train_seconds", "loss", "lr", "samples_per_s", "data_wait", "gpu_util"])
 
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.val:  # after the weights and training numbers are written: a failing evaluation loses neither
         try:
             metrics["eval"] = evaluate(loaded, args.val, args.val_limit)
-        except Exception as e:  # noqa: BLE001 -- reported in metrics.json, the command still succeeds
+        except Exception as e:
             log.exception("evaluation failed")
             metrics["eval_error"] = f"{type(e).__name__}: {e}"
         (export / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

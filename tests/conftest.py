@@ -19,8 +19,9 @@ The hub is switched off for the whole session (`HF_HUB_OFFLINE=1`): nothing here
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from texocr.config import Config, ConfigError, config_from_dict, load_config, parse_overrides, save_config
+from texocr.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 
 CONFIGS = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")
                  if p.parent.name != "accelerate")  # configs/accelerate/ holds `accelerate launch` configs

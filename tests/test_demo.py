@@ -12,6 +12,7 @@ import pytest
 from texocr import demo
 from texocr.train_callbacks import TimeLimit
 
+
 def _renderer_available() -> bool:
     from texocr.evaluate import default_renderer
 

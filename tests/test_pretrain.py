@@ -33,7 +33,7 @@ def test_split_is_by_normalized_formula(tmp_path: Path) -> None:
     counts = heldout.split(src, tmp_path / "out")
     assert counts["train"] + counts["test"] == len(rows)
     assert 0.15 < counts["test"] / len(rows) < 0.35
-    parts = {name: [json.loads(line) for line in open(tmp_path / "out" / name / "labels.jsonl")]
+    parts = {name: [json.loads(line) for line in (tmp_path / "out" / name / "labels.jsonl").read_text().splitlines()]
              for name in ("train", "test")}
     side = {r["id"]: name for name, part in parts.items() for r in part}
     assert side["dup"] == side["r7"]
@@ -115,7 +115,7 @@ def test_export_writes_bf16_shards_that_load(tiny, tmp_path: Path) -> None:
     for f in (tmp_path / "w").glob("*.safetensors"):
         assert f.stat().st_size <= 15_000_000
         with safe_open(str(f), framework="pt") as st:
-            assert all(st.get_tensor(k).dtype == torch.bfloat16 for k in st.keys())
+            assert all(st.get_tensor(k).dtype == torch.bfloat16 for k in st.keys())  # noqa: SIM118 -- not a dict
     # the weights + the model folder's config/processor load back
     model_dir = tmp_path / "model"
     shutil.copytree(tiny.model.name_or_path, model_dir)

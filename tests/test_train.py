@@ -53,9 +53,8 @@ def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 def _batch(loaded) -> dict:
-    from texocr.train import Collate
-
     from texocr.sample import Sample
+    from texocr.train import Collate
 
     collate = Collate(loaded.family, loaded.processor, 1024)
     return collate([Sample(_image(t), t, str(i)) for i, t in enumerate(LATEX[:2])])

@@ -195,7 +195,7 @@ def write_index(out: Path, summary: dict[str, Any], before: EvalResult, after: E
         img = f"<img src='{data_uri(after.images[i])}'>" if i < len(after.images) else ""
         rendered = after.rendered[i] if i < len(after.rendered) else None
         ren = f"<img src='{data_uri(rendered)}'>" if rendered is not None else "<i>(not rendered)</i>"
-        mark = lambda r: "✓" if r["exact"] else f"{r['edit_distance']} edits"  # noqa: E731
+        mark = lambda r: "✓" if r["exact"] else f"{r['edit_distance']} edits"
         samples.append(f"<tr><td>{img}</td><td><code>{html.escape(a['reference'])}</code></td>"
                        f"<td><code>{html.escape(b['prediction'])}</code><br>{mark(b)}</td>"
                        f"<td><code>{html.escape(a['prediction'])}</code><br>{mark(a)}</td><td>{ren}</td></tr>")
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"texocr demo: case {p.case}: {p.description}", flush=True)
     cfg = training_config(p, args, out, out / "formulas" / "train.txt")
     n_test = 8 if args.quick else args.n_test
-    train_f, test_f, dropped = write_formulas(out / "formulas", 400 if args.quick else 20_000, n_test * 2,
+    _train_f, test_f, dropped = write_formulas(out / "formulas", 400 if args.quick else 20_000, n_test * 2,
                                               args.seed)
     print(f"formulas: {dropped} generated test formulas also occur in training and were dropped", flush=True)
     render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000)

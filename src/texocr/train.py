@@ -286,7 +286,13 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from texocr.data.sources import write_skipped
     from texocr.errors import TexocrError
     from texocr.models.loading import load_model, trainable_parameters
-    from texocr.train_callbacks import CheckpointMarker, CsvLogger, TimeLimit, plot_loss, resolve_resume
+    from texocr.train_callbacks import (
+        CheckpointMarker,
+        CsvLogger,
+        TimeLimit,
+        plot_loss,
+        resolve_resume,
+    )
 
     out = Path(cfg.train.output_dir)
     resume = resolve_resume(cfg.train.resume, out / "checkpoints")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up path
     import torch
@@ -63,7 +63,7 @@ class Family:
     """Attribute path of the language model, frozen by `freeze_language`."""
     answer_prefix: str = ""
     """Text put before the target inside the answer (e.g. the space after Idefics3's `Assistant:`)."""
-    answer_token_values: dict[str, int] = {}
+    answer_token_values: ClassVar[dict[str, int]] = {}
     """Values of per-token processor outputs (besides ids/mask) for answer tokens; default: repeat the
     prompt's last value (right for Mllama's cross-attention mask and Qwen3's mm_token_type_ids)."""
 

@@ -14,6 +14,7 @@ tokens, otherwise one global view only (no splitting). `ModelConfig.max_pixels` 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
@@ -76,15 +77,15 @@ class Idefics3(Family):
         return processor
 
     def _processor_kwargs(self, path: str) -> dict[str, Any]:
-        from transformers.utils import cached_file
-
         import json
+
+        from transformers.utils import cached_file
 
         try:
             cfg_file = cached_file(path, "processor_config.json")
         except OSError:
             cfg_file = None
-        data = json.loads(open(cfg_file).read()) if cfg_file else {}
+        data = json.loads(Path(cfg_file).read_text()) if cfg_file else {}
         return {"image_seq_len": data["image_seq_len"]} if "image_seq_len" in data else {}
 
     def _tile(self, processor: Any) -> int:
@@ -129,12 +130,12 @@ class Idefics3(Family):
         )
         processor = self.processor_class()(ip, tok, image_seq_len=seq_len, chat_template=self.chat_template)
         ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
-        text = dict(model_type="llama", vocab_size=padded_vocab_size(tok), hidden_size=hidden_size,
-                    intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=ids["<|pad|>"],
-                    bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<end_of_utterance>"])
-        vision = dict(hidden_size=vision_dim, intermediate_size=2 * vision_dim, num_hidden_layers=layers,
-                      num_attention_heads=2, image_size=tile, patch_size=patch)
+        text = {"model_type": "llama", "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size,
+                    "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "max_position_embeddings": 4096, "pad_token_id": ids["<|pad|>"],
+                    "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<end_of_utterance>"]}
+        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
+                      "num_attention_heads": 2, "image_size": tile, "patch_size": patch}
         config_cls = getattr(transformers, self.model_class_name.replace("ForConditionalGeneration", "Config"))
         config = config_cls(vision_config=vision, text_config=text, image_token_id=ids["<image>"],
                             scale_factor=2, pad_token_id=ids["<|pad|>"])

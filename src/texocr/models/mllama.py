@@ -68,7 +68,11 @@ class Mllama(Family):
 
     def build_tiny(self, out_dir: str, *, hidden_size: int = 64, layers: int = 2, vision_dim: int = 32,
                    tile: int = 28, patch: int = 14) -> None:
-        from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+        from transformers import (
+            MllamaConfig,
+            MllamaForConditionalGeneration,
+            MllamaProcessor,
+        )
 
         tok = char_tokenizer(SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
                              pad="<|finetune_right_pad_id|>", unk="<|end_of_text|>")
@@ -76,14 +80,14 @@ class Mllama(Family):
         processor = MllamaProcessor(ip, tok, chat_template=MLLAMA_TEMPLATE)
         ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
         vocab = padded_vocab_size(tok)
-        vision = dict(hidden_size=vision_dim, intermediate_size=2 * vision_dim, num_hidden_layers=layers,
-                      num_global_layers=1, attention_heads=2, image_size=tile, patch_size=patch,
-                      intermediate_layers_indices=[0], vision_output_dim=2 * vision_dim, max_num_tiles=4)
-        text = dict(vocab_size=vocab + 8, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                    cross_attention_layers=[layers - 1], max_position_embeddings=4096,
-                    bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|eot_id|>"],
-                    pad_token_id=ids["<|finetune_right_pad_id|>"])
+        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
+                      "num_global_layers": 1, "attention_heads": 2, "image_size": tile, "patch_size": patch,
+                      "intermediate_layers_indices": [0], "vision_output_dim": 2 * vision_dim, "max_num_tiles": 4}
+        text = {"vocab_size": vocab + 8, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+                    "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "cross_attention_layers": [layers - 1], "max_position_embeddings": 4096,
+                    "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<|eot_id|>"],
+                    "pad_token_id": ids["<|finetune_right_pad_id|>"]}
         config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids["<|image|>"])
         save_tiny(MllamaForConditionalGeneration(config), processor, out_dir)
 

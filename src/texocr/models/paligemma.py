@@ -9,7 +9,7 @@ resized to it, so `min_pixels`/`max_pixels` do not apply. Pick the 224 checkpoin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from texocr.models.base import INSTRUCTION, Family
 from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
@@ -29,10 +29,14 @@ class PaliGemma(Family):
     lora_vision_language = f"({_LANG})|({_VISION})"
     vision_module = "model.vision_tower"
     language_module = "model.language_model"
-    answer_token_values = {"token_type_ids": 1}  # the answer is the causal "suffix" of the prefix-LM
+    answer_token_values: ClassVar[dict[str, int]] = {"token_type_ids": 1}  # the answer is the causal "suffix" of the prefix-LM
 
     def build_processor(self, path: str, cfg: ModelConfig | None = None) -> Any:
-        from transformers import AutoTokenizer, PaliGemmaProcessor, SiglipImageProcessorPil
+        from transformers import (
+            AutoTokenizer,
+            PaliGemmaProcessor,
+            SiglipImageProcessorPil,
+        )
 
         image_processor = SiglipImageProcessorPil.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -75,17 +79,17 @@ class PaliGemma(Family):
         ip.image_seq_length = n_img
         processor = PaliGemmaProcessor(ip, tok)  # adds <loc....>/<seg...> tokens to the tokenizer
         ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
-        text = dict(
-            model_type="gemma2" if variant == "paligemma2" else "gemma",
-            vocab_size=padded_vocab_size(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-            max_position_embeddings=2048, pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"],
-            bos_token_id=ids["<bos>"],
-        )
+        text = {
+            "model_type": "gemma2" if variant == "paligemma2" else "gemma",
+            "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+            "max_position_embeddings": 2048, "pad_token_id": ids["<pad>"], "eos_token_id": ids["<eos>"],
+            "bos_token_id": ids["<bos>"],
+        }
         if variant == "paligemma2":
             text.update(query_pre_attn_scalar=16, sliding_window=512)
-        vision = dict(hidden_size=vision_dim, intermediate_size=2 * vision_dim, num_hidden_layers=layers,
-                      num_attention_heads=2, image_size=image_size, patch_size=patch, vision_use_head=False)
+        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
+                      "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "vision_use_head": False}
         config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
                                  vocab_size=text["vocab_size"], projection_dim=hidden_size,
                                  hidden_size=hidden_size)
