@@ -84,6 +84,19 @@ def test_quick_demo_lora_on_a_given_model(quick_run: tuple[Path, str], tmp_path:
     assert summary["before"]["exact_match"] == pytest.approx(first["after"]["exact_match"])
 
 
+def test_texocr_demo_is_the_same_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`texocr demo` parses the demo's own options and goes through the same checks."""
+    from texocr.cli import main as cli
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a wrong type is argparse's usage error: one line, exit 2
+        cli(["demo", "--minutes", "soon"])
+    assert stop.value.code == 2
+    assert "invalid float value" in capsys.readouterr().err
+
+
 def test_model_must_be_a_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--quick", "--out", str(tmp_path / "x"), "--model", str(tmp_path)]) == 2
     assert "not a model directory" in capsys.readouterr().err

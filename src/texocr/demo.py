@@ -284,6 +284,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m texocr.demo", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (also `texocr demo`)."""
     p.add_argument("--out", default="runs/demo", help="output folder (must be empty or new; default runs/demo)")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     p.add_argument("--n-test", type=int, default=96, help="test images to render (default 96)")
@@ -291,13 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="base", help="compact size built when no default model is shipped")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a tiny model, a few steps, 8 test images (for tests)")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | argparse.Namespace | None = None) -> int:
+    """`python -m texocr.demo [options]` (a list of arguments) or `texocr demo` (parsed arguments)."""
     import logging
 
-    args = build_parser().parse_args(argv)
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("texocr").setLevel(logging.INFO)
     try:
