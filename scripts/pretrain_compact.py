@@ -208,6 +208,11 @@ def _worker_init(_: int) -> None:
 # ------------------------------------------------------------------ speed
 
 
+VISION_WIDTH: dict[str, int | None] = {"patches": None}
+"""Most patches of one image in the current batch, set by the training loop from the CPU copy of
+`image_grid_thw`, so the patched vision attention need not read it back from the GPU (one sync per layer)."""
+
+
 def batch_vision_attention() -> None:
     """Make Qwen2-VL's vision attention one padded SDPA call per layer instead of one call per image.
 
@@ -227,7 +232,8 @@ def batch_vision_attention() -> None:
         cos, sin = position_embeddings
         q, k = m.apply_rotary_pos_emb_vision(q, k, cos, sin)  # [N, H, D]
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # [B]
-        b, width = lengths.shape[0], int(lengths.max())
+        b = lengths.shape[0]
+        width = VISION_WIDTH["patches"] or int(lengths.max())  # the hint avoids a GPU -> CPU read per layer
         row = torch.repeat_interleave(torch.arange(b, device=q.device), lengths)  # [N]: image of each patch
         col = torch.arange(n, device=q.device) - torch.repeat_interleave(cu_seqlens[:-1], lengths)  # [N]
 
@@ -382,16 +388,19 @@ def main(argv: list[str] | None = None) -> int:
                    args.warmup_steps if fresh_opt else 0)
         for g in opt.param_groups:
             g["lr"] = lr
+        grid = batch["image_grid_thw"]  # [images, 3] on the CPU still: patches per image = t * h * w
+        VISION_WIDTH["patches"] = int((grid[:, 1] * grid[:, 2]).max())
         batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = model(**batch).loss
+        VISION_WIDTH["patches"] = None  # valid for this batch only (evaluation and export run without it)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         step_in_cmd += 1
-        window["loss"] += loss.item()
+        window["loss"] += loss.detach()  # a tensor: read back only when logged, so steps can overlap
         window["n"] += 1
         window["samples"] += int(batch["input_ids"].shape[0])
         window["wait"] += t1 - t0
@@ -399,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             now = time.perf_counter()
             dt = now - window["t"]
             util = _gpu_util()
-            row = [step, round(done + now - t_start, 1), round(window["loss"] / window["n"], 4), f"{lr:.2e}",
+            row = [step, round(done + now - t_start, 1), round(float(window["loss"]) / window["n"], 4), f"{lr:.2e}",
                    round(window["samples"] / dt, 1), round(window["wait"] / dt, 3), util]
             writer.writerow(row)
             curve.flush()

@@ -96,11 +96,17 @@ def test_batched_vision_attention_matches_per_image(tiny, monkeypatch: pytest.Mo
     monkeypatch.setattr(m.VisionAttention, "forward", m.VisionAttention.forward)  # restored after the test
     ref_loss, ref_grads = loss_and_grads()
     pretrain.batch_vision_attention()
-    loss, grads = loss_and_grads()
-    assert loss == pytest.approx(ref_loss, rel=1e-5)
-    assert len(grads) == len(ref_grads)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    grid = batch["image_grid_thw"]
+    for hint in (None, int((grid[:, 1] * grid[:, 2]).max())):  # the loop's CPU-side width hint changes nothing
+        pretrain.VISION_WIDTH["patches"] = hint
+        try:
+            loss, grads = loss_and_grads()
+        finally:
+            pretrain.VISION_WIDTH["patches"] = None
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        assert len(grads) == len(ref_grads)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_export_writes_bf16_shards_that_load(tiny, tmp_path: Path) -> None:
