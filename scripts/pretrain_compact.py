@@ -169,15 +169,22 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
 class WorkerSideCollate:
     """texocr's Collator plus what the training step would otherwise compute in the main process.
 
-    The first H200 run was bound by the main process (GPU ~30% busy, no data wait). Two parts of its step move
-    into the DataLoader workers here: Qwen2-VL's M-RoPE position ids (`get_rope_index`, a Python loop over the
-    rows: ~45 ms per batch of 128 on one CPU core), computed by transformers' own function, and, with
-    `bf16_pixels`, the cast of `pixel_values` to bfloat16 (the fp32 patches are ~150 MB per batch to pass
-    between processes and pin; autocast computes the patch embedding in bf16 anyway).
+    The first H200 run was bound by the main process (GPU ~30% busy, no data wait). Qwen2-VL's M-RoPE position
+    ids (`get_rope_index`, a Python loop over the rows: ~45 ms per batch of 128 on one CPU core) move into the
+    DataLoader workers here, computed by transformers' own function. With `raw_pixels`, the workers' copy of
+    the image processor stops after resizing and patchifying: `pixel_values` travel as uint8 (a quarter of the
+    fp32 bytes to pass between processes and pin; rescaling, normalizing and the float casts were ~3.5 ms of
+    the ~14 ms a worker spends per sample) and `PixelNormalizer` finishes them on the GPU.
     """
 
-    def __init__(self, collate: Any, model_config: Any, *, bf16_pixels: bool) -> None:
-        self.collate, self.model_config, self.bf16_pixels = collate, model_config, bf16_pixels
+    def __init__(self, collate: Any, model_config: Any, *, raw_pixels: bool) -> None:
+        import copy
+
+        self.collate, self.model_config, self.raw_pixels = collate, model_config, raw_pixels
+        if raw_pixels:  # a copy: the model's own processor (evaluation, export) keeps normalizing
+            self.collate.processor = copy.deepcopy(collate.processor)
+            self.collate.processor.image_processor.do_rescale = False
+            self.collate.processor.image_processor.do_normalize = False
 
     def __call__(self, samples: list[Any]) -> Any:
         import functools
@@ -194,9 +201,32 @@ class WorkerSideCollate:
             batch["position_ids"], _ = Qwen2VLModel.get_rope_index(
                 core, batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
                 image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])  # [3, B, T]
-        if self.bf16_pixels:
-            batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+        if self.raw_pixels:
+            batch["pixel_values"] = batch["pixel_values"].round().to(torch.uint8)  # resized 0..255 values
         return batch
+
+
+class PixelNormalizer:
+    """The image processor's rescale + normalize, on whatever device the uint8 patches are on.
+
+    A patch row is laid out channel-major (`patchify`: C x T x 14 x 14), so each channel's mean and std
+    repeat over a contiguous block of T * 14 * 14 values.
+    """
+
+    def __init__(self, image_processor: Any) -> None:
+        import torch
+
+        ip = image_processor
+        block = ip.temporal_patch_size * ip.patch_size * ip.patch_size
+        self.scale = float(ip.rescale_factor)
+        self.mean = torch.tensor(ip.image_mean, dtype=torch.float32).repeat_interleave(block)  # [C * T * P * P]
+        self.std = torch.tensor(ip.image_std, dtype=torch.float32).repeat_interleave(block)
+
+    def __call__(self, pixels: Any) -> Any:
+        import torch
+
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.to(torch.float32) * self.scale - mean) / std  # [patches, C * T * P * P]
 
 
 def _worker_init(_: int) -> None:
@@ -349,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s: %.2fM parameters on %s; step %d, %.0f of %.0f s done", model_dir, n_params / 1e6,
              device, step, done, args.budget_seconds)
 
-    collate = WorkerSideCollate(Collator(loaded, cfg.model.max_length), model.config,
-                                bf16_pixels=device == "cuda")
+    collate = WorkerSideCollate(Collator(loaded, cfg.model.max_length), model.config, raw_pixels=True)
+    normalize_pixels = PixelNormalizer(loaded.processor.image_processor)
     if args.pack:
         stream = make_pack_stream(args.pack, seed=cfg.data.seed, offset=int(done), printed_aug=args.printed_aug,
                                   blur=(0.35, 0.7))
@@ -391,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = batch["image_grid_thw"]  # [images, 3] on the CPU still: patches per image = t * h * w
         VISION_WIDTH["patches"] = int((grid[:, 1] * grid[:, 2]).max())
         batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+        batch["pixel_values"] = normalize_pixels(batch["pixel_values"])  # uint8 -> the processor's floats
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = model(**batch).loss
         VISION_WIDTH["patches"] = None  # valid for this batch only (evaluation and export run without it)

@@ -183,19 +183,22 @@ def test_worker_side_position_ids_give_the_models_own_loss(tiny) -> None:
         img = Image.new("RGB", (w, h), "white")
         ImageDraw.Draw(img).text((5, 5), f"x+{i}", fill="black")
         samples.append(Sample(image=img, latex="x + y" * (i + 1), id=str(i), meta={}))
-    plain = Collator(tiny, 512)
-    batch = plain(samples)
+    batch = Collator(tiny, 512)(samples)
     assert (batch["attention_mask"] == 0).any()
-    worker = pretrain.WorkerSideCollate(plain, tiny.model.config, bf16_pixels=False)(samples)
+    collate = pretrain.WorkerSideCollate(Collator(tiny, 512), tiny.model.config, raw_pixels=True)
+    worker = collate(samples)
     assert worker["position_ids"].shape == (3, *batch["input_ids"].shape)
     expected, _ = tiny.model.model.get_rope_index(
         batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
         attention_mask=batch["attention_mask"])
     assert torch.equal(worker["position_ids"], expected)
+    # uint8 patches, normalized later (on the GPU in training), give the processor's own pixel values
+    assert worker["pixel_values"].dtype == torch.uint8
+    assert tiny.processor.image_processor.do_normalize  # the model's processor was not touched
+    worker["pixel_values"] = pretrain.PixelNormalizer(tiny.processor.image_processor)(worker["pixel_values"])
+    torch.testing.assert_close(worker["pixel_values"], batch["pixel_values"], rtol=0, atol=1e-5)
     with torch.no_grad():
-        assert tiny.model(**worker).loss.item() == pytest.approx(tiny.model(**batch).loss.item(), rel=1e-6)
-    half = pretrain.WorkerSideCollate(plain, tiny.model.config, bf16_pixels=True)(samples)
-    assert half["pixel_values"].dtype == torch.bfloat16
+        assert tiny.model(**worker).loss.item() == pytest.approx(tiny.model(**batch).loss.item(), rel=1e-5)
 
 
 def test_assemble_rebuilds_a_loadable_model_from_shards_and_checks_the_tokenizer(tiny, tmp_path: Path) -> None:
