@@ -70,14 +70,14 @@ def build_qwen(c: Candidate) -> torch.nn.Module:
     hw = (half - half // 4) // 2
     cfg = Qwen2VLConfig(
         vision_config={"depth": c.vis_depth, "embed_dim": c.vis_dim, "num_heads": c.vis_heads,
-                           "hidden_size": c.txt_hidden, "patch_size": c.patch, "spatial_merge_size": 2,
-                           "temporal_patch_size": 2, "mlp_ratio": 4},
+                       "hidden_size": c.txt_hidden, "patch_size": c.patch, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "mlp_ratio": 4},
         text_config={"vocab_size": VOCAB, "hidden_size": c.txt_hidden, "intermediate_size": c.txt_ffn,
-                         "num_hidden_layers": c.txt_layers, "num_attention_heads": c.txt_heads,
-                         "num_key_value_heads": c.txt_kv_heads, "max_position_embeddings": 1024,
-                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [half - 2 * hw, hw, hw]},
-                         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+                     "num_hidden_layers": c.txt_layers, "num_attention_heads": c.txt_heads,
+                     "num_key_value_heads": c.txt_kv_heads, "max_position_embeddings": 1024,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": [half - 2 * hw, hw, hw]},
+                     "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
         image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4,
         tie_word_embeddings=True,
     )
@@ -158,7 +158,8 @@ def run(c: Candidate, args) -> dict:
     dtype = getattr(torch, args.dtype)
     model = model.to(dtype)
     make = qwen_inputs if c.kind == "qwen" else ved_inputs
-    row = {"name": c.name, "params_m": n_params / 1e6, "mb": mb, "dtype": args.dtype, "cache": args.cache or "dynamic"}
+    row = {"name": c.name, "params_m": n_params / 1e6, "mb": mb, "dtype": args.dtype,
+           "cache": args.cache or "dynamic"}
     with torch.inference_mode():
         if 1 in args.batch:
             inp = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in make(c, 1).items()}
@@ -197,8 +198,10 @@ def base_inputs(model, batch: int, width: int, height: int) -> dict:
     gh, gw = height // 14, width // 14
     n_tok = gh * gw // 4
     ids = torch.tensor([[cfg.vision_start_token_id] + [cfg.image_token_id] * n_tok + [cfg.vision_end_token_id]] * batch)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == cfg.image_token_id).int(),
-                "pixel_values": torch.randn(batch * gh * gw, 3 * 2 * 14 * 14), "image_grid_thw": torch.tensor([[1, gh, gw]] * batch)}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": (ids == cfg.image_token_id).int(),
+            "pixel_values": torch.randn(batch * gh * gw, 3 * 2 * 14 * 14),
+            "image_grid_thw": torch.tensor([[1, gh, gw]] * batch)}
 
 
 def timed(fn) -> tuple[float, float]:
@@ -240,7 +243,9 @@ def run_decode(args) -> None:
     width, height = (int(v) for v in args.image.lower().split("x"))
     model = build_base(args.size)
     paths = decode_paths(model, args.new_tokens)
-    print(f"size {args.size} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), image {width}x{height} ({width // 28 * (height // 28)} image tokens), {args.new_tokens} new tokens, "
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"size {args.size} ({n_params / 1e6:.2f}M parameters), image {width}x{height} "
+          f"({width // 28 * (height // 28)} image tokens), {args.new_tokens} new tokens, "
           f"torch {torch.__version__}, load average before: {os.getloadavg()}")
     print("| threads | path | b1 median wall (ms) | b1 p95 wall (ms) | b1 median CPU (ms) | "
           + " | ".join(f"b{b} formulas/s wall (per CPU-s)" for b in args.batch if b > 1) + " | load avg (1 min) |")

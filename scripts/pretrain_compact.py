@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--config", required=True, help="a YAML config, e.g. configs/compact/pretrain.yaml")
     p.add_argument("--out", default=None, help="working folder (default: train.output_dir); holds state.pt")
     p.add_argument("--model", default=None, help="a compact model folder to start from (else a random init)")
-    p.add_argument("--size", default="small", help="size of a random init (texocr.models.compact.SIZES; bench/compact.md)")
+    p.add_argument("--size", default="small",
+                   help="size of a random init (texocr.models.compact.SIZES; bench/compact.md)")
     p.add_argument("--seconds", type=float, required=True, help="training seconds in this command")
     p.add_argument("--budget-seconds", type=float, required=True, help="planned training seconds of all commands")
     p.add_argument("--done-seconds", type=float, default=None,
@@ -124,21 +125,21 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
     what makes them handwriting-like), with probability `printed_aug` for printed ones (the im2latex test
     renders are clean, so most printed samples stay clean).
     """
+    import gzip
     import io
 
     import torch
     from PIL import Image, ImageFilter
 
     from texocr.data.augment import augment
+    from texocr.errors import TexocrError
     from texocr.sample import Sample
 
     folder = Path(pack)
-    import gzip
-
     with gzip.open(folder / "index.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
-        raise SystemExit(f"{folder}/index.jsonl.gz lists no images")
+        raise TexocrError(f"{folder}/index.jsonl.gz lists no images")
 
     class PackStream(torch.utils.data.IterableDataset):
         def __len__(self) -> int:
@@ -171,20 +172,20 @@ class WorkerSideCollate:
 
     The first H200 run was bound by the main process (GPU ~30% busy, no data wait). Qwen2-VL's M-RoPE position
     ids (`get_rope_index`, a Python loop over the rows: ~45 ms per batch of 128 on one CPU core) move into the
-    DataLoader workers here, computed by transformers' own function. With `raw_pixels`, the workers' copy of
-    the image processor stops after resizing and patchifying: `pixel_values` travel as uint8 (a quarter of the
-    fp32 bytes to pass between processes and pin; rescaling, normalizing and the float casts were ~3.5 ms of
-    the ~14 ms a worker spends per sample) and `PixelNormalizer` finishes them on the GPU.
+    DataLoader workers here, computed by transformers' own function. The workers' copy of the image processor
+    stops after resizing and patchifying: `pixel_values` travel as uint8, a quarter of the fp32 bytes to pass
+    between processes and to pin (it saves the worker itself only ~0.5-1 ms of ~7 ms per sample), and
+    `PixelNormalizer` rescales and normalizes them on the GPU.
     """
 
-    def __init__(self, collate: Any, model_config: Any, *, raw_pixels: bool) -> None:
+    def __init__(self, collate: Any, model_config: Any) -> None:
         import copy
 
-        self.collate, self.model_config, self.raw_pixels = collate, model_config, raw_pixels
-        if raw_pixels:  # a copy: the model's own processor (evaluation, export) keeps normalizing
-            self.collate.processor = copy.deepcopy(collate.processor)
-            self.collate.processor.image_processor.do_rescale = False
-            self.collate.processor.image_processor.do_normalize = False
+        self.collate, self.model_config = collate, model_config
+        # a copy: the model's own processor (evaluation, export) keeps normalizing
+        self.collate.processor = copy.deepcopy(collate.processor)
+        self.collate.processor.image_processor.do_rescale = False
+        self.collate.processor.image_processor.do_normalize = False
 
     def __call__(self, samples: list[Any]) -> Any:
         import functools
@@ -201,8 +202,7 @@ class WorkerSideCollate:
             batch["position_ids"], _ = Qwen2VLModel.get_rope_index(
                 core, batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
                 image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])  # [3, B, T]
-        if self.raw_pixels:
-            batch["pixel_values"] = batch["pixel_values"].round().to(torch.uint8)  # resized 0..255 values
+        batch["pixel_values"] = batch["pixel_values"].round().to(torch.uint8)  # resized 0..255 values
         return batch
 
 
@@ -225,8 +225,9 @@ class PixelNormalizer:
     def __call__(self, pixels: Any) -> Any:
         import torch
 
-        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        return (pixels.to(torch.float32) * self.scale - mean) / std  # [patches, C * T * P * P]
+        if self.mean.device != pixels.device:  # moved once, not every step
+            self.mean, self.std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.to(torch.float32) * self.scale - self.mean) / self.std  # [patches, C * T * P * P]
 
 
 def _worker_init(_: int) -> None:
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s: %.2fM parameters on %s; step %d, %.0f of %.0f s done", model_dir, n_params / 1e6,
              device, step, done, args.budget_seconds)
 
-    collate = WorkerSideCollate(Collator(loaded, cfg.model.max_length), model.config, raw_pixels=True)
+    collate = WorkerSideCollate(Collator(loaded, cfg.model.max_length), model.config)
     normalize_pixels = PixelNormalizer(loaded.processor.image_processor)
     if args.pack:
         stream = make_pack_stream(args.pack, seed=cfg.data.seed, offset=int(done), printed_aug=args.printed_aug,

@@ -7,7 +7,7 @@
 Why: the pip renderer does ~12 formulas/s per core, so 16 GPU-machine cores render ~190 formulas/s while the
 GPU trains the compact model ~10x faster; TeX here renders ~220 formulas/s per core in Computer Modern, the
 typeface of the im2latex test renders. Only 64 MiB travel to the GPU machine, so each clean render is
-stored as a 1-bit PNG (~1.5 KB, a third of an 8-bit one) in one `pack.bin`; `index.jsonl.gz` holds per image
+stored as a 1-bit PNG (~1.1 KB, a third of an 8-bit one) in one `pack.bin`; `index.jsonl.gz` holds per image
 its byte range, target and render settings. `pretrain_compact.py` restores anti-aliased edges with a small
 blur and augments on the fly. Formulas: `texocr.data.synth.SyntheticSource` (generator formulas mixed with
 the TRAIN part of the im2latex hold-out at `--real-ratio`; the TEST part is never read), printed and
@@ -29,15 +29,22 @@ THRESHOLD = 140
 """Grey level below which a pixel is ink: keeps strokes about as wide as the anti-aliased render's."""
 
 
+_SOURCES: dict[str, Any] = {}
+"""One SyntheticSource per style and worker process: built once (it reads the formula file and probes TeX)."""
+
+
 def render_chunk(job: tuple[int, str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Render chunk `c` of a SyntheticSource of `style`; rows with their 1-bit PNG bytes."""
     from texocr.data.synth import SyntheticSource
     from texocr.sample import Sample
 
     c, style, opts = job
-    src = SyntheticSource(n=2**40, seed=opts["seed"] + (0 if style == "printed" else 1), style=style,
-                          renderer="tex", formulas=opts["formulas"], real_ratio=opts["real_ratio"], augment=False,
-                          chunk=opts["chunk"], cache_chunks=1)
+    if style not in _SOURCES:
+        _SOURCES[style] = SyntheticSource(
+            n=2**40, seed=opts["seed"] + (0 if style == "printed" else 1), style=style, renderer="tex",
+            formulas=opts["formulas"], real_ratio=opts["real_ratio"], augment=False, chunk=opts["chunk"],
+            cache_chunks=1)
+    src = _SOURCES[style]
     rows = []
     for s in src.render_chunk(c):
         if not isinstance(s, Sample):
@@ -45,7 +52,7 @@ def render_chunk(job: tuple[int, str, dict[str, Any]]) -> list[dict[str, Any]]:
         buf = io.BytesIO()
         s.image.convert("L").point(lambda v: 255 if v > THRESHOLD else 0).convert("1").save(buf, "PNG", optimize=True)
         rows.append({"png": buf.getvalue(), "latex": s.latex, "style": style, "font": s.meta.get("font"),
-                     "dpi": s.meta.get("dpi"), "origin": s.meta.get("origin"), "id": s.id})
+                     "dpi": s.meta.get("dpi"), "origin": s.meta.get("origin")})
     return rows
 
 
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 offset += len(png)
                 count += 1
             if offset > args.max_mb * 2**20:
+                pool.shutdown(cancel_futures=True)  # the chunks not started yet are not rendered
                 break
     print(json.dumps({"images": count, "mb": round(offset / 2**20, 1), "out": str(out)}))
     return 0

@@ -185,7 +185,7 @@ def test_worker_side_position_ids_give_the_models_own_loss(tiny) -> None:
         samples.append(Sample(image=img, latex="x + y" * (i + 1), id=str(i), meta={}))
     batch = Collator(tiny, 512)(samples)
     assert (batch["attention_mask"] == 0).any()
-    collate = pretrain.WorkerSideCollate(Collator(tiny, 512), tiny.model.config, raw_pixels=True)
+    collate = pretrain.WorkerSideCollate(Collator(tiny, 512), tiny.model.config)
     worker = collate(samples)
     assert worker["position_ids"].shape == (3, *batch["input_ids"].shape)
     expected, _ = tiny.model.model.get_rope_index(

@@ -36,13 +36,18 @@ PAD = "<|endoftext|>"
 SIZES: dict[str, dict[str, int]] = {
     # vision: depth, width, heads (patch 14, 2x2 merge -> one text token per 28x28 pixels)
     # text: layers, width, heads, kv heads (GQA), MLP width
-    "base": {"vis_depth": 7, "vis_dim": 320, "vis_heads": 5, "layers": 4, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
+    "base": {"vis_depth": 7, "vis_dim": 320, "vis_heads": 5,
+             "layers": 4, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
     # lighter candidates for the CPU targets (bench/compact.md): fewer/narrower vision layers, fewer text layers
-    "small": {"vis_depth": 5, "vis_dim": 256, "vis_heads": 4, "layers": 3, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
-    "xsmall": {"vis_depth": 4, "vis_dim": 192, "vis_heads": 3, "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
-    "tiny": {"vis_depth": 1, "vis_dim": 32, "vis_heads": 2, "layers": 1, "hidden": 64, "heads": 2, "kv_heads": 1, "ffn": 128},
+    "small": {"vis_depth": 5, "vis_dim": 256, "vis_heads": 4,
+              "layers": 3, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
+    "xsmall": {"vis_depth": 4, "vis_dim": 192, "vis_heads": 3,
+               "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
+    "tiny": {"vis_depth": 1, "vis_dim": 32, "vis_heads": 2,
+             "layers": 1, "hidden": 64, "heads": 2, "kv_heads": 1, "ffn": 128},
 }
-"""`base` is what texocr trains and ships (~15.3M parameters, ~31 MB in bf16); `tiny` is for tests."""
+"""`base` (~15.3M parameters, ~31 MB in bf16) is what the first pretraining run trained; `small` (8.9M) is what
+pretraining builds by default now (bench/compact.md: `base` misses the CPU speed targets); `tiny` is for tests."""
 
 
 class Compact(Qwen2VL):
@@ -82,14 +87,14 @@ def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[s
     hw = (half - half // 4) // 2  # width and height get most of it: a formula is a 2-D layout, time is 1
     return Qwen2VLConfig(
         vision_config={"depth": s["vis_depth"], "embed_dim": s["vis_dim"], "num_heads": s["vis_heads"],
-                           "hidden_size": s["hidden"], "mlp_ratio": 4, "patch_size": 14, "spatial_merge_size": 2,
-                           "temporal_patch_size": 2},
+                       "hidden_size": s["hidden"], "mlp_ratio": 4, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
         text_config={"vocab_size": vocab_size, "hidden_size": s["hidden"], "intermediate_size": s["ffn"],
-                         "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
-                         "num_key_value_heads": s["kv_heads"], "max_position_embeddings": 2048,
-                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [half - 2 * hw, hw, hw]},
-                         "bos_token_id": None, "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
+                     "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
+                     "num_key_value_heads": s["kv_heads"], "max_position_embeddings": 2048,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                         "mrope_section": [half - 2 * hw, hw, hw]},
+                     "bos_token_id": None, "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,  # input and output embeddings share one matrix: small vocab, fewer bytes

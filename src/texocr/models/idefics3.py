@@ -131,11 +131,11 @@ class Idefics3(Family):
         processor = self.processor_class()(ip, tok, image_seq_len=seq_len, chat_template=self.chat_template)
         ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
         text = {"model_type": "llama", "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size,
-                    "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "max_position_embeddings": 4096, "pad_token_id": ids["<|pad|>"],
-                    "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<end_of_utterance>"]}
+                "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 4096, "pad_token_id": ids["<|pad|>"],
+                "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<end_of_utterance>"]}
         vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                      "num_attention_heads": 2, "image_size": tile, "patch_size": patch}
+                  "num_attention_heads": 2, "image_size": tile, "patch_size": patch}
         config_cls = getattr(transformers, self.model_class_name.replace("ForConditionalGeneration", "Config"))
         config = config_cls(vision_config=vision, text_config=text, image_token_id=ids["<image>"],
                             scale_factor=2, pad_token_id=ids["<|pad|>"])

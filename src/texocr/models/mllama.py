@@ -81,13 +81,13 @@ class Mllama(Family):
         ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
         vocab = padded_vocab_size(tok)
         vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                      "num_global_layers": 1, "attention_heads": 2, "image_size": tile, "patch_size": patch,
-                      "intermediate_layers_indices": [0], "vision_output_dim": 2 * vision_dim, "max_num_tiles": 4}
+                  "num_global_layers": 1, "attention_heads": 2, "image_size": tile, "patch_size": patch,
+                  "intermediate_layers_indices": [0], "vision_output_dim": 2 * vision_dim, "max_num_tiles": 4}
         text = {"vocab_size": vocab + 8, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-                    "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-                    "cross_attention_layers": [layers - 1], "max_position_embeddings": 4096,
-                    "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<|eot_id|>"],
-                    "pad_token_id": ids["<|finetune_right_pad_id|>"]}
+                "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "cross_attention_layers": [layers - 1], "max_position_embeddings": 4096,
+                "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<|eot_id|>"],
+                "pad_token_id": ids["<|finetune_right_pad_id|>"]}
         config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids["<|image|>"])
         save_tiny(MllamaForConditionalGeneration(config), processor, out_dir)
 

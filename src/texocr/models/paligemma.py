@@ -29,7 +29,8 @@ class PaliGemma(Family):
     lora_vision_language = f"({_LANG})|({_VISION})"
     vision_module = "model.vision_tower"
     language_module = "model.language_model"
-    answer_token_values: ClassVar[dict[str, int]] = {"token_type_ids": 1}  # the answer is the causal "suffix" of the prefix-LM
+    # the answer is the causal "suffix" of the prefix-LM
+    answer_token_values: ClassVar[dict[str, int]] = {"token_type_ids": 1}
 
     def build_processor(self, path: str, cfg: ModelConfig | None = None) -> Any:
         from transformers import (
@@ -89,7 +90,7 @@ class PaliGemma(Family):
         if variant == "paligemma2":
             text.update(query_pre_attn_scalar=16, sliding_window=512)
         vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                      "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "vision_use_head": False}
+                  "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "vision_use_head": False}
         config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
                                  vocab_size=text["vocab_size"], projection_dim=hidden_size,
                                  hidden_size=hidden_size)

@@ -22,8 +22,8 @@ def build_tiny_qwen(family: Any, out_dir: str, *, hidden_size: int = 64, layers:
     text = {
         "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads // 2,
-        "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                                                       "mrope_section": mrope},
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
     }
     tokens = {
@@ -33,20 +33,20 @@ def build_tiny_qwen(family: Any, out_dir: str, *, hidden_size: int = 64, layers:
     patch = family.patch_size
     if family.name == "qwen2_vl":
         vision = {"depth": layers, "embed_dim": vision_dim, "hidden_size": hidden_size, "num_heads": 2,
-                      "mlp_ratio": 2, "patch_size": patch}
+                  "mlp_ratio": 2, "patch_size": patch}
         config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
         model_cls = transformers.Qwen2VLForConditionalGeneration
     elif family.name == "qwen2_5_vl":
         vision = {"depth": layers, "hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_heads": 2,
-                      "out_hidden_size": hidden_size, "patch_size": patch, "window_size": 2 * patch * 2,
-                      "fullatt_block_indexes": [layers - 1]}
+                  "out_hidden_size": hidden_size, "patch_size": patch, "window_size": 2 * patch * 2,
+                  "fullatt_block_indexes": [layers - 1]}
         config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
         model_cls = transformers.Qwen2_5_VLForConditionalGeneration
     elif family.name == "qwen3_vl":
         text.update(head_dim=head_dim)
         vision = {"depth": layers, "hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_heads": 2,
-                      "out_hidden_size": hidden_size, "patch_size": patch, "num_position_embeddings": 256,
-                      "deepstack_visual_indexes": [0]}
+                  "out_hidden_size": hidden_size, "patch_size": patch, "num_position_embeddings": 256,
+                  "deepstack_visual_indexes": [0]}
         config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
         model_cls = transformers.Qwen3VLForConditionalGeneration
     else:  # pragma: no cover - only the three Qwen families call this
