@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--pack", default=None,
                    help="train on this pre-rendered pack (scripts/pretrain_pack.py) instead of rendering on the fly")
     p.add_argument("--printed-aug", type=float, default=0.4, help="with --pack: share of printed renders augmented")
+    p.add_argument("--probe-every", type=int, default=4,
+                   help="score the grounding probe every N logging intervals (grounding_probe)")
     p.add_argument("--no-batch-attention", action="store_true",
                    help="keep transformers' per-image vision attention (see batch_vision_attention)")
     return p.parse_known_args(argv)
@@ -180,12 +182,14 @@ class WorkerSideCollate:
 
     def __init__(self, collate: Any, model_config: Any) -> None:
         import copy
+        import functools
 
         self.collate, self.model_config = collate, model_config
         # a copy: the model's own processor (evaluation, export) keeps normalizing
         self.collate.processor = copy.deepcopy(collate.processor)
-        self.collate.processor.image_processor.do_rescale = False
-        self.collate.processor.image_processor.do_normalize = False
+        ip = self.collate.processor.image_processor
+        ip.do_rescale = ip.do_normalize = False
+        ip.patchify = functools.partial(uint8_patchify, ip)
 
     def __call__(self, samples: list[Any]) -> Any:
         import functools
@@ -202,8 +206,29 @@ class WorkerSideCollate:
             batch["position_ids"], _ = Qwen2VLModel.get_rope_index(
                 core, batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
                 image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])  # [3, B, T]
-        batch["pixel_values"] = batch["pixel_values"].round().to(torch.uint8)  # resized 0..255 values
+        assert batch["pixel_values"].dtype == torch.uint8, "uint8_patchify was bypassed"
         return batch
+
+
+def uint8_patchify(ip: Any, image: Any, patch_size: int, merge_size: int,
+                   temporal_patch_size: int) -> tuple[Any, int, int]:
+    """Qwen2-VL's `patchify` (the same reshape as transformers' `image_processing_pil_qwen2_vl`) kept in uint8.
+
+    Transformers' version casts to float32 first: with rescaling and normalizing moved to the GPU, the
+    resized image is still 0..255 uint8, and keeping it so makes the patch copy and the batch concatenation
+    4x smaller (measured here on one core: collating a sample 7.8 -> 3.8 ms).
+    """
+    import numpy as np
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # a resize that returned floats: round back to the pixel grid
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    c, h, w = image.shape
+    gh, gw = h // patch_size, w // patch_size
+    p = image.reshape(c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
+    p = p.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh, gw, mh, mw, C, ph, pw)
+    p = np.broadcast_to(p[:, :, :, :, :, None], (*p.shape[:5], temporal_patch_size, *p.shape[5:]))
+    return p.reshape(gh * gw, c * temporal_patch_size * patch_size * patch_size), gh, gw
 
 
 class PixelNormalizer:
@@ -333,6 +358,36 @@ def evaluate(loaded: Any, folders: list[str], limit: int) -> dict[str, dict[str,
     return out
 
 
+def grounding_probe(samples: list[Any], collate: Any, normalize: Any, device: str) -> Any:
+    """A closure measuring how much the model reads the image: loss with the right vs. another row's image.
+
+    The same labels are scored twice, once with each row's own image and once with the next row's; a model
+    that only learned the language of LaTeX scores both alike (the first H200 run: 1.79 vs 1.87 nats).
+    Both batches are collated once, here, and kept on the device.
+    """
+    import torch
+
+    from texocr.sample import Sample
+
+    other = [Sample(image=samples[(i + 1) % len(samples)].image, latex=s.latex, id=s.id, meta=s.meta)
+             for i, s in enumerate(samples)]
+    batches = []
+    for group in (samples, other):
+        b = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(group).items()}
+        b["pixel_values"] = normalize(b["pixel_values"])
+        batches.append(b)
+
+    def probe(model: Any) -> tuple[float, float]:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            right, wrong = (round(float(model(**b).loss), 4) for b in batches)
+        model.train(was_training)
+        return right, wrong
+
+    return probe
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -389,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
                              fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)), renderer=args.renderer)
+    probe_stream = iter(make_pack_stream(args.pack, seed=cfg.data.seed + 1, offset=-1, printed_aug=0.0,
+                                         blur=(0.5, 0.5)) if args.pack else stream)
+    probe = grounding_probe([next(probe_stream) for _ in range(64)], collate, normalize_pixels, device)
     workers = cfg.train.dataloader_workers
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
@@ -396,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     export.mkdir(parents=True, exist_ok=True)
     curve = open(export / "curve.csv", "a", newline="", encoding="utf-8")  # noqa: SIM115 -- open for the whole loop
     writer = csv.writer(curve)
-    writer.writerow(["step", "train_seconds", "loss", "lr", "samples_per_s", "data_wait", "gpu_util"])
+    writer.writerow(["step", "train_seconds", "loss", "lr", "samples_per_s", "data_wait", "gpu_util",
+                     "probe_loss", "probe_loss_other_image"])
 
     t_start = time.perf_counter()
     t_last_save = t_start
@@ -440,12 +499,14 @@ def main(argv: list[str] | None = None) -> int:
             now = time.perf_counter()
             dt = now - window["t"]
             util = _gpu_util()
+            probed = probe(model) if step % (cfg.train.logging_steps * args.probe_every) == 0 else ("", "")
             row = [step, round(done + now - t_start, 1), round(float(window["loss"]) / window["n"], 4), f"{lr:.2e}",
-                   round(window["samples"] / dt, 1), round(window["wait"] / dt, 3), util]
+                   round(window["samples"] / dt, 1), round(window["wait"] / dt, 3), util, *probed]
             writer.writerow(row)
             curve.flush()
-            log.info("step %d  t %.0fs  loss %.4f  lr %s  %.0f samples/s  data wait %.0f%%  gpu %s%%", row[0],
-                     row[1], row[2], row[3], row[4], 100 * row[5], util)
+            log.info("step %d  t %.0fs  loss %.4f  lr %s  %.0f samples/s  data wait %.0f%%  gpu %s%%  probe %s / %s",
+                     *row[:5], 100 * row[5], util, *probed)
+            now = time.perf_counter()  # the probe's time is not training throughput
             window = {"loss": 0.0, "n": 0, "samples": 0, "wait": 0.0, "t": now}
         if time.perf_counter() - t_last_save > args.save_every:
             export_weights(model, export)
