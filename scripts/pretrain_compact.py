@@ -187,7 +187,7 @@ class WorkerSideCollate:
         self.collate, self.model_config = collate, model_config
         # a copy: the model's own processor (evaluation, export) keeps normalizing
         self.collate.processor = copy.deepcopy(collate.processor)
-        ip = self.collate.processor.image_processor
+        self.collate.processor.image_processor = ip = pil_image_processor(collate.processor.image_processor)
         ip.do_rescale = ip.do_normalize = False
         ip.patchify = functools.partial(uint8_patchify, ip)
 
@@ -208,6 +208,23 @@ class WorkerSideCollate:
                 image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])  # [3, B, T]
         assert batch["pixel_values"].dtype == torch.uint8, "uint8_patchify was bypassed"
         return batch
+
+
+def pil_image_processor(ip: Any) -> Any:
+    """The PIL backend of a Qwen2-VL image processor with `ip`'s settings (`ip` itself if it is one).
+
+    Where torchvision is installed (the GPU image) `AutoProcessor` picks the torchvision backend, whose
+    patchify works on batched tensors; a laptop without torchvision runs the PIL one, so training on PIL
+    resizes also matches what most users' inference will see.
+    """
+    from transformers import Qwen2VLImageProcessorPil
+
+    if isinstance(ip, Qwen2VLImageProcessorPil):
+        return ip
+    keys = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor",
+            "min_pixels", "max_pixels")
+    size = {k: v for k, v in dict(ip.size or {}).items() if k in ("shortest_edge", "longest_edge")}
+    return Qwen2VLImageProcessorPil(size=size or None, **{k: getattr(ip, k) for k in keys if getattr(ip, k, None)})
 
 
 def uint8_patchify(ip: Any, image: Any, patch_size: int, merge_size: int,

@@ -225,3 +225,24 @@ def test_assemble_rebuilds_a_loadable_model_from_shards_and_checks_the_tokenizer
     (tmp_path / "w" / "metrics.json").unlink()  # no recorded tokenizer: the shapes alone must refuse a wrong size
     with pytest.raises(TexocrError, match="do not fit"):
         assemble.assemble(tmp_path / "w", "small", tmp_path / "model3")
+
+
+def test_pil_image_processor_rebuilds_the_same_preprocessing(tiny) -> None:
+    """Where AutoProcessor picks another backend (torchvision on the GPU image), the workers' PIL copy built
+    from its settings preprocesses exactly alike (the test stands in an object with only those settings)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    ip = tiny.processor.image_processor
+    keys = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor", "size")
+    other = pretrain.pil_image_processor(SimpleNamespace(**{k: getattr(ip, k) for k in keys}))
+    assert other is not ip and pretrain.pil_image_processor(ip) is ip
+    rng = np.random.default_rng(0)
+    for h, w in [(57, 333), (20, 3000), (10, 10)]:  # inside, beyond and under the pixel bounds
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        a, b = ip(images=[img], return_tensors="pt"), other(images=[img], return_tensors="pt")
+        assert torch.equal(a["image_grid_thw"], b["image_grid_thw"])
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
