@@ -66,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--val", action="append", default=[], help="labelled folders to evaluate at the end")
     p.add_argument("--val-limit", type=int, default=300)
     p.add_argument("--renderer", default="pip", choices=["auto", "tex", "pip"])
-    p.add_argument("--pack", default=None,
-                   help="train on this pre-rendered pack (scripts/pretrain_pack.py) instead of rendering on the fly")
+    p.add_argument("--pack", action="append", default=[],
+                   help="train on this pre-rendered pack (scripts/pretrain_pack.py) instead of rendering on the "
+                        "fly; repeat it to pool several")
     p.add_argument("--printed-aug", type=float, default=0.4, help="with --pack: share of printed renders augmented")
     p.add_argument("--probe-every", type=int, default=4,
                    help="score the grounding probe every N logging intervals (grounding_probe)")
@@ -119,8 +120,12 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
     return ReplayStream()
 
 
-def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, blur: tuple[float, float]) -> Any:
-    """An IterableDataset of Samples drawn at random from a TeX-rendered pack (`scripts/pretrain_pack.py`).
+def make_pack_stream(packs: list[str], *, seed: int, offset: int, printed_aug: float,
+                     blur: tuple[float, float]) -> Any:
+    """An IterableDataset of Samples drawn at random from TeX-rendered packs (`scripts/pretrain_pack.py`).
+
+    Several packs are one pool (each image equally likely): a warm GPU machine keeps the packs that earlier
+    commands carried (`scripts/pretrain_gpu.sh`), so the data can outgrow one call's 64 MiB.
 
     Each 1-bit render gets a Gaussian blur of radius in `blur` (anti-aliased edges like dvipng's), then the
     texocr augmentation of its style: always for handwriting-style renders (the handwriting distortion is
@@ -137,11 +142,13 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
     from texocr.errors import TexocrError
     from texocr.sample import Sample
 
-    folder = Path(pack)
-    with gzip.open(folder / "index.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise TexocrError(f"{folder}/index.jsonl.gz lists no images")
+    rows: list[dict[str, Any]] = []  # each row gains "pack": the index of its pack.bin
+    for n, folder in enumerate(map(Path, packs)):
+        with gzip.open(folder / "index.jsonl.gz", "rt", encoding="utf-8") as f:
+            got = [dict(json.loads(line), pack=n) for line in f if line.strip()]
+        if not got:
+            raise TexocrError(f"{folder}/index.jsonl.gz lists no images")
+        rows += got
 
     class PackStream(torch.utils.data.IterableDataset):
         def __len__(self) -> int:
@@ -151,20 +158,20 @@ def make_pack_stream(pack: str, *, seed: int, offset: int, printed_aug: float, b
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
             rng = random.Random(f"pack:{seed}:{offset}:{wid}")
-            with open(folder / "pack.bin", "rb") as f:
-                data = f.read()
+            data = [(Path(folder) / "pack.bin").read_bytes() for folder in packs]
             while True:
                 row = rows[rng.randrange(len(rows))]
+                start = row["offset"]
                 try:
-                    img = Image.open(io.BytesIO(data[row["offset"]: row["offset"] + row["length"]])).convert("L")
+                    img = Image.open(io.BytesIO(data[row["pack"]][start: start + row["length"]])).convert("L")
                 except OSError as e:  # a damaged entry costs one sample, never the run
-                    log.warning("pack image at byte %s unreadable: %s", row["offset"], e)
+                    log.warning("pack %s image at byte %s unreadable: %s", packs[row["pack"]], start, e)
                     continue
                 img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*blur))).convert("RGB")
                 style = row.get("style", "printed")
                 if style == "handwritten" or rng.random() < printed_aug:
                     img = augment(img, random.Random(rng.random()), style)
-                yield Sample(image=img, latex=row["latex"], id=f"pack-{row['offset']}", meta={"style": style})
+                yield Sample(image=img, latex=row["latex"], id=f"pack{row['pack']}-{start}", meta={"style": style})
 
     return PackStream()
 
@@ -457,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack:
         stream = make_pack_stream(args.pack, seed=cfg.data.seed, offset=int(done), printed_aug=args.printed_aug,
                                   blur=(0.35, 0.7))
-        log.info("training on the pack %s: %d images", args.pack, len(stream))
+        log.info("training on the packs %s: %d images", args.pack, len(stream))
     else:
         stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
                              fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)), renderer=args.renderer)

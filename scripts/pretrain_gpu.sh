@@ -11,6 +11,9 @@
 # Each device call (at most 10 minutes each; the lr schedule spans BUDGET seconds of training in all):
 #   command: "BUDGET=1500 SECONDS_THIS=470 bash scripts/pretrain_gpu.sh"
 #   carry: [".carry/pack", ".carry/val-im2latex", ".carry/whl"]     (the working tree limit is 64 MiB in all)
+# A different .carry/pack in each call (render several with different --seed) grows the pool: the warm
+# machine keeps the earlier ones in $WORK/packs. INIT=src/texocr/assets/default-model continues from the
+# committed weights (new optimizer, short warm-up) instead of a random init.
 # CPU dry run (~1 minute): OUT=/tmp/pg WORK=/tmp/pgw SIZE=tiny SECONDS_THIS=15 VAL_LIMIT=4 \
 #   EXTRA_ARGS="--train.batch_size 4 --train.dataloader_workers 1" PYTHON=.venv/bin/python bash scripts/pretrain_gpu.sh
 # It writes to $OUT/w (at most 8 files): bf16 weight shards + index, curve.csv (appended per command),
@@ -33,10 +36,19 @@ fi
 for need in .carry/pack/pack.bin .carry/pack/index.jsonl.gz .carry/val-im2latex/labels.jsonl; do
   [ -f "$need" ] || { echo "missing $need: prepare it on the CPU machine (see the header) and carry .carry"; exit 2; }
 done
+# the warm machine keeps every pack carried so far (one per call at most: 64 MiB): train on all of them
+PACK_ID=$(sha256sum .carry/pack/index.jsonl.gz | cut -c1-12)
+[ -d "$WORK/packs/$PACK_ID" ] || { mkdir -p "$WORK/packs" && cp -r .carry/pack "$WORK/packs/$PACK_ID.part" \
+  && mv "$WORK/packs/$PACK_ID.part" "$WORK/packs/$PACK_ID"; }
+PACK_ARGS=()
+for d in "$WORK"/packs/*/; do [[ "$d" == *.part/ ]] || PACK_ARGS+=(--pack "${d%/}"); done
+# INIT: a compact model folder to start from on a fresh machine (e.g. the committed default model)
+INIT_ARGS=()
+[ -n "${INIT:-}" ] && INIT_ARGS=(--model "$INIT")
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc; date -u; } | tee -a "$OUT/log.txt"
 # the process stops itself after SECONDS_THIS of training; timeout is only a guard against a hang
 timeout -k 10 "$((SECONDS_THIS + 100))" "${PYTHON:-python3}" scripts/pretrain_compact.py --config configs/compact/pretrain.yaml \
-  --out "$WORK" --size "$SIZE" --pack .carry/pack --seconds "$SECONDS_THIS" --budget-seconds "$BUDGET" \
+  --out "$WORK" --size "$SIZE" "${PACK_ARGS[@]}" "${INIT_ARGS[@]}" --seconds "$SECONDS_THIS" --budget-seconds "$BUDGET" \
   --warmup-steps 300 --save-every 120 --export "$OUT/w" --val .carry/val-im2latex --val-limit "$VAL_LIMIT" \
   ${EXTRA_ARGS:-} 2>&1 \
   | grep --line-buffered -v -E "Writing model shards|Loading weights" | tee -a "$OUT/log.txt"

@@ -101,10 +101,21 @@ def test_clean_output(raw, clean):
     assert clean_output(raw, prompt="Write the LaTeX of this formula.") == clean
 
 
-def test_default_model_is_not_shipped_yet():
-    with pytest.raises(TexocrError, match="not shipped yet"):
-        resolve_model("default")
+def test_default_model_ships_small_and_rebuildable(tmp_path):
+    """`default` is the packaged compact model: <= 32 MB of safetensors, a Qwen2-VL config, and exactly the
+    tokenizer that texocr's own builder makes (so retrained weight shards can be assembled into a model)."""
+    import json
+
+    from texocr.infer import DEFAULT_MODEL_DIR
+    from texocr.models.compact import build_compact_processor
+
+    assert resolve_model("default") == str(DEFAULT_MODEL_DIR)
     assert resolve_model("some/dir") == "some/dir"
+    weights = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.glob("*.safetensors"))
+    assert 0 < weights <= 32 * 1024**2
+    assert json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["model_type"] == "qwen2_vl"
+    build_compact_processor().save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").read_bytes() == (DEFAULT_MODEL_DIR / "tokenizer.json").read_bytes()
 
 
 # ---------------------------------------------------------------- recognizer on a tiny model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zlib
 
@@ -89,10 +90,19 @@ def test_predict_plain_lines_and_exit_code(tiny_model_dir, messy_dir, capsys):
     assert "all 2 images failed" in capsys.readouterr().err
 
 
-def test_predict_default_model_is_a_clear_error(capsys, messy_dir):
-    d, good, _ = messy_dir
-    assert main(["predict", str(d / good[0])]) == 2
-    assert "not shipped yet" in capsys.readouterr().err
+@pytest.mark.skipif(not (shutil.which("latex") and shutil.which("dvipng")), reason="latex/dvipng not installed")
+def test_predict_with_no_model_argument_reads_a_printed_formula(capsys, tmp_path):
+    """Zero configuration: `texocr predict IMG` uses the shipped default model, on a TeX render (im2latex style)."""
+    from texocr.data.render import get_renderer
+
+    formulas = ["x ^ { 2 } + y ^ { 2 } = z ^ { 2 }", "\\int _ { 0 } ^ { 1 } f ( x ) d x"]
+    paths = []
+    for i, img in enumerate(get_renderer("tex").render_batch(formulas, font="cm", dpi=120)):
+        paths.append(tmp_path / f"f{i}.png")
+        img.save(paths[-1])
+    assert main(["predict", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"{p}\t{f}" for p, f in zip(paths, formulas)]
 
 
 def test_predict_stream(tiny_model_dir, messy_dir, capsys):

@@ -137,32 +137,40 @@ def test_export_writes_bf16_shards_that_load(tiny, tmp_path: Path) -> None:
         torch.testing.assert_close(a.to(torch.bfloat16).float(), b, msg=k)
 
 
-def test_pack_stream_reads_renders_and_skips_a_damaged_entry(tmp_path: Path) -> None:
-    """A pack as scripts/pretrain_pack.py writes it; one entry's bytes are damaged and only it is lost."""
+def _write_pack(folder: Path, styles: list[str], damaged: int | None = None, name: str = "x") -> None:
     import gzip
     import io
-    import itertools
 
     from PIL import Image, ImageDraw
 
+    folder.mkdir(parents=True, exist_ok=True)
     rows, blobs, offset = [], [], 0
-    for i, style in enumerate(["printed", "handwritten", "printed"]):
+    for i, style in enumerate(styles):
         img = Image.new("L", (60 + 10 * i, 20), 255)
         ImageDraw.Draw(img).rectangle([5, 5, 30, 12], fill=0)
         buf = io.BytesIO()
         img.convert("1").save(buf, "PNG")
-        blob = buf.getvalue() if i != 2 else b"\x89PNG not really"
-        rows.append({"offset": offset, "length": len(blob), "latex": f"x _ {{ {i} }}", "style": style})
+        blob = buf.getvalue() if i != damaged else b"\x89PNG not really"
+        rows.append({"offset": offset, "length": len(blob), "latex": f"{name} _ {{ {i} }}", "style": style})
         blobs.append(blob)
         offset += len(blob)
-    (tmp_path / "pack.bin").write_bytes(b"".join(blobs))
-    with gzip.open(tmp_path / "index.jsonl.gz", "wt", encoding="utf-8") as f:
+    (folder / "pack.bin").write_bytes(b"".join(blobs))
+    with gzip.open(folder / "index.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    stream = pretrain.make_pack_stream(str(tmp_path), seed=0, offset=0, printed_aug=0.0, blur=(0.4, 0.6))
-    assert len(stream) == 3
-    got = list(itertools.islice(iter(stream), 40))
-    assert {s.latex for s in got} == {"x _ { 0 }", "x _ { 1 }"}  # the damaged third never comes out
+
+def test_pack_stream_reads_renders_and_skips_a_damaged_entry(tmp_path: Path) -> None:
+    """Packs as scripts/pretrain_pack.py writes them, pooled; one entry's bytes are damaged and only it is lost."""
+    import itertools
+
+    _write_pack(tmp_path / "a", ["printed", "handwritten", "printed"], damaged=2)
+    _write_pack(tmp_path / "b", ["printed"], name="y")  # same offsets as pack a: rows must keep their pack
+    stream = pretrain.make_pack_stream([str(tmp_path / "a"), str(tmp_path / "b")], seed=0, offset=0,
+                                       printed_aug=0.0, blur=(0.4, 0.6))
+    assert len(stream) == 4
+    got = list(itertools.islice(iter(stream), 60))
+    assert {s.latex for s in got} == {"x _ { 0 }", "x _ { 1 }", "y _ { 0 }"}  # the damaged third never comes out
+    assert next(s for s in got if s.latex == "y _ { 0 }").image.size == (60, 20)
     clean = next(s for s in got if s.latex == "x _ { 0 }")
     assert clean.image.mode == "RGB" and clean.image.size == (60, 20)  # printed, not augmented: size kept
     grey = sorted(set(clean.image.convert("L").getdata()))

@@ -32,25 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.errors import TexocrError
+from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
 
 if TYPE_CHECKING:
     import torch
 
     from texocr.models.loading import LoadedModel
-
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
-"""Where texocr's shipped compact model lives once it is shipped (package data)."""
-
-
-def resolve_model(name: str) -> str:
-    """The path or hub id that `--model NAME` means; `default` is texocr's shipped compact model."""
-    if name != "default":
-        return name
-    if (DEFAULT_MODEL_DIR / "config.json").is_file():
-        return str(DEFAULT_MODEL_DIR)
-    raise TexocrError("texocr's default model weights are not shipped yet; pass --model with a local model "
-                      "directory (e.g. a training run's model/ or adapter/) or a hub id")
-
 
 def pick_device(device: str | None = None) -> str:
     """`device` if given, else CUDA, then Apple MPS, then CPU."""

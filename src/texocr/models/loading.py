@@ -109,9 +109,23 @@ def _from_pretrained(cls: type, path: str, **kwargs: Any) -> Any:
         raise TexocrError(f"cannot load model {path!r} ({where}): {str(e).splitlines()[0]}") from None
 
 
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
+"""texocr's own compact model, shipped as package data (its model card: README.md there)."""
+
+
+def resolve_model(name: str) -> str:
+    """The path or hub id that a model name means; `default` is texocr's shipped compact model."""
+    if name != "default":
+        return name
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return str(DEFAULT_MODEL_DIR)
+    raise TexocrError(f"texocr's default model is missing from {DEFAULT_MODEL_DIR} (a damaged install?); "
+                      "pass --model with a local model directory or a hub id")
+
+
 def load_model(cfg: ModelConfig, *, training: bool = False, device: str | None = None) -> LoadedModel:
     """Load model + processor for `cfg` and prepare it (see the module docstring)."""
-    path, adapter = cfg.name_or_path, cfg.adapter
+    path, adapter = resolve_model(cfg.name_or_path), cfg.adapter
     base = _adapter_base(path)
     if base is not None:  # `--model ADAPTER_DIR` means its base + that adapter
         path, adapter = base, adapter or cfg.name_or_path
