@@ -51,7 +51,7 @@ def test_quick_demo_writes_report_and_metrics(quick_run: tuple[Path, str]) -> No
     header = next(ln for ln in lines if ln.split() and ln.split()[0] == "exact_match")
     assert set(rows) == {"before", "after"}
     assert all(len(v) == len(header.split()) for v in rows.values())
-    assert "case scratch" in printed and "no default model shipped yet" in printed
+    assert "case scratch" in printed and "--quick: a compact model (tiny) from random weights" in printed
     page = (out / "index.html").read_text()
     assert "Before and after" in page and "data:image/png;base64," in page
 

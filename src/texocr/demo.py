@@ -7,7 +7,7 @@
 
 Two cases, one path; only the starting model and the training method differ:
   default   texocr's shipped compact model exists: LoRA toward handwriting   (configs/demo/default-lora.yaml)
-  scratch   it is not shipped yet: a compact model of the same architecture with random weights, fully
+  scratch   its files are missing: a compact model of the same architecture with random weights, fully
             trained                                                         (configs/demo/scratch-full.yaml)
 
 Steps, each through texocr's own code: (1) short formulas from the formula generator, training and test from
@@ -75,18 +75,19 @@ def plan(args: argparse.Namespace, out: Path) -> Plan:
         if not Path(args.model, "config.json").is_file():
             raise TexocrError(f"--model {args.model}: not a model directory (no config.json)")
         return Plan("model", lora, args.model, f"LoRA fine-tuning of {args.model} toward handwriting")
-    try:
-        if args.quick:
-            raise TexocrError("--quick always starts from a tiny random model")
-        return Plan("default", lora, resolve_model("default"),
-                    "texocr's default model, LoRA-fine-tuned toward handwriting")
-    except TexocrError:
-        from texocr.models.compact import build_compact
+    why = "--quick"
+    if not args.quick:
+        try:
+            return Plan("default", lora, resolve_model("default"),
+                        "texocr's default model, LoRA-fine-tuned toward handwriting")
+        except TexocrError:  # a damaged install: the files of the default model are missing
+            why = "no default model here"
+    from texocr.models.compact import build_compact
 
-        size = "tiny" if args.quick else args.size
-        path = build_compact(out / "init", size=size, seed=args.seed)
-        return Plan("scratch", CONFIG_DIR / "scratch-full.yaml", str(path),
-                    f"no default model shipped yet: a compact model ({size}) from random weights, fully trained")
+    size = "tiny" if args.quick else args.size
+    path = build_compact(out / "init", size=size, seed=args.seed)
+    return Plan("scratch", CONFIG_DIR / "scratch-full.yaml", str(path),
+                f"{why}: a compact model ({size}) from random weights, fully trained")
 
 
 def write_formulas(folder: Path, n_train: int, n_test: int, seed: int) -> tuple[Path, Path, int]:
