@@ -6,6 +6,8 @@
     PYTHONPATH=src python3 bench/infer.py --model qwen2-vl-2b
     # any local model directory:
     PYTHONPATH=src python3 bench/infer.py --model runs/x/model --batches 1 8 32
+    # the shipped default model on TeX renders of real formulas (scripts/heldout.py render --out runs/im2latex-test):
+    PYTHONPATH=src .venv/bin/python bench/infer.py --model default --data runs/im2latex-test --max-new-tokens 256
 
 Each batch size generates `--images` formula-shaped images (448x112 and 300..600 x 60..140, PIL-drawn text) through
 `Recognizer.predict`, after one warm-up batch. Latency is the wall time of one `predict` call for one batch
@@ -72,14 +74,28 @@ def formula_images(n: int, seed: int = 0) -> list:
     return out
 
 
-def bench(rec, device: str, batch: int, n_images: int) -> dict:
+def folder_images(folder: str, n: int) -> list:
+    """The first `n` images of a labelled folder (e.g. TeX renders of real formulas), cycled if it has fewer."""
+    from texocr.data.sources import open_source
+
+    images = []
+    for s in open_source(folder):
+        images.append(s.image)
+        if len(images) >= n:
+            break
+    if not images:
+        raise SystemExit(f"{folder}: no images")
+    return [images[i % len(images)] for i in range(n)]
+
+
+def bench(rec, device: str, batch: int, n_images: int, data: str | None = None) -> dict:
     import torch
 
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    images = formula_images(n_images)
+    images = folder_images(data, n_images) if data else formula_images(n_images)
     rec.predict(images[:batch], batch_size=batch)  # warm-up (kernels, allocator, caches)
     sync()
     latencies, tokens = [], 0
@@ -108,11 +124,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="images per batch size (default: max(16, 4 x batch))")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--data", help="a labelled folder whose images to use (e.g. runs/im2latex-test from "
+                                   "scripts/heldout.py render) instead of drawn text")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
 
     import torch
     import transformers
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens)
     load_s = time.perf_counter() - t0
@@ -121,12 +142,12 @@ def main() -> None:
     meta = {"model": args.model, "params": params, "dtype": str(next(rec.model.parameters()).dtype),
             "device": device, "gpu": gpu, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "max_new_tokens": args.max_new_tokens, "load_s": round(load_s, 1),
+            "max_new_tokens": args.max_new_tokens, "data": args.data, "load_s": round(load_s, 1),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(meta), flush=True)
     rows = []
     for b in args.batches:
-        row = {**meta, **bench(rec, device, b, args.images or max(16, 4 * b))}
+        row = {**meta, **bench(rec, device, b, args.images or max(16, 4 * b), args.data)}
         if device.startswith("cuda"):
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)

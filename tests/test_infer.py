@@ -167,3 +167,39 @@ def test_stream_yields_pieces(rec, formula_image):
 def test_prediction_to_dict():
     d = Prediction("x", score=-0.1, source="a.png").to_dict()
     assert d["text"] == "x" and d["error"] is None and d["source"] == "a.png"
+
+
+def test_model_without_fast_loop_decodes_every_batch(tiny_loaded, formula_image, monkeypatch):
+    """A family with no fast greedy loop falls back to `generate` for every batch, not only the first
+    (the demo's LoRA "after" run lost 2 of 3 batches to this: the cached 'no decoder' broke batch 2)."""
+    loaded = tiny_loaded("qwen2_vl")
+    images = [formula_image(120 + 40 * i, 40) for i in range(3)]
+    fast = Recognizer.from_loaded(loaded, max_new_tokens=6, batch_size=1)(images)
+    monkeypatch.setattr(loaded.family, "greedy_decoder", lambda model: None)  # the family object is shared
+    preds = Recognizer.from_loaded(loaded, max_new_tokens=6, batch_size=1)(images, return_details=True)
+    assert [p.error for p in preds] == [None] * 3
+    assert [p.text for p in preds] == fast  # the fast loop is exact: same tokens either way
+
+
+def test_adapter_is_merged_for_inference_with_the_same_outputs(tiny_model_dir, formula_image, tmp_path):
+    """`Recognizer.load(model, adapter=...)` folds the LoRA into the weights: the same logits as the PEFT model."""
+    import peft
+
+    from texocr.config import ModelConfig
+    from texocr.models.loading import load_model
+
+    base = str(tiny_model_dir("qwen2_vl"))
+    loaded = load_model(ModelConfig(name_or_path=base, dtype="float32"), device="cpu")
+    lora = peft.get_peft_model(loaded.model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero, which would make any merge look right
+            torch.nn.init.normal_(p, std=0.5)
+    lora.save_pretrained(tmp_path / "adapter")
+    batch = loaded.family.encode(loaded.processor, [formula_image()], ["x ^ { 2 }"], 512).batch
+    with torch.no_grad():
+        want = lora(**batch).logits
+        merged = load_model(ModelConfig(name_or_path=base, adapter=str(tmp_path / "adapter"), dtype="float32"),
+                            device="cpu").model
+        assert not isinstance(merged, peft.PeftModel)
+        torch.testing.assert_close(merged(**batch).logits, want, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -33,19 +32,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge(model: Any) -> Any:
-    """A PeftModel -> its base with every LoRA delta added into the weights (a plain transformers model)."""
-    from texocr.errors import TexocrError
-
-    if not hasattr(model, "merge_and_unload"):
-        raise TexocrError("this model carries no LoRA adapter: nothing to merge")
-    merged = model.merge_and_unload()
-    left = [n for n, _ in merged.named_modules() if "lora_" in n.rsplit(".", 1)[-1]]
-    if left:  # pragma: no cover - peft merges every LoRA layer it created
-        raise TexocrError(f"merge left {len(left)} LoRA modules behind, e.g. {left[0]}")
-    return merged
-
-
 def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: str = "auto",
            device: str | None = None) -> Path:
     """Load `model` (+ `adapter`), merge, save model + processor to `out`; returns `out`."""
@@ -59,8 +45,10 @@ def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: st
     if dtype not in DTYPES:
         raise TexocrError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cfg = ModelConfig(name_or_path=model, adapter=adapter, dtype=dtype)  # type: ignore[arg-type]
-    loaded = load_model(cfg, training=False, device=device)
-    merged = merge(loaded.model)
+    loaded = load_model(cfg, training=False, device=device)  # merges an adapter into the weights
+    if loaded.adapter is None:
+        raise TexocrError("this model carries no LoRA adapter: nothing to merge")
+    merged = loaded.model
     merged.config.use_cache = True
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))

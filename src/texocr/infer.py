@@ -286,9 +286,9 @@ class Recognizer:
         """The family's fast greedy loop for this model (CPU only), or None."""
         if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith("cpu"):
             return None
-        if self._greedy is None or self._greedy.model is not self.model:
-            self._greedy = self.family.greedy_decoder(self.model) or False
-        return self._greedy or None
+        if self._greedy is None or self._greedy[0] is not self.model:  # (model, its decoder or None)
+            self._greedy = (self.model, self.family.greedy_decoder(self.model))
+        return self._greedy[1]
 
     def _decode(self, enc: Any, beams: int, max_new_tokens: int | None, *, streamer: Any = None,
                 scores: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

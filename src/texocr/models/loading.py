@@ -31,10 +31,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     model: Any
-    """A transformers model (a `PeftModel` when LoRA is attached)."""
+    """A transformers model: a `PeftModel` when LoRA is attached for training (or to a 4-bit base); for
+    inference an adapter is merged into the weights (`adapter` then names it)."""
     processor: Any
     family: Family
     device: str = "cpu"
+    adapter: str | None = None
+    """The LoRA adapter loaded with the base, if any."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,8 +151,19 @@ def load_model(cfg: ModelConfig, *, training: bool = False, device: str | None =
     else:
         if adapter:
             model = _load_adapter(model, adapter, trainable=False)
+            if not quantized:  # inference: fold LoRA into the weights (the same outputs, no adapter overhead,
+                model = merge_adapter(model)  # and the family's fast greedy loop sees a plain model)
         model.eval()
-    return LoadedModel(model=model, processor=processor, family=family, device=device)
+    return LoadedModel(model=model, processor=processor, family=family, device=device, adapter=adapter)
+
+
+def merge_adapter(model: Any) -> Any:
+    """A PeftModel -> its base with every LoRA delta added into the weights (a plain transformers model)."""
+    merged = model.merge_and_unload()
+    left = [n for n, _ in merged.named_modules() if "lora_" in n.rsplit(".", 1)[-1]]
+    if left:  # pragma: no cover - peft merges every LoRA layer it created
+        raise TexocrError(f"merge left {len(left)} LoRA modules behind, e.g. {left[0]}")
+    return merged
 
 
 def _load_adapter(model: Any, adapter: str, *, trainable: bool) -> Any:
