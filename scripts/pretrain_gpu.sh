@@ -11,6 +11,9 @@
 # Each device call (at most 10 minutes each; the lr schedule spans BUDGET seconds of training in all):
 #   command: "BUDGET=1500 SECONDS_THIS=470 bash scripts/pretrain_gpu.sh"
 #   carry: [".carry/pack", ".carry/val-im2latex", ".carry/whl"]     (the working tree limit is 64 MiB in all)
+# Or DATA=tex: no pack; formulas rendered on the fly by a carried TeX (`bash scripts/tex_bundle.sh .carry/tex`,
+#   19.6 MB), from the real TRAIN formulas (.carry/im2latex) and the generator; carry
+#   [".carry/tex", ".carry/im2latex", ".carry/val-im2latex", ".carry/whl"].
 # A different .carry/pack in each call (render several with different --seed) grows the pool: the warm
 # machine keeps the earlier ones in $WORK/packs. INIT=src/texocr/assets/default-model continues from the
 # committed weights (new optimizer, short warm-up) instead of a random init.
@@ -33,22 +36,35 @@ if ls .carry/whl/*.whl >/dev/null 2>&1; then
   "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .carry/whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
-for need in .carry/pack/pack.bin .carry/pack/index.jsonl.gz .carry/val-im2latex/labels.jsonl; do
+DATA=${DATA:-pack}   # pack: pre-rendered packs; tex: render on the fly with the carried TeX bundle
+if [ "$DATA" = tex ]; then
+  needs=(.carry/tex/tex.tar.xz .carry/im2latex/train/labels.jsonl .carry/val-im2latex/labels.jsonl)
+else
+  needs=(.carry/pack/pack.bin .carry/pack/index.jsonl.gz .carry/val-im2latex/labels.jsonl)
+fi
+for need in "${needs[@]}"; do
   [ -f "$need" ] || { echo "missing $need: prepare it on the CPU machine (see the header) and carry .carry"; exit 2; }
 done
-# the warm machine keeps every pack carried so far (one per call at most: 64 MiB): train on all of them
-PACK_ID=$(sha256sum .carry/pack/index.jsonl.gz | cut -c1-12)
-[ -d "$WORK/packs/$PACK_ID" ] || { mkdir -p "$WORK/packs" && cp -r .carry/pack "$WORK/packs/$PACK_ID.part" \
-  && mv "$WORK/packs/$PACK_ID.part" "$WORK/packs/$PACK_ID"; }
-PACK_ARGS=()
-for d in "$WORK"/packs/*/; do [[ "$d" == *.part/ ]] || PACK_ARGS+=(--pack "${d%/}"); done
+DATA_ARGS=()
+if [ "$DATA" = tex ]; then  # scripts/tex_bundle.sh: latex + dvipng + fonts, relocatable (bench/tex_bundle.md)
+  [ -x /tmp/texbundle/bin/latex ] || tar -xJf .carry/tex/tex.tar.xz -C /tmp || exit 2
+  # shellcheck disable=SC1091
+  source /tmp/texbundle/activate.sh && latex --version | head -1 || exit 2
+  DATA_ARGS=(--renderer tex)
+else
+  # the warm machine keeps every pack carried so far (one per call at most: 64 MiB): train on all of them
+  PACK_ID=$(sha256sum .carry/pack/index.jsonl.gz | cut -c1-12)
+  [ -d "$WORK/packs/$PACK_ID" ] || { mkdir -p "$WORK/packs" && cp -r .carry/pack "$WORK/packs/$PACK_ID.part" \
+    && mv "$WORK/packs/$PACK_ID.part" "$WORK/packs/$PACK_ID"; }
+  for d in "$WORK"/packs/*/; do [[ "$d" == *.part/ ]] || DATA_ARGS+=(--pack "${d%/}"); done
+fi
 # INIT: a compact model folder to start from on a fresh machine (e.g. the committed default model)
 INIT_ARGS=()
 [ -n "${INIT:-}" ] && INIT_ARGS=(--model "$INIT")
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc; date -u; } | tee -a "$OUT/log.txt"
 # the process stops itself after SECONDS_THIS of training; timeout is only a guard against a hang
 timeout -k 10 "$((SECONDS_THIS + 100))" "${PYTHON:-python3}" scripts/pretrain_compact.py --config configs/compact/pretrain.yaml \
-  --out "$WORK" --size "$SIZE" "${PACK_ARGS[@]}" "${INIT_ARGS[@]}" --seconds "$SECONDS_THIS" --budget-seconds "$BUDGET" \
+  --out "$WORK" --size "$SIZE" "${DATA_ARGS[@]}" "${INIT_ARGS[@]}" --seconds "$SECONDS_THIS" --budget-seconds "$BUDGET" \
   --warmup-steps 300 --save-every 120 --export "$OUT/w" --val .carry/val-im2latex --val-limit "$VAL_LIMIT" \
   ${EXTRA_ARGS:-} 2>&1 \
   | grep --line-buffered -v -E "Writing model shards|Loading weights" | tee -a "$OUT/log.txt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -254,3 +255,21 @@ def test_pil_image_processor_rebuilds_the_same_preprocessing(tiny) -> None:
         a, b = ip(images=[img], return_tensors="pt"), other(images=[img], return_tensors="pt")
         assert torch.equal(a["image_grid_thw"], b["image_grid_thw"])
         assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+@pytest.mark.skipif(not (shutil.which("latex") and shutil.which("dvipng")), reason="latex/dvipng not installed")
+def test_render_stream_renders_tex_in_chunks_and_replays() -> None:
+    """On-the-fly pretraining data with TeX (a GPU machine with the TeX bundle): chunks of formulas rendered
+    together, every fresh render followed by `replay` augmented repeats from the worker's pool."""
+    import itertools
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(data=SimpleNamespace(seed=0, formulas=None, real_formula_ratio=0.0, mutate_ratio=0.0))
+    stream = pretrain.make_stream(cfg, printed_ratio=0.5, replay=2, pool=50, fresh_aug=0.5, offset=3,
+                                  renderer="tex", chunk=8)
+    got = list(itertools.islice(iter(stream), 48))
+    assert all(s.image.mode == "RGB" and s.image.width > 5 and s.latex for s in got)
+    fresh = got[::3]  # one fresh render, then two replays, over and over
+    assert len({s.id for s in fresh}) == len(fresh) == 16  # distinct formulas, two chunks' worth
+    assert {s.id for s in got} <= {s.id for s in fresh}  # replays repeat renders already yielded
+    assert {s.meta["style"] for s in got} <= {"printed", "handwritten"}
