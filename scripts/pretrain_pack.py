@@ -42,7 +42,8 @@ def render_chunk(job: tuple[int, str, dict[str, Any]]) -> list[dict[str, Any]]:
     if style not in _SOURCES:
         _SOURCES[style] = SyntheticSource(
             n=2**40, seed=opts["seed"] + (0 if style == "printed" else 1), style=style, renderer="tex",
-            formulas=opts["formulas"], real_ratio=opts["real_ratio"], augment=False, chunk=opts["chunk"],
+            formulas=opts["formulas"], real_ratio=opts["real_ratio"], mutate_ratio=opts.get("mutate_ratio", 0.0),
+            augment=False, chunk=opts["chunk"],
             cache_chunks=1)
     src = _SOURCES[style]
     rows = []
@@ -63,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handwritten", type=float, default=0.2, help="share rendered with handwriting-style fonts")
     p.add_argument("--formulas", default=".carry/im2latex/train/labels.jsonl")
     p.add_argument("--real-ratio", type=float, default=0.5)
+    p.add_argument("--mutate-ratio", type=float, default=0.0,
+                   help="share of the real draws replaced by a mutation of them (texocr.data.mutate)")
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-mb", type=float, default=54.0, help="stop once pack.bin reaches this size")
     args = p.parse_args(argv)
 
-    opts = {"seed": args.seed, "formulas": args.formulas, "real_ratio": args.real_ratio, "chunk": args.chunk}
+    opts = {"seed": args.seed, "formulas": args.formulas, "real_ratio": args.real_ratio,
+            "mutate_ratio": args.mutate_ratio, "chunk": args.chunk}
     n_chunks = (args.n + args.chunk - 1) // args.chunk
     n_hand = round(n_chunks * args.handwritten)
     jobs = [(c, "printed", opts) for c in range(n_chunks - n_hand)] + [(c, "handwritten", opts) for c in range(n_hand)]

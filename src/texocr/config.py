@@ -87,6 +87,8 @@ class DataConfig:
     formulas: str | None = None
     """A file of real formulas (one per line or labels.jsonl) mixed into synthetic data."""
     real_formula_ratio: float = 0.5
+    mutate_ratio: float = 0.0
+    """Share of the real formulas replaced by a mutation of them (`texocr.data.mutate`)."""
     augment: bool = True
     seed: int = 0
     num_workers: int = 0

@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--style", choices=["printed", "handwritten", "mixed"], default="printed")
     r.add_argument("--formulas", help="file of real formulas (one per line, or labels.jsonl) to mix in")
     r.add_argument("--real-ratio", type=float, default=0.5, help="fraction of formulas taken from --formulas")
+    r.add_argument("--mutate-ratio", type=float, default=0.0,
+                   help="fraction of those real formulas replaced by a mutation of them (texocr.data.mutate)")
     r.add_argument("--renderer", choices=["auto", "tex", "pip"], default="auto",
                    help="TeX (latex+dvipng) or the pure-pip renderer; auto prefers TeX when installed")
     r.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")

@@ -4,7 +4,7 @@
     gen = FormulaGenerator(seed=0)
     gen.formula(17)                   # the same string for the same (seed, index), in any process
     pool = FormulaPool(seed=0, real=read_formulas("labels.jsonl"), real_ratio=0.3)
-    latex, origin = pool.formula(17)  # origin: "generated" or "real"
+    latex, origin = pool.formula(17)  # origin: "generated" or "real" ("mutated" with mutate_ratio > 0)
 
 Formulas are built as im2latex-style token lists (space-separated), so their length is controlled in tokens:
 each formula first draws a target length from the token-length distribution of the im2latex-100k
@@ -435,18 +435,35 @@ class FormulaGenerator:
 
 
 class FormulaPool:
-    """Generated formulas mixed with real ones at `real_ratio`, deterministic per (seed, index)."""
+    """Generated formulas mixed with real ones at `real_ratio`, deterministic per (seed, index).
 
-    def __init__(self, seed: int = 0, real: list[str] | None = None, real_ratio: float = 0.0) -> None:
+    With `mutate_ratio` > 0, that share of the real draws returns a mutation of the drawn real formula
+    (`texocr.data.mutate`, origin "mutated") instead of the formula itself: so about `real_ratio *
+    mutate_ratio` of all formulas are mutated, `real_ratio * (1 - mutate_ratio)` real.
+    """
+
+    def __init__(self, seed: int = 0, real: list[str] | None = None, real_ratio: float = 0.0,
+                 mutate_ratio: float = 0.0) -> None:
         if not 0.0 <= real_ratio <= 1.0:
             raise TexocrError(f"real_ratio must be in [0, 1], got {real_ratio}")
+        if not 0.0 <= mutate_ratio <= 1.0:
+            raise TexocrError(f"mutate_ratio must be in [0, 1], got {mutate_ratio}")
         self.gen = FormulaGenerator(seed)
         self.real = real or []
         self.real_ratio = real_ratio if self.real else 0.0
+        self.mutate_ratio = mutate_ratio if self.real else 0.0
         self.seed = seed
+        self._mutator = None  # built on the first mutation (it analyses the real formulas once)
 
     def formula(self, index: int) -> tuple[str, str]:
         r = random.Random(f"pool:{self.seed}:{index}")
         if self.real and r.random() < self.real_ratio:
-            return self.real[r.randrange(len(self.real))], "real"
+            latex = self.real[r.randrange(len(self.real))]
+            if self.mutate_ratio and r.random() < self.mutate_ratio:
+                if self._mutator is None:
+                    from texocr.data.mutate import Mutator
+
+                    self._mutator = Mutator(self.real)
+                return self._mutator.mutate(latex, random.Random(f"mutate:{self.seed}:{index}")), "mutated"
+            return latex, "real"
         return self.gen.formula(index), "generated"

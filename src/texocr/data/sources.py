@@ -373,4 +373,5 @@ def _synthetic(cfg: Any, split: str | None) -> Any:
     # validation/test get their own seed stream, so they never repeat the training formulas' indices
     offset = 0 if split is None or canonical_split(split) == "train" else 1_000_003
     return SyntheticSource(n=cfg.synthetic_n, seed=cfg.seed + offset, style=cfg.synthetic_style,
-                           formulas=cfg.formulas, real_ratio=cfg.real_formula_ratio, augment=cfg.augment)
+                           formulas=cfg.formulas, real_ratio=cfg.real_formula_ratio,
+                           mutate_ratio=getattr(cfg, "mutate_ratio", 0.0), augment=cfg.augment)
