@@ -92,7 +92,8 @@ def test_adapter_directory_alone_loads_its_base_and_trains_when_asked(tiny_model
         want = lora.model(**batch).logits
         # `--model ADAPTER_DIR`: the adapter's recorded base model + that adapter
         alone = load_model(ModelConfig(name_or_path=str(tmp_path / "adapter")))
-        torch.testing.assert_close(alone.model(**batch).logits, want)
+        # merged into the weights for inference: equal up to float rounding (W + BA summed once, not per call)
+        torch.testing.assert_close(alone.model(**batch).logits, want, rtol=1e-4, atol=1e-4)
     resumed = load_model(ModelConfig(name_or_path=base_dir, adapter=str(tmp_path / "adapter")), training=True)
     trainable = [n for n, p in resumed.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
