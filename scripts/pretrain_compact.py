@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--pack", action="append", default=[],
                    help="train on this pre-rendered pack (scripts/pretrain_pack.py) instead of rendering on the "
                         "fly; repeat it to pool several")
-    p.add_argument("--printed-aug", type=float, default=0.4, help="with --pack: share of printed renders augmented")
+    p.add_argument("--printed-aug", type=float, default=0.4, help="share of printed renders augmented")
     p.add_argument("--probe-every", type=int, default=4,
                    help="score the grounding probe every N logging intervals (grounding_probe)")
     p.add_argument("--no-batch-attention", action="store_true",
@@ -83,8 +83,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh_aug: float, offset: int,
-                renderer: str, chunk: int = 1) -> Any:
+                renderer: str, chunk: int = 1, printed_aug: float = 1.0) -> Any:
     """An IterableDataset of Samples: fresh renders interleaved with augmented replays of a per-worker pool.
+
+    Handwriting-style renders are always augmented (the distortion is what makes them handwriting-like),
+    printed ones with probability `printed_aug` (as `make_pack_stream`: test sets are clean renders, and
+    augmenting costs ~15 ms of a core, three times a TeX render).
 
     Each worker renders chunks of `chunk` formulas at a time (one TeX document per chunk: TeX renders
     hundreds of formulas/s per core in batches, ~6/s one by one; the pip renderer gains nothing from
@@ -121,7 +125,9 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                         kept[rng.randrange(pool)] = item
                     for it in [item] + [rng.choice(kept) for _ in range(replay)]:
                         if it[4] is None or rng.random() < fresh_aug:
-                            it[4] = augment(it[0].convert("RGB"), random.Random(rng.random()), it[2])
+                            clean = it[0].convert("RGB")
+                            it[4] = (augment(clean, random.Random(rng.random()), it[2])
+                                     if it[2] == "handwritten" or rng.random() < printed_aug else clean)
                         yield Sample(image=it[4], latex=it[1], id=it[3], meta={"style": it[2]})
 
     return ReplayStream()
@@ -476,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk = args.chunk or (64 if args.renderer == "tex" else 1)
         stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
                              fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)) // chunk,
-                             renderer=args.renderer, chunk=chunk)
+                             renderer=args.renderer, chunk=chunk, printed_aug=args.printed_aug)
     probe_stream = iter(make_pack_stream(args.pack, seed=cfg.data.seed + 1, offset=-1, printed_aug=0.0,
                                          blur=(0.5, 0.5)) if args.pack else stream)
     probe = grounding_probe([next(probe_stream) for _ in range(64)], collate, normalize_pixels, device)
