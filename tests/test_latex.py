@@ -356,3 +356,14 @@ def test_repair_output_is_structurally_valid(s):
 def test_repair_leaves_structurally_valid_input_unchanged(s):
     if not structural(s):
         assert repair(s) == s
+
+
+def test_typeset_source_glues_text_arguments_and_dimensions() -> None:
+    from texocr.latex import typeset_source
+
+    assert typeset_source(r"\text { e v e n } \, S") == r"\text {even} \, S"
+    assert typeset_source(r"\mbox { i f \ } x") == r"\mbox {if\ } x"  # the control space keeps its space
+    assert typeset_source(r"\text { \rm f o r } x") == r"\text {\rm for} x"  # a control word keeps one
+    assert typeset_source(r"a \hspace { 5 m m } b") == r"a \hspace { 5mm } b"
+    assert typeset_source(r"\frac { a } { b }") == r"\frac { a } { b }"  # nothing to do: unchanged
+    assert typeset_source(r"\text { a b") == r"\text { a b"  # unbalanced: left for the renderer to refuse

@@ -125,3 +125,14 @@ def test_one_bad_formula_costs_one_document(monkeypatch: pytest.MonkeyPatch) -> 
     res = TexRenderer().render_detailed(batch, dpi=72)
     assert [i for i, x in enumerate(res) if x.image is None] == [120]
     assert runs == [200]  # attributed from the log: no re-run, no bisection
+
+
+@needs_tex
+def test_token_convention_typesets_like_the_source() -> None:
+    """Tokenized formulas render as their source would: `\\text { e v e n }` like `\\text{even}` (not spaced-out
+    letters), and `\\hspace { 5 m m }` (TeX rejects `5 m m` as a unit) like `\\hspace{5mm}`."""
+    r = TexRenderer()
+    a, b, c, d = r.render_batch([r"\text { e v e n } x", r"\text{even} x", r"a \hspace { 5 m m } b",
+                                 r"a \hspace{5mm} b"], font="cm", dpi=150)
+    assert a is not None and c is not None
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(c), np.asarray(d))

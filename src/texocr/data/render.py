@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from texocr.errors import TexocrError
+from texocr.latex import typeset_source
 
 MAX_SIDE = 4000
 """Renders longer than this (e.g. `\\hspace{100cm}`) are failures (`too_large`), not giant images."""
@@ -129,7 +130,9 @@ class Renderer:
         scales = scales if scales is not None else [1.0] * len(formulas)
         if len(scales) != len(formulas):
             raise ValueError("scales and formulas differ in length")
-        results = self._render(list(formulas), font=font, dpi=dpi, scales=list(scales), display=display)
+        # the token convention's `\\hspace { 5 m m }` and `\\text { e v e n }` typeset badly: see typeset_source
+        results = self._render([typeset_source(f) for f in formulas], font=font, dpi=dpi, scales=list(scales),
+                               display=display)
         for r in results:
             if r.image is not None and max(r.image.size) > MAX_SIDE:
                 r.image, r.reason, r.detail = None, "too_large", f"{r.image.size[0]}x{r.image.size[1]}"

@@ -117,6 +117,46 @@ def detokenize(tokens: list[str]) -> str:
     return " ".join(out)
 
 
+def typeset_source(s: str) -> str:
+    """What a renderer should typeset for the LaTeX `s` (tokenized or not): like `s`, but with dimensions
+    whole (`\\hspace { 5mm }`: TeX rejects `5 m m`) and the first argument of a text-mode command glued
+    (`\\text{even}`: the token convention's `\\text { e v e n }` would be typeset as spaced-out letters,
+    since spaces count in text mode). `s` is returned unchanged when it has neither.
+    """
+    from texocr.latex.commands import TEXT_ARG_COMMANDS
+
+    tokens = tokenize(s)
+    if not (_DIMENSION_COMMANDS.intersection(tokens) or TEXT_ARG_COMMANDS.intersection(tokens)):
+        return s
+    out: list[str] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        out.append(tokens[i])
+        if tokens[i] in TEXT_ARG_COMMANDS and i + 1 < n and tokens[i + 1] == "{":
+            depth, j = 0, i + 1
+            while j < n:
+                depth += {"{": 1, "}": -1}.get(tokens[j], 0)
+                if depth == 0:
+                    break
+                j += 1
+            if j < n:  # a balanced argument: one token "{...}" with its letters touching
+                out.append("{" + _glue(tokens[i + 2:j]) + "}")
+                i = j
+        i += 1
+    return detokenize(out)
+
+
+def _glue(tokens: list[str]) -> str:
+    """Text-mode tokens joined with no spaces, except one after a control word that a letter follows;
+    the control space (token `\\`) keeps its space."""
+    text = ""
+    for t in tokens:
+        if text and t[:1].isalpha() and re.search(r"\\[A-Za-z]+$", text):
+            text += " "
+        text += "\\ " if t == "\\" else t
+    return text
+
+
 def dimension_end(tokens: list[str], j: int, n: int) -> int | None:
     """End index (< n) of a TeX dimension `[sign] digits [unit]` starting at j (`- 0 . 5 e m`), or None."""
     k = j + (j < n and tokens[j] in ("-", "+"))
