@@ -295,7 +295,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     p.add_argument("--n-test", type=int, default=96, help="test images to render (default 96)")
     p.add_argument("--model", help="a compact model directory to LoRA-fine-tune instead of the default model")
-    p.add_argument("--size", default="base", help="compact size built when no default model is shipped")
+    p.add_argument("--size", default="base", help="compact size built for the scratch case (default model files missing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a tiny model, a few steps, 8 test images (for tests)")
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from texocr.latex import commands as C
 from texocr.latex import detokenize, is_valid, normalize, tokenize
-from texocr.latex.lexer import dimension_end
+from texocr.latex.lexer import dimension_end, group_end
 from texocr.latex.parser import is_left, is_right
 
 OPERATIONS = ("rename", "script", "splice", "recombine")
@@ -154,15 +154,8 @@ def columns_ok(tokens: Sequence[str]) -> bool:
 
 
 def _close_of(tokens: Sequence[str], j: int) -> int:
-    depth = 0
-    for k in range(j, len(tokens)):
-        if tokens[k] == "{":
-            depth += 1
-        elif tokens[k] == "}":
-            depth -= 1
-            if depth == 0:
-                return k
-    return len(tokens) - 1
+    end = group_end(tokens, j)
+    return len(tokens) - 1 if end is None else end
 
 
 def _spec_columns(spec: Sequence[str]) -> int:

@@ -10,9 +10,10 @@ keeps them) and otherwise single characters. Whitespace separates tokens and is 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from texocr.latex.commands import DELIMITER_TOKENS
+from texocr.latex.commands import DELIMITER_TOKENS, TEXT_ARG_COMMANDS
 
 _DELIMITER_NAMES = "|".join(sorted((d[1:] for d in DELIMITER_TOKENS if d[1:].isalpha()), key=len, reverse=True))
 _TOKEN_RE = re.compile(
@@ -123,8 +124,6 @@ def typeset_source(s: str) -> str:
     (`\\text{even}`: the token convention's `\\text { e v e n }` would be typeset as spaced-out letters,
     since spaces count in text mode). `s` is returned unchanged when it has neither.
     """
-    from texocr.latex.commands import TEXT_ARG_COMMANDS
-
     tokens = tokenize(s)
     if not (_DIMENSION_COMMANDS.intersection(tokens) or TEXT_ARG_COMMANDS.intersection(tokens)):
         return s
@@ -132,18 +131,24 @@ def typeset_source(s: str) -> str:
     i, n = 0, len(tokens)
     while i < n:
         out.append(tokens[i])
-        if tokens[i] in TEXT_ARG_COMMANDS and i + 1 < n and tokens[i + 1] == "{":
-            depth, j = 0, i + 1
-            while j < n:
-                depth += {"{": 1, "}": -1}.get(tokens[j], 0)
-                if depth == 0:
-                    break
-                j += 1
-            if j < n:  # a balanced argument: one token "{...}" with its letters touching
-                out.append("{" + _glue(tokens[i + 2:j]) + "}")
-                i = j
+        j = group_end(tokens, i + 1) if tokens[i] in TEXT_ARG_COMMANDS else None
+        if j is not None:  # a balanced argument: one token "{...}" with its letters touching
+            out.append("{" + _glue(tokens[i + 2:j]) + "}")
+            i = j
         i += 1
     return detokenize(out)
+
+
+def group_end(tokens: Sequence[str], j: int) -> int | None:
+    """Index of the `}` closing the group that opens at `tokens[j] == "{"`; None if there is none."""
+    if j >= len(tokens) or tokens[j] != "{":
+        return None
+    depth = 0
+    for k in range(j, len(tokens)):
+        depth += {"{": 1, "}": -1}.get(tokens[k], 0)
+        if depth == 0:
+            return k
+    return None
 
 
 def _glue(tokens: list[str]) -> str:
