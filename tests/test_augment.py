@@ -10,8 +10,10 @@ from PIL import Image, ImageDraw
 
 from texocr.data.augment import (
     MAX_SIDE,
+    MAX_STRENGTH,
     MIN_SIDE,
     augment,
+    handwriting,
     jpeg,
     printed,
     remap,
@@ -53,6 +55,31 @@ def test_strength_zero_only_pads() -> None:
     out = printed(src, random.Random(3), strength=0.0)
     assert out.width >= src.width and out.height >= src.height
     assert set(np.unique(np.asarray(out.convert("L")))) <= set(np.unique(np.asarray(src.convert("L"))))
+
+
+def _bar() -> Image.Image:
+    """A tall vertical stroke: slant, rotation and the wandering field all widen its ink columns."""
+    im = Image.new("RGB", (60, 200), "white")
+    ImageDraw.Draw(im).line((30, 10, 30, 190), fill="black", width=3)
+    return im
+
+
+def _ink_columns(img: Image.Image) -> int:
+    cols = (np.asarray(img.convert("L")) < 128).any(axis=0)
+    return int(cols.sum())
+
+
+def test_handwriting_strength_above_one_is_a_messier_hand() -> None:
+    # the same seed draws the same random numbers at every strength; only the amplitudes scale
+    widths = {s: [_ink_columns(handwriting(_bar(), random.Random(seed), s)) for seed in range(12)]
+              for s in (0.0, 1.0, 1.8)}
+    assert np.mean(widths[0.0]) < np.mean(widths[1.0]) < np.mean(widths[1.8])
+    assert sum(b >= a for a, b in zip(widths[1.0], widths[1.8])) >= 10  # per seed, not only on average
+    out = augment(_formula(), random.Random(0), "handwritten", MAX_STRENGTH)
+    assert _ink(out) > 0.002  # still legible at the maximum
+    for bad in (-0.1, MAX_STRENGTH + 0.5):
+        with pytest.raises(ValueError, match="strength"):
+            augment(_formula(), random.Random(0), "handwritten", bad)
 
 
 def test_rescale_bounds_and_remap_identity() -> None:

@@ -45,6 +45,8 @@ def test_source_is_deterministic_per_index(renderer: str) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(TexocrError, match="unknown style"):
         SyntheticSource(style="cursive")
+    with pytest.raises(TexocrError, match="augment_strength"):
+        SyntheticSource(augment_strength=2.5)
     with pytest.raises(IndexError):
         SyntheticSource(n=3)[3]
 
@@ -84,3 +86,23 @@ def test_data_render_writes_loadable_dataset(tmp_path, capsys) -> None:
     assert len(samples) == 20 and {s.latex for s in samples} == {r["latex"] for r in rows}
     # a second run refuses to mix into the same folder
     assert main(["data", "render", "--n", "2", "--out", str(out)]) == 2
+
+
+def test_augment_strength_reaches_the_images(tmp_path) -> None:
+    """`--augment-strength` (and `data.augment_strength`) changes the handwriting distortion, nothing else."""
+    from texocr.config import DataConfig
+    from texocr.data.sources import open_source
+
+    def render(strength: str) -> list[dict]:
+        out = tmp_path / f"s{strength}"
+        assert main(["data", "render", "--n", "3", "--out", str(out), "--seed", "2", "--workers", "1",
+                     "--style", "handwritten", "--augment-strength", strength]) == 0
+        rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+        return [dict(r, pixels=np.asarray(Image.open(out / r["image"]))) for r in rows]
+
+    plain, messy = render("1.0"), render("1.8")
+    assert [r["latex"] for r in plain] == [r["latex"] for r in messy]
+    assert all(not (a["pixels"].shape == b["pixels"].shape and np.array_equal(a["pixels"], b["pixels"]))
+               for a, b in zip(plain, messy))
+    cfg = DataConfig(synthetic_n=2, seed=2, synthetic_style="handwritten", augment_strength=1.8)
+    assert open_source("synthetic", cfg).augment_strength == 1.8

@@ -90,6 +90,8 @@ class DataConfig:
     mutate_ratio: float = 0.0
     """Share of the real formulas replaced by a mutation of them (`texocr.data.mutate`)."""
     augment: bool = True
+    augment_strength: float = 1.0
+    """Synthetic augmentation strength, 0-2 (`texocr.data.augment`; above 1: a messier handwriting)."""
     seed: int = 0
     num_workers: int = 0
 

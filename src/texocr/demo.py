@@ -114,12 +114,13 @@ def write_formulas(folder: Path, n_train: int, n_test: int, seed: int) -> tuple[
     return paths[0], paths[1], dropped
 
 
-def render_test_set(formulas: Path, out: Path, n: int, seed: int) -> None:
-    """`texocr data render`, handwriting style, every formula from `formulas`."""
+def render_test_set(formulas: Path, out: Path, n: int, seed: int, strength: float = 1.0) -> None:
+    """`texocr data render`, handwriting style at the training data's augmentation `strength`, every formula
+    from `formulas`."""
     from texocr.cli import main as cli
 
     rc = cli(["data", "render", "--n", str(n), "--out", str(out), "--seed", str(seed), "--style", "handwritten",
-              "--formulas", str(formulas), "--real-ratio", "1.0"])
+              "--formulas", str(formulas), "--real-ratio", "1.0", "--augment-strength", str(strength)])
     if not (out / "labels.jsonl").is_file() or rc not in (0, 1):  # 1: a few formulas failed to render
         raise TexocrError(f"rendering the test set failed (exit {rc})")
 
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _train_f, test_f, dropped = write_formulas(out / "formulas", 400 if args.quick else 20_000, n_test * 2,
                                               args.seed)
     print(f"formulas: {dropped} generated test formulas also occur in training and were dropped", flush=True)
-    render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000)
+    render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000, strength=cfg.data.augment_strength)
     test = list(open_source(str(out / "test")))
     times = {"setup": time.perf_counter() - t0}
 

@@ -21,10 +21,17 @@ from PIL import Image, ImageFilter, ImageOps
 
 MAX_SIDE = 2048
 MIN_SIDE = 8
+MAX_STRENGTH = 2.0
 
 
 def augment(img: Image.Image, rng: random.Random, style: str = "printed", strength: float = 1.0) -> Image.Image:
-    """One random augmentation of `img` for `style` (`printed` or `handwritten`); `strength` 0 = padding only."""
+    """One random augmentation of `img` for `style` (`printed` or `handwritten`); `strength` 0 = padding only.
+
+    Up to 1, `strength` raises how often and how strongly each degradation is applied; above 1 (at most
+    `MAX_STRENGTH`) the handwriting distortion alone grows further, a messier writer than the default.
+    """
+    if not 0.0 <= strength <= MAX_STRENGTH:
+        raise ValueError(f"augmentation strength must be in [0, {MAX_STRENGTH}], got {strength}")
     if style == "handwritten":
         img = handwriting(img, rng, strength)
         return printed(img, rng, 0.5 * strength, thicken=False)
@@ -55,8 +62,11 @@ def printed(img: Image.Image, rng: random.Random, strength: float = 1.0, thicken
 
 
 def handwriting(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
-    """Pen-like: elastic strokes, wandering baseline, slant, even stroke width, pure black ink."""
-    p = min(1.0, max(0.0, strength))
+    """Pen-like: elastic strokes, wandering baseline, slant, even stroke width, pure black ink.
+
+    The distortion's amplitudes scale with `strength`, also above 1 (a messier hand).
+    """
+    p = max(0.0, strength)
     img = rescale(img.convert("L"), rng.uniform(0.8, 1.2))  # strokes are black on white: one channel is enough
     img = pad(img, rng, lo=6, hi=12)
     h = img.height

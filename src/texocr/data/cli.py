@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TeX (latex+dvipng) or the pure-pip renderer; auto prefers TeX when installed")
     r.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     r.add_argument("--no-augment", action="store_true", help="write clean renders")
+    r.add_argument("--augment-strength", type=float, default=1.0,
+                   help="augmentation strength, 0-2 (above 1: a messier handwriting distortion)")
 
     s = sub.add_parser("stats", help="counts, image sizes, label lengths and token vocabulary of a data set")
     s.add_argument("data", help="a data source (folder, InkML folder, hf:<id>, preset)")

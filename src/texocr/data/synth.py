@@ -13,6 +13,7 @@ never sees a hole.
 
 CLI: texocr data render --n 2000 --out data/synth --seed 0 [--style printed|handwritten|mixed]
      [--formulas FILE --real-ratio 0.5 --mutate-ratio 0.0] [--renderer auto|tex|pip] [--workers 0] [--no-augment]
+     [--augment-strength 1.0]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from texocr.data.augment import MAX_STRENGTH
 from texocr.data.augment import augment as augment_image
 from texocr.data.formulas import FormulaPool, read_formulas
 from texocr.data.render import Renderer, get_renderer
@@ -48,11 +50,15 @@ class SyntheticSource:
 
     def __init__(self, n: int = 2000, seed: int = 0, style: str = "printed", *, renderer: str | Renderer = "auto",
                  formulas: str | list[str] | None = None, real_ratio: float = 0.5, mutate_ratio: float = 0.0,
-                 augment: bool = True, chunk: int = 64, cache_chunks: int = 4) -> None:
+                 augment: bool = True, augment_strength: float = 1.0, chunk: int = 64,
+                 cache_chunks: int = 4) -> None:
         if style not in STYLES:
             raise TexocrError(f"unknown style {style!r}; choose {', '.join(STYLES)}")
         if n < 0 or chunk < 1:
             raise TexocrError("n must be >= 0 and chunk >= 1")
+        if not 0.0 <= augment_strength <= MAX_STRENGTH:
+            raise TexocrError(f"augment_strength must be in [0, {MAX_STRENGTH}], got {augment_strength}")
+        self.augment_strength = augment_strength
         self.name = f"synthetic(seed={seed}, style={style})"
         self.n, self.seed, self.style, self.augment, self.chunk = n, seed, style, augment, chunk
         self._renderer_spec = renderer
@@ -155,7 +161,8 @@ class SyntheticSource:
                 continue
             img = res.image
             if self.augment:
-                img = augment_image(img, random.Random(f"aug:{self.seed}:{i}"), settings["style"])
+                img = augment_image(img, random.Random(f"aug:{self.seed}:{i}"), settings["style"],
+                                    self.augment_strength)
             meta = {"source": "synthetic", "origin": origin, "renderer": self.renderer.name, **settings,
                     "scale": scales[i - idx.start], "formula": formula}
             out.append(Sample(image=img, latex=target, id=sid, meta=meta))
@@ -217,7 +224,7 @@ def render_main(args: argparse.Namespace) -> int:
     kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
               "formulas": read_formulas(args.formulas) if args.formulas else None,
               "real_ratio": args.real_ratio, "mutate_ratio": getattr(args, "mutate_ratio", 0.0),
-              "augment": not args.no_augment}
+              "augment": not args.no_augment, "augment_strength": getattr(args, "augment_strength", 1.0)}
     probe = SyntheticSource(**kwargs)  # validates arguments and the renderer before any worker starts
     renderer = probe.renderer.name
     workers = args.workers or os.cpu_count() or 1
