@@ -45,6 +45,12 @@ def test_quick_demo_writes_report_and_metrics(quick_run: tuple[Path, str]) -> No
     assert 1 <= summary["steps"] <= 4
     assert summary["before"]["n"] == summary["after"]["n"] == 8
     assert json.loads((out / "eval" / "metrics.json").read_text()) == pytest.approx(summary["after"])
+    # the test set is the test formulas in order, each once (no formula drawn twice)
+    from texocr.latex import normalize
+
+    labels = [json.loads(ln)["latex"] for ln in (out / "test" / "labels.jsonl").read_text().splitlines()]
+    test_formulas = (out / "formulas" / "test.txt").read_text().splitlines()
+    assert labels == [normalize(f) for f in test_formulas]
     # the printed table: a header, then one row per model with a number per column
     lines = printed.splitlines()
     rows = {ln.split()[0]: ln.split()[1:] for ln in lines if ln.startswith(("before ", "after "))}

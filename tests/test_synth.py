@@ -88,6 +88,19 @@ def test_data_render_writes_loadable_dataset(tmp_path, capsys) -> None:
     assert main(["data", "render", "--n", "2", "--out", str(out)]) == 2
 
 
+def test_data_render_in_order_takes_each_formula_once(tmp_path) -> None:
+    formulas = tmp_path / "test.txt"
+    formulas.write_text("a + b\nx ^ { 2 }\n\\frac { 1 } { n }\n")
+    out = tmp_path / "ordered"
+    assert main(["data", "render", "--n", "4", "--out", str(out), "--seed", "1", "--workers", "1",
+                 "--formulas", str(formulas), "--in-order", "--no-augment"]) == 0
+    rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert [r["latex"] for r in rows] == ["a + b", "x ^ { 2 }", "\\frac { 1 } { n }", "a + b"]  # then it cycles
+    assert {r["origin"] for r in rows} == {"real"}
+    with pytest.raises(TexocrError, match="in_order needs real formulas"):
+        SyntheticSource(in_order=True)
+
+
 def test_augment_strength_reaches_the_images(tmp_path) -> None:
     """`--augment-strength` (and `data.augment_strength`) changes the handwriting distortion, nothing else."""
     from texocr.config import DataConfig

@@ -115,12 +115,12 @@ def write_formulas(folder: Path, n_train: int, n_test: int, seed: int) -> tuple[
 
 
 def render_test_set(formulas: Path, out: Path, n: int, seed: int, strength: float = 1.0) -> None:
-    """`texocr data render`, handwriting style at the training data's augmentation `strength`, every formula
-    from `formulas`."""
+    """`texocr data render`, handwriting style at the training data's augmentation `strength`: the first `n`
+    formulas of `formulas`, each once."""
     from texocr.cli import main as cli
 
     rc = cli(["data", "render", "--n", str(n), "--out", str(out), "--seed", str(seed), "--style", "handwritten",
-              "--formulas", str(formulas), "--real-ratio", "1.0", "--augment-strength", str(strength)])
+              "--formulas", str(formulas), "--in-order", "--augment-strength", str(strength)])
     if not (out / "labels.jsonl").is_file() or rc not in (0, 1):  # 1: a few formulas failed to render
         raise TexocrError(f"rendering the test set failed (exit {rc})")
 
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"texocr demo: case {p.case}: {p.description}", flush=True)
     cfg = training_config(p, args, out, out / "formulas" / "train.txt")
     n_test = 8 if args.quick else args.n_test
-    _train_f, test_f, dropped = write_formulas(out / "formulas", 400 if args.quick else 20_000, n_test * 2,
+    _train_f, test_f, dropped = write_formulas(out / "formulas", 400 if args.quick else 20_000, n_test,
                                               args.seed)
     print(f"formulas: {dropped} generated test formulas also occur in training and were dropped", flush=True)
     render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000, strength=cfg.data.augment_strength)
@@ -294,7 +294,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's options (also `texocr demo`)."""
     p.add_argument("--out", default="runs/demo", help="output folder (must be empty or new; default runs/demo)")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
-    p.add_argument("--n-test", type=int, default=96, help="test images to render (default 96)")
+    p.add_argument("--n-test", type=int, default=200, help="test images to render (default 200)")
     p.add_argument("--model", help="a compact model directory to LoRA-fine-tune instead of the default model")
     p.add_argument("--size", default="base", help="compact size built for the scratch case (default model files missing)")
     p.add_argument("--seed", type=int, default=0)

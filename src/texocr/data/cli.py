@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--real-ratio", type=float, default=0.5, help="fraction of formulas taken from --formulas")
     r.add_argument("--mutate-ratio", type=float, default=0.0,
                    help="fraction of those real formulas replaced by a mutation of them (texocr.data.mutate)")
+    r.add_argument("--in-order", action="store_true",
+                   help="sample i is formula i of --formulas (cycling), each once: a test set of given formulas")
     r.add_argument("--renderer", choices=["auto", "tex", "pip"], default="auto",
                    help="TeX (latex+dvipng) or the pure-pip renderer; auto prefers TeX when installed")
     r.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")

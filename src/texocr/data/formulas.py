@@ -440,10 +440,11 @@ class FormulaPool:
     With `mutate_ratio` > 0, that share of the real draws returns a mutation of the drawn real formula
     (`texocr.data.mutate`, origin "mutated") instead of the formula itself: so about `real_ratio *
     mutate_ratio` of all formulas are mutated, `real_ratio * (1 - mutate_ratio)` real.
+    With `in_order`, index i is the real formula i (cycling), each once per pass: a test set of given formulas.
     """
 
     def __init__(self, seed: int = 0, real: list[str] | None = None, real_ratio: float = 0.0,
-                 mutate_ratio: float = 0.0) -> None:
+                 mutate_ratio: float = 0.0, in_order: bool = False) -> None:
         if not 0.0 <= real_ratio <= 1.0:
             raise TexocrError(f"real_ratio must be in [0, 1], got {real_ratio}")
         if not 0.0 <= mutate_ratio <= 1.0:
@@ -454,8 +455,13 @@ class FormulaPool:
         self.mutate_ratio = mutate_ratio if self.real else 0.0
         self.seed = seed
         self._mutator = None  # built on the first mutation (it analyses the real formulas once)
+        if in_order and not self.real:
+            raise TexocrError("in_order needs real formulas (--formulas)")
+        self.in_order = in_order
 
     def formula(self, index: int) -> tuple[str, str]:
+        if self.in_order:
+            return self.real[index % len(self.real)], "real"
         r = random.Random(f"pool:{self.seed}:{index}")
         if self.real and r.random() < self.real_ratio:
             latex = self.real[r.randrange(len(self.real))]

@@ -13,7 +13,7 @@ never sees a hole.
 
 CLI: texocr data render --n 2000 --out data/synth --seed 0 [--style printed|handwritten|mixed]
      [--formulas FILE --real-ratio 0.5 --mutate-ratio 0.0] [--renderer auto|tex|pip] [--workers 0] [--no-augment]
-     [--augment-strength 1.0]
+     [--augment-strength 1.0] [--in-order]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class SyntheticSource:
 
     def __init__(self, n: int = 2000, seed: int = 0, style: str = "printed", *, renderer: str | Renderer = "auto",
                  formulas: str | list[str] | None = None, real_ratio: float = 0.5, mutate_ratio: float = 0.0,
-                 augment: bool = True, augment_strength: float = 1.0, chunk: int = 64,
+                 augment: bool = True, augment_strength: float = 1.0, in_order: bool = False, chunk: int = 64,
                  cache_chunks: int = 4) -> None:
         if style not in STYLES:
             raise TexocrError(f"unknown style {style!r}; choose {', '.join(STYLES)}")
@@ -64,7 +64,8 @@ class SyntheticSource:
         self._renderer_spec = renderer
         self._renderer = renderer if isinstance(renderer, Renderer) else None
         real = read_formulas(formulas) if isinstance(formulas, str) else formulas
-        self.pool = FormulaPool(seed, real=real, real_ratio=real_ratio, mutate_ratio=mutate_ratio)
+        self.pool = FormulaPool(seed, real=real, real_ratio=real_ratio, mutate_ratio=mutate_ratio,
+                                in_order=in_order)
         self._cache: OrderedDict[int, list[Sample | Skipped]] = OrderedDict()
         self._cache_chunks = cache_chunks
         self.skipped: list[Skipped] = []
@@ -224,7 +225,8 @@ def render_main(args: argparse.Namespace) -> int:
     kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
               "formulas": read_formulas(args.formulas) if args.formulas else None,
               "real_ratio": args.real_ratio, "mutate_ratio": getattr(args, "mutate_ratio", 0.0),
-              "augment": not args.no_augment, "augment_strength": getattr(args, "augment_strength", 1.0)}
+              "augment": not args.no_augment, "augment_strength": getattr(args, "augment_strength", 1.0),
+              "in_order": getattr(args, "in_order", False)}
     probe = SyntheticSource(**kwargs)  # validates arguments and the renderer before any worker starts
     renderer = probe.renderer.name
     workers = args.workers or os.cpu_count() or 1
