@@ -82,6 +82,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 # ------------------------------------------------------------------ data
 
 
+def augment_by_style(img: Any, style: str, rng: random.Random, printed_aug: float) -> Any:
+    """Both training streams' policy: handwriting-style renders always get texocr's augmentation (the
+    distortion is what makes them handwriting-like), printed ones with probability `printed_aug`."""
+    from texocr.data.augment import augment
+
+    if style == "handwritten" or rng.random() < printed_aug:
+        return augment(img, random.Random(rng.random()), style)
+    return img
+
+
 def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh_aug: float, offset: int,
                 renderer: str, chunk: int = 1, printed_aug: float = 1.0) -> Any:
     """An IterableDataset of Samples: fresh renders interleaved with augmented replays of a per-worker pool.
@@ -96,7 +106,6 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
     """
     import torch
 
-    from texocr.data.augment import augment
     from texocr.data.synth import SyntheticSource
     from texocr.sample import Sample, Skipped
 
@@ -125,9 +134,7 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                         kept[rng.randrange(pool)] = item
                     for it in [item] + [rng.choice(kept) for _ in range(replay)]:
                         if it[4] is None or rng.random() < fresh_aug:
-                            clean = it[0].convert("RGB")
-                            it[4] = (augment(clean, random.Random(rng.random()), it[2])
-                                     if it[2] == "handwritten" or rng.random() < printed_aug else clean)
+                            it[4] = augment_by_style(it[0].convert("RGB"), it[2], rng, printed_aug)
                         yield Sample(image=it[4], latex=it[1], id=it[3], meta={"style": it[2]})
 
     return ReplayStream()
@@ -151,7 +158,6 @@ def make_pack_stream(packs: list[str], *, seed: int, offset: int, printed_aug: f
     import torch
     from PIL import Image, ImageFilter
 
-    from texocr.data.augment import augment
     from texocr.errors import TexocrError
     from texocr.sample import Sample
 
@@ -182,8 +188,7 @@ def make_pack_stream(packs: list[str], *, seed: int, offset: int, printed_aug: f
                     continue
                 img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*blur))).convert("RGB")
                 style = row.get("style", "printed")
-                if style == "handwritten" or rng.random() < printed_aug:
-                    img = augment(img, random.Random(rng.random()), style)
+                img = augment_by_style(img, style, rng, printed_aug)
                 yield Sample(image=img, latex=row["latex"], id=f"pack{row['pack']}-{start}", meta={"style": style})
 
     return PackStream()

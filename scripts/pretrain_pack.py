@@ -42,7 +42,7 @@ def render_chunk(job: tuple[int, str, dict[str, Any]]) -> list[dict[str, Any]]:
     if style not in _SOURCES:
         _SOURCES[style] = SyntheticSource(
             n=2**40, seed=opts["seed"] + (0 if style == "printed" else 1), style=style, renderer="tex",
-            formulas=opts["formulas"], real_ratio=opts["real_ratio"], mutate_ratio=opts.get("mutate_ratio", 0.0),
+            formulas=opts["formulas"], real_ratio=opts["real_ratio"], mutate_ratio=opts["mutate_ratio"],
             augment=False, chunk=opts["chunk"],
             cache_chunks=1)
     src = _SOURCES[style]

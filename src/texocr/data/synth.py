@@ -224,9 +224,8 @@ def render_main(args: argparse.Namespace) -> int:
     (out / "images").mkdir(parents=True, exist_ok=True)
     kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
               "formulas": read_formulas(args.formulas) if args.formulas else None,
-              "real_ratio": args.real_ratio, "mutate_ratio": getattr(args, "mutate_ratio", 0.0),
-              "augment": not args.no_augment, "augment_strength": getattr(args, "augment_strength", 1.0),
-              "in_order": getattr(args, "in_order", False)}
+              "real_ratio": args.real_ratio, "mutate_ratio": args.mutate_ratio, "augment": not args.no_augment,
+              "augment_strength": args.augment_strength, "in_order": args.in_order}
     probe = SyntheticSource(**kwargs)  # validates arguments and the renderer before any worker starts
     renderer = probe.renderer.name
     workers = args.workers or os.cpu_count() or 1
