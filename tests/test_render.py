@@ -136,3 +136,50 @@ def test_token_convention_typesets_like_the_source() -> None:
                                  r"a \hspace{5mm} b"], font="cm", dpi=150)
     assert a is not None and c is not None
     assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(c), np.asarray(d))
+
+
+@tex
+@needs_tex
+def test_standard_normalization_unwraps_only_groups_that_render_the_same() -> None:
+    """Every command `normalize` unwraps from a bare group renders the same without it, before and after
+    operators and under scripts; the groups it keeps (around Bin / Op / Inner atoms) do change the rendering."""
+    from texocr.latex import commands as C
+    from texocr.latex import normalize
+
+    def use(name: str) -> str:
+        if name == "\\genfrac":
+            return name + "{(}{)}{0pt}{}{a}{b}"
+        return name + "{x}" * C.SIGNATURES.get(name, "").count("A")
+
+    dropped = {f"a + {{{use(n)}}} = {{{use(n)}}}^2_k b": f"a + {use(n)} = {use(n)}^2_k b"
+               for n in sorted(C.ORD_COMMANDS)}  # source: the same without the groups
+    dropped[r"{x} + {{a b}} \hat{{y}} {7}_{i}"] = r"x + {a b} \hat{y} 7_{i}"
+    kept = {r"a {-} b": "a - b", r"{\sum}_{i=1}^{n} x_i": r"\sum_{i=1}^{n} x_i", r"a {\cdots} b": r"a \cdots b",
+            r"x {\left( y \right)} z": r"x \left( y \right) z"}  # source: the same without the group
+    sources = list(dropped) + [normalize(s) for s in dropped] + list(kept) + list(kept.values())
+    images = TexRenderer().render_batch(sources, font="cm", dpi=300)
+    assert all(im is not None for im in images)
+    image = {s: np.asarray(im) for s, im in zip(sources, images)}
+
+    def same(a: str, b: str) -> bool:
+        return image[a].shape == image[b].shape and np.array_equal(image[a], image[b])
+
+    for src, bare in dropped.items():
+        assert normalize(src) == normalize(bare), src
+        assert same(src, normalize(src)), src
+    for src, bare in kept.items():
+        assert normalize(src) != normalize(bare), src
+        assert not same(src, bare), src
+
+
+@needs_tex
+def test_normalized_atop_and_brack_typeset_like_the_source() -> None:
+    """`normalize` writes `\\atop` / `\\brack` as `\\genfrac { } { } { 0 p t } { } ..`: typeset, its empty and
+    dimension arguments must be `{}` / `{0pt}` (TeX reads `{ }` as not empty and `0 p t` as a bad unit)."""
+    from texocr.latex import normalize
+
+    sources = [r"x + {a \atop b}", r"{n \brack k} y"]
+    images = TexRenderer().render_batch(sources + [normalize(s) for s in sources], font="cm", dpi=150)
+    assert all(im is not None for im in images)
+    for a, b in zip(images[:2], images[2:]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

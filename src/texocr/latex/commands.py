@@ -129,6 +129,17 @@ MISC_SYMBOLS = _words("""infty partial nabla forall exists nexists emptyset varn
     diagdown ldots cdots vdots ddots dots dotsc dotsb dotsm dotsi dotso iddots mathellipsis
     cdotp ldotp colon S P pounds copyright yen degree textdegree hdots AA aa AE ae OE oe O o
     L l ss i j Diamond varspadesuit varheartsuit vardiamondsuit varclubsuit""")
+# Commands whose result is an ordinary (Ord) atom, so that a bare group around one renders the same without it
+# (`{ \\alpha }`, `{ \\mathbf { K } } ^ { C }`; LaTeX's `\\frac` and amsmath's `\\binom` are groups already).
+# Each renders the same both ways in TeX (tests/test_render.py checks every one). Not here: Op (`\\sum`,
+# `\\operatorname`), Bin, Rel (`\\vartriangle`), Inner (`\\cdots`, `\\left..\\right`), `\\cfrac` and the arrow
+# accents (which differ), class-keeping wrappers (`\\boldsymbol`, `\\mathbin`), and what TeX here cannot render.
+ORD_COMMANDS = (GREEK - _words("omicron")) | (MISC_SYMBOLS - _words("""ldots cdots dots dotsc dotsb dotsm dotsi dotso hdots
+    mathellipsis ddots iddots cdotp ldotp colon vartriangle AA aa degree varclubsuit vardiamondsuit
+    varheartsuit varspadesuit""")) | _words("""hat widehat check tilde widetilde acute
+    grave dot ddot dddot ddddot breve bar vec mathring overline underline mathrm mathbf mathit mathcal
+    mathfrak mathbb mathsf mathtt mathnormal text textrm textbf textit texttt textsf textup textnormal textsl
+    textsc textmd mbox hbox fbox boxed mathord sqrt frac dfrac tfrac binom dbinom tbinom genfrac""")
 ACCENTS_TEXT = frozenset({"\\'", '\\"', "\\^", "\\~", "\\=", "\\.", "\\`", "\\u", "\\v", "\\H",
                           "\\c", "\\d", "\\b", "\\t", "\\r", "\\k"})
 FONT_SWITCHES = {  # old-style switches and the command that replaces `{\rm x}`

@@ -91,7 +91,8 @@ def _fix(t: str) -> str:
 
 def detokenize(tokens: list[str]) -> str:
     """Tokens -> source text, space-joined (the im2latex convention), except that a dimension is
-    written whole (`\\hspace { 1cm }`, `\\kern -2mu`): TeX reads `1 c m` as a bad unit.
+    written whole (`\\hspace { 1cm }`, `\\kern -2mu`): TeX reads `1 c m` as a bad unit; and the first four
+    arguments of `\\genfrac` are written without spaces.
 
     `tokenize(detokenize(tokens)) == tokens` for every token list.
     """
@@ -103,6 +104,14 @@ def detokenize(tokens: list[str]) -> str:
         tok = tokens[i]
         out.append(tok)
         i += 1
+        if tok == "\\genfrac":  # delimiters, rule thickness, style: TeX tests them for emptiness, and `{ }`
+            for _ in range(4):      # (a space) is not empty; the thickness is a dimension
+                end = group_end(tokens, i)
+                if end is None:
+                    break
+                out.append("{" + "".join(tokens[i + 1:end]) + "}")
+                i = end + 1
+            continue
         if tok not in _DIMENSION_COMMANDS:
             continue
         if i < n and tokens[i] == "*":
@@ -177,5 +186,5 @@ def dimension_end(tokens: list[str], j: int, n: int) -> int | None:
 
 _UNITS = frozenset({"pt", "em", "ex", "mu", "cm", "mm", "in", "pc", "bp", "dd", "cc", "sp"})
 # Commands followed by a dimension, braced (`\\hspace{1cm}`) or not (`\\kern 2pt`).
-_DIMENSION_COMMANDS = frozenset({"\\hspace", "\\vspace", "\\kern", "\\mkern", "\\hskip", "\\vskip",
+_DIMENSION_COMMANDS = frozenset({"\\genfrac", "\\hspace", "\\vspace", "\\kern", "\\mkern", "\\hskip", "\\vskip",
                                  "\\mskip", "\\raise", "\\lower", "\\rule"})

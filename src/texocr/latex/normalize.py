@@ -84,7 +84,7 @@ def normalize(s: str, level: str = "standard") -> str:
     if parser.unclosed:  # an unclosed node would swallow the braces that rewrites add
         return " ".join(tokens)
     cells = not _CELL_TRIGGERS.isdisjoint(tokens)
-    if aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens):  # else only bracing is left
+    if aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens) or "{" in tokens:  # else only bracing
         tree = _list(tree, aggressive, text=not cells)
     tree = _strip_ends(tree)
     out: list[str] = []
@@ -157,8 +157,8 @@ def _list(items: list, aggressive: bool, text: bool) -> list:
     if aggressive:
         if "'" in out:
             out = _primes(out)
-        out = _unwrap_groups(out)
-    return out
+        return _unwrap_groups(out)
+    return _unwrap_ords(out)
 
 
 def _by_cell(items: list) -> list:
@@ -305,6 +305,31 @@ def _unwrap_groups(items: list) -> list:
     return out
 
 
+def _unwrap_ords(items: list) -> list:
+    """Standard: replace a bare `{ x }` by `x` where x is one ordinary atom (a group is one too), which
+    renders the same: `{ \\mathbf { K } } ^ { C }` -> `\\mathbf { K } ^ { C }`, `{ { a b } }` -> `{ a b }`.
+    Kept: groups around Bin / Rel / Op / Inner atoms (`{ - }`, `{ \\sum }`, `{ \\cdots }`), whose
+    spacing or limits the group changes, and a group after an unknown command (maybe its argument)."""
+    out: list = []
+    for x in items:
+        prev = out[-1] if out else None
+        after_unknown = isinstance(prev, str) and prev.startswith("\\") and prev not in C.KNOWN_COMMANDS
+        while not after_unknown and isinstance(x, Group) and x.closed and len(x.items) == 1 \
+                and _is_ord(x.items[0]):
+            x = x.items[0]
+        out.append(x)
+    return out
+
+
+def _is_ord(x) -> bool:
+    if isinstance(x, str):
+        return (len(x) == 1 and (x.isalnum() or x in "./|")) or x in C.ORD_COMMANDS
+    if isinstance(x, Group):
+        return x.closed
+    return isinstance(x, Cmd) and x.name in C.ORD_COMMANDS and all(
+        v is not None for k, v in x.args if k == "A")
+
+
 def _is_atom(x) -> bool:
     if isinstance(x, str):
         return _is_bare_token(x) and not (x.startswith("\\") and x not in C.KNOWN_COMMANDS)
@@ -314,7 +339,7 @@ def _is_atom(x) -> bool:
         return x.close is not None
     if isinstance(x, Env):
         return x.end is not None
-    return False
+    return isinstance(x, Group) and x.closed
 
 
 def _is_bare_token(t: str) -> bool:
