@@ -113,6 +113,9 @@ def test_tokenize_matches_im2latex_convention():
     # a bare group around one ordinary atom renders the same without it
     (r"{\mathbf K}^{C} + {x} {\alpha}", r"\mathbf { K } ^ { C } + x \alpha"),
     (r"{{a b}} \hat{{x}} {\sqrt{2}} {\frac12}", r"{ a b } \hat { x } \sqrt { 2 } \frac { 1 } { 2 }"),
+    # spellings TeX typesets identically
+    (r"a \le b \to c \ast d \ e", r"a \leq b \rightarrow c * d \ e"),
+    (r"\left< x \right> \left\vert y \right\rbrace \lbrace", r"\left\langle x \right\rangle \left| y \right\} \{"),
     # ... but not around Bin / Rel / Op / Inner atoms (their spacing or limits change), nor after an
     # unknown command, which may take it as an argument
     (r"a {-} b {=} {\sum}_i {\cdots} \foo{x}", r"a { - } b { = } { \sum } _ { i } { \cdots } \foo { x }"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import string
 
 import numpy as np
 import pytest
@@ -142,19 +143,25 @@ def test_token_convention_typesets_like_the_source() -> None:
 @needs_tex
 def test_standard_normalization_unwraps_only_groups_that_render_the_same() -> None:
     """Every command `normalize` unwraps from a bare group renders the same without it, before and after
-    operators and under scripts; the groups it keeps (around Bin / Op / Inner atoms) do change the rendering."""
+    operators and under scripts; the groups it keeps (around Bin / Op / Inner atoms, stacked accents under a script)
+    do change the rendering."""
     from texocr.latex import commands as C
     from texocr.latex import normalize
 
     def use(name: str) -> str:
         if name == "\\genfrac":
             return name + "{(}{)}{0pt}{}{a}{b}"
-        return name + "{x}" * C.SIGNATURES.get(name, "").count("A")
+        arg = "{\\Pi}" if name in C.MATH_ACCENTS else "{x}"  # an accented capital: its own script rules
+        return name + arg * C.SIGNATURES.get(name, "").count("A")
 
-    dropped = {f"a + {{{use(n)}}} = {{{use(n)}}}^2_k b": f"a + {use(n)} = {use(n)}^2_k b"
-               for n in sorted(C.ORD_COMMANDS)}  # source: the same without the groups
+    def context(x: str) -> str:  # beside atoms of every class, and under scripts
+        return f"a + {x} = {x}^2_k \\sum {x} ( {x} ) , {x} b"
+
+    # source: the same without the groups
+    dropped = {context(f"{{{use(n)}}}"): context(use(n)) for n in sorted(C.ORD_COMMANDS)}
     dropped[r"{x} + {{a b}} \hat{{y}} {7}_{i}"] = r"x + {a b} \hat{y} 7_{i}"
-    kept = {r"a {-} b": "a - b", r"{\sum}_{i=1}^{n} x_i": r"\sum_{i=1}^{n} x_i", r"a {\cdots} b": r"a \cdots b",
+    dropped.update({f"{{{c}}} f V {{{c}}}": f"{c} f V {c}" for c in string.ascii_letters + string.digits})
+    kept = {r"{\dot{\hat{\phi}}}_{2}": r"\dot{\hat{\phi}}_{2}", r"a {-} b": "a - b", r"{\sum}_{i=1}^{n} x_i": r"\sum_{i=1}^{n} x_i", r"a {\cdots} b": r"a \cdots b",
             r"x {\left( y \right)} z": r"x \left( y \right) z"}  # source: the same without the group
     sources = list(dropped) + [normalize(s) for s in dropped] + list(kept) + list(kept.values())
     images = TexRenderer().render_batch(sources, font="cm", dpi=300)
@@ -183,3 +190,28 @@ def test_normalized_atop_and_brack_typeset_like_the_source() -> None:
     assert all(im is not None for im in images)
     for a, b in zip(images[:2], images[2:]):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@tex
+@needs_tex
+def test_standard_synonyms_typeset_identically() -> None:
+    """Each spelling the standard level unifies (`\\le` -> `\\leq`, `\\ast` -> `*`, `\\left<` -> `\\left\\langle`,
+    `\\vert` -> `|`...) renders pixel for pixel like its replacement, beside atoms of every class and in scripts."""
+    from texocr.latex import commands as C
+    from texocr.latex.parser import is_left, is_right
+
+    def context(tok: str) -> str:
+        if is_left(tok):
+            return f"a {tok} \\frac{{x}}{{y}} \\right. b"
+        if is_right(tok):
+            return f"a \\left. \\frac{{x}}{{y}} {tok} b"
+        if tok in ("\\sp", "\\sb", "^", "_"):
+            return f"x {tok} 2 y"
+        return f"a {tok} b = {tok} \\sum {tok} + {tok} ( x ) {tok} , {tok} b _ {{ a {tok} b }}"
+
+    pairs = [(context(k), context(v)) for k, v in C.STANDARD_SYNONYMS.items()]
+    images = TexRenderer().render_batch([s for p in pairs for s in p], font="cm", dpi=300)
+    assert all(im is not None for im in images)
+    for i, (a, b) in enumerate(pairs):
+        x, y = np.asarray(images[2 * i]), np.asarray(images[2 * i + 1])
+        assert x.shape == y.shape and np.array_equal(x, y), (a, b)

@@ -134,10 +134,12 @@ MISC_SYMBOLS = _words("""infty partial nabla forall exists nexists emptyset varn
 # Each renders the same both ways in TeX (tests/test_render.py checks every one). Not here: Op (`\\sum`,
 # `\\operatorname`), Bin, Rel (`\\vartriangle`), Inner (`\\cdots`, `\\left..\\right`), `\\cfrac` and the arrow
 # accents (which differ), class-keeping wrappers (`\\boldsymbol`, `\\mathbin`), and what TeX here cannot render.
+# Math accents (stacked ones typeset their scripts differently inside a group and out: normalize keeps those).
+MATH_ACCENTS = _words("""hat widehat check tilde widetilde acute grave dot ddot dddot ddddot breve bar vec
+    mathring""")
 ORD_COMMANDS = (GREEK - _words("omicron")) | (MISC_SYMBOLS - _words("""ldots cdots dots dotsc dotsb dotsm dotsi dotso hdots
     mathellipsis ddots iddots cdotp ldotp colon vartriangle AA aa degree varclubsuit vardiamondsuit
-    varheartsuit varspadesuit""")) | _words("""hat widehat check tilde widetilde acute
-    grave dot ddot dddot ddddot breve bar vec mathring overline underline mathrm mathbf mathit mathcal
+    varheartsuit varspadesuit""")) | MATH_ACCENTS | _words("""overline underline mathrm mathbf mathit mathcal
     mathfrak mathbb mathsf mathtt mathnormal text textrm textbf textit texttt textsf textup textnormal textsl
     textsc textmd mbox hbox fbox boxed mathord sqrt frac dfrac tfrac binom dbinom tbinom genfrac""")
 ACCENTS_TEXT = frozenset({"\\'", '\\"', "\\^", "\\~", "\\=", "\\.", "\\`", "\\u", "\\v", "\\H",
@@ -183,23 +185,28 @@ DELIMITER_TOKENS = frozenset({"(", ")", "[", "]", "|", "/", ".", "<", ">", "\\{"
 
 # --- synonyms (used by the `aggressive` level) -------------------------------------------------------
 SYNONYMS: dict[str, str] = {
-    "\\le": "\\leq", "\\ge": "\\geq", "\\ne": "\\neq", "\\to": "\\rightarrow",
-    "\\gets": "\\leftarrow", "\\lbrace": "\\{", "\\rbrace": "\\}", "\\lbrack": "[", "\\rbrack": "]",
-    "\\vert": "|", "\\lvert": "|", "\\rvert": "|", "\\Vert": "\\|", "\\lVert": "\\|",
-    "\\rVert": "\\|", "\\land": "\\wedge", "\\lor": "\\vee", "\\lnot": "\\neg", "\\owns": "\\ni",
-    "\\dag": "\\dagger", "\\ddag": "\\ddagger", "\\dfrac": "\\frac", "\\tfrac": "\\frac",
+    "\\lvert": "|", "\\rvert": "|", "\\lVert": "\\|", "\\rVert": "\\|", "\\dfrac": "\\frac", "\\tfrac": "\\frac",
     "\\cfrac": "\\frac", "\\dbinom": "\\binom", "\\tbinom": "\\binom", "\\bold": "\\mathbf",
     "\\Bbb": "\\mathbb", "\\frak": "\\mathfrak", "\\bm": "\\boldsymbol", "\\doublecap": "\\Cap",
     "\\doublecup": "\\Cup", "\\intop": "\\int", "\\cdotp": "\\cdot", "\\textbackslash": "\\backslash",
     "\\varnothing": "\\emptyset", "\\dots": "\\ldots", "\\mathellipsis": "\\ldots",
     "\\hbox": "\\mbox", "\\textrm": "\\text", "\\textnormal": "\\text", "\\textup": "\\text",
-    "\\Box": "\\square", "\\smallint": "\\int", "\\lhd": "\\triangleleft",
-    "\\rhd": "\\triangleright", "\\bmod": "\\mod", "\\implies": "\\Longrightarrow",
-    "\\impliedby": "\\Longleftarrow", "\\iff": "\\Longleftrightarrow", "---": "- - -", "--": "- -",
-    "\\operatornamewithlimits": "\\operatorname*",
+    "\\smallint": "\\int", "\\lhd": "\\triangleleft", "\\rhd": "\\triangleright", "\\bmod": "\\mod",
+    "\\implies": "\\Longrightarrow", "\\impliedby": "\\Longleftarrow", "\\iff": "\\Longleftrightarrow",
+    "---": "- - -", "--": "- -", "\\operatornamewithlimits": "\\operatorname*",
+    "\\dag": "\\dagger", "\\ddag": "\\ddagger",  # text daggers (Ord) vs the binary operators
 }
-# Plain-TeX spellings that mean exactly the same in every context (used from `standard` on).
-STANDARD_SYNONYMS: dict[str, str] = {"\\sp": "^", "\\sb": "_"}
+# Spellings TeX typesets identically in every context (`\\let` aliases, one glyph under two names;
+# tests/test_render.py renders each pair), each mapped to the one more frequent in im2latex; from `standard` on.
+_IDENTICAL_DELIMITERS = {"\\vert": "|", "\\Vert": "\\|", "\\lbrace": "\\{", "\\rbrace": "\\}", "\\lbrack": "[",
+                         "\\rbrack": "]"}
+STANDARD_SYNONYMS: dict[str, str] = {
+    "\\sp": "^", "\\sb": "_", "\\le": "\\leq", "\\ge": "\\geq", "\\ne": "\\neq", "\\to": "\\rightarrow",
+    "\\gets": "\\leftarrow", "\\land": "\\wedge", "\\lor": "\\vee", "\\lnot": "\\neg", "\\owns": "\\ni",
+    "\\ast": "*", "\\Box": "\\square",
+    "\\left<": "\\left\\langle", "\\right>": "\\right\\rangle", **_IDENTICAL_DELIMITERS,
+    **{side + k: side + v for k, v in _IDENTICAL_DELIMITERS.items() for side in ("\\left", "\\right")},
+}
 
 # Unicode characters a model may emit for a LaTeX command (aggressive level).
 UNICODE_SYMBOLS: dict[str, str] = {

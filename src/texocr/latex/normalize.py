@@ -14,22 +14,26 @@ standard (the default; what training targets and exact match use)
       (`\\rm \\bf \\it \\cal \\tt \\sf`, `\\mit`/`\\sl` -> `\\mathit`); not inside text-mode arguments;
     - every argument of a known command and every script is braced: `x^2` -> `x ^ { 2 }`,
       `\\frac12` -> `\\frac { 1 } { 2 }`, `\\sqrt x` -> `\\sqrt { x }` (delimiters of `\\big` stay bare);
-    - `\\sp` / `\\sb` -> `^` / `_`;  `\\label{..}`, `\\nonumber`, `\\notag` dropped;
+    - spellings TeX typesets identically unified (`commands.STANDARD_SYNONYMS`): `\\sp` / `\\sb` -> `^` / `_`,
+      `\\le` -> `\\leq`, `\\to` -> `\\rightarrow`, `\\ast` -> `*`, `\\left<` -> `\\left\\langle`, `\\vert` -> `|`,
+      `\\lbrace` -> `\\{` ... (not `\\ ` and `~`: `~` brings an empty group, which spaces like a letter);
+    - `\\label{..}`, `\\nonumber`, `\\notag` dropped;
+    - a bare group around one ordinary atom dropped (`{ x }`, `{ \\mathbf { K } }`, `{ \\frac { a } { b } }`,
+      `{ { .. } }` -> `{ .. }`; `commands.ORD_COMMANDS`), as it renders the same; kept around other atoms;
     - leading and trailing spacing (`\\,` `\\;` `\\:` `\\!` `\\ ` `~` `\\quad` `\\qquad` `\\hspace{..}`
       `\\kern..` ...) and a trailing `\\\\` dropped; a `\\\\` right before `\\end{..}` dropped.
 aggressive (for lenient comparison; lossy: renders may differ slightly)
     - all spacing commands dropped, also inside the formula; `\\displaystyle` and the other style
       switches dropped; `\\left` / `\\right` / `\\middle` / `\\big`-family sizes dropped (the delimiter
       stays; `\\left.` / `\\right.` vanish);
-    - synonyms unified (`commands.SYNONYMS`): `\\le`->`\\leq`, `\\ne`->`\\neq`, `\\to`->`\\rightarrow`,
-      `\\dfrac`/`\\tfrac`/`\\cfrac`->`\\frac`, `\\dbinom`/`\\tbinom`->`\\binom`, `\\lbrace`->`\\{`,
-      `\\vert`->`|`, `\\dots`->`\\ldots`, `--`->`- -` ...; common Unicode symbols -> commands
+    - near-synonyms unified (`commands.SYNONYMS`): `\\dag`->`\\dagger`, `\\lvert`->`|`,
+      `\\dfrac`/`\\tfrac`/`\\cfrac`->`\\frac`, `\\dbinom`/`\\tbinom`->`\\binom`, `\\dots`->`\\ldots`, `--`->`- -` ...; common Unicode symbols -> commands
       (`α`->`\\alpha`, `≤`->`\\leq`); `\\operatorname { s i n }` -> `\\sin` for named operators;
       `\\not =` -> `\\neq` (`commands.NEGATED`); primes become superscripts: `f''` -> `f ^ { \\prime \\prime }`,
       `f'^2` -> `f ^ { \\prime 2 }`;
     - redundant braces dropped: a script argument that is one token is unbraced (`x ^ { 2 }` ->
-      `x ^ 2`), a bare group around one atom is unwrapped (`{ \\frac { 1 } { 2 } }` -> `\\frac ..`,
-      `{ { m } }` -> `m`), except after an unknown command (which may take it as an argument).
+      `x ^ 2`), a bare group around any one atom is unwrapped (`{ \\sum }` -> `\\sum`, `{ - }` -> `-`),
+      except after an unknown command (which may take it as an argument).
 
 Input with an unclosed brace, `\\left` or environment gets only the token-level part of its level
 (spellings, synonyms, dropped tokens: no tree rewrites), so it stays recognizably broken; stray
@@ -308,17 +312,28 @@ def _unwrap_groups(items: list) -> list:
 def _unwrap_ords(items: list) -> list:
     """Standard: replace a bare `{ x }` by `x` where x is one ordinary atom (a group is one too), which
     renders the same: `{ \\mathbf { K } } ^ { C }` -> `\\mathbf { K } ^ { C }`, `{ { a b } }` -> `{ a b }`.
-    Kept: groups around Bin / Rel / Op / Inner atoms (`{ - }`, `{ \\sum }`, `{ \\cdots }`), whose
-    spacing or limits the group changes, and a group after an unknown command (maybe its argument)."""
+    Kept: groups around Bin / Rel / Op / Inner atoms (`{ - }`, `{ \\sum }`, `{ \\cdots }`), whose spacing or
+    limits the group changes; groups of several atoms (`{ a b } c` differs from `a b c` by a pixel column);
+    a group around stacked accents before a script; a group after an unknown command (maybe its argument)."""
     out: list = []
-    for x in items:
+    for k, x in enumerate(items):
         prev = out[-1] if out else None
         after_unknown = isinstance(prev, str) and prev.startswith("\\") and prev not in C.KNOWN_COMMANDS
+        nxt = items[k + 1] if k + 1 < len(items) else None
+        scripted = (isinstance(nxt, Cmd) and nxt.name in ("^", "_")) or nxt == "'"
         while not after_unknown and isinstance(x, Group) and x.closed and len(x.items) == 1 \
-                and _is_ord(x.items[0]):
+                and _is_ord(x.items[0]) and not (scripted and _stacked_accents(x.items[0])):
             x = x.items[0]
         out.append(x)
     return out
+
+
+def _stacked_accents(x) -> bool:
+    """`\\dot { \\hat { \\phi } }`: with a script after it, TeX sets it differently inside a group and out."""
+    if not (isinstance(x, Cmd) and x.name in C.MATH_ACCENTS and x.args and isinstance(x.args[0][1], Group)):
+        return False
+    inner = x.args[0][1].items
+    return len(inner) == 1 and isinstance(inner[0], Cmd) and inner[0].name in C.MATH_ACCENTS
 
 
 def _is_ord(x) -> bool:
