@@ -134,12 +134,12 @@ MISC_SYMBOLS = _words("""infty partial nabla forall exists nexists emptyset varn
 # Each renders the same both ways in TeX (tests/test_render.py checks every one). Not here: Op (`\\sum`,
 # `\\operatorname`), Bin, Rel (`\\vartriangle`), Inner (`\\cdots`, `\\left..\\right`), `\\cfrac` and the arrow
 # accents (which differ), class-keeping wrappers (`\\boldsymbol`, `\\mathbin`), and what TeX here cannot render.
-# Math accents (stacked ones typeset their scripts differently inside a group and out: normalize keeps those).
+# Stacked math accents typeset a script after them differently inside a group and out: normalize keeps those.
 MATH_ACCENTS = _words("""hat widehat check tilde widetilde acute grave dot ddot dddot ddddot breve bar vec
     mathring""")
-ORD_COMMANDS = (GREEK - _words("omicron")) | (MISC_SYMBOLS - _words("""ldots cdots dots dotsc dotsb dotsm dotsi dotso hdots
-    mathellipsis ddots iddots cdotp ldotp colon vartriangle AA aa degree varclubsuit vardiamondsuit
-    varheartsuit varspadesuit""")) | MATH_ACCENTS | _words("""overline underline mathrm mathbf mathit mathcal
+ORD_COMMANDS = (GREEK - _words("omicron")) | (MISC_SYMBOLS - _words("""ldots cdots dots dotsc dotsb dotsm
+    dotsi dotso hdots mathellipsis ddots iddots cdotp ldotp colon vartriangle AA aa degree varclubsuit
+    vardiamondsuit varheartsuit varspadesuit""")) | MATH_ACCENTS | _words("""overline underline mathrm mathbf mathit mathcal
     mathfrak mathbb mathsf mathtt mathnormal text textrm textbf textit texttt textsf textup textnormal textsl
     textsc textmd mbox hbox fbox boxed mathord sqrt frac dfrac tfrac binom dbinom tbinom genfrac""")
 ACCENTS_TEXT = frozenset({"\\'", '\\"', "\\^", "\\~", "\\=", "\\.", "\\`", "\\u", "\\v", "\\H",
