@@ -162,8 +162,11 @@ def test_standard_normalization_unwraps_only_groups_that_render_the_same() -> No
     dropped[r"{x} + {{a b}} \hat{{y}} {7}_{i}"] = r"x + {a b} \hat{y} 7_{i}"
     dropped.update({f"{{{c}}} f V {{{c}}}": f"{c} f V {c}" for c in string.ascii_letters + string.digits})
     dropped.update({context(f"{{{c}}}"): context(c) for c in "./|"})
-    kept = {r"{\dot{\hat{\phi}}}_{2}": r"\dot{\hat{\phi}}_{2}", r"a {-} b": "a - b", r"{\sum}_{i=1}^{n} x_i": r"\sum_{i=1}^{n} x_i", r"a {\cdots} b": r"a \cdots b",
-            r"x {\left( y \right)} z": r"x \left( y \right) z"}  # source: the same without the group
+    kept = {  # source: the same without the group
+        r"{\dot{\hat{\phi}}}_{2}": r"\dot{\hat{\phi}}_{2}", r"a {-} b": "a - b",
+        r"{\sum}_{i=1}^{n} x_i": r"\sum_{i=1}^{n} x_i", r"a {\cdots} b": r"a \cdots b",
+        r"x {\left( y \right)} z": r"x \left( y \right) z", r"{a b} c": "a b c",
+    }
     sources = list(dropped) + [normalize(s) for s in dropped] + list(kept) + list(kept.values())
     images = TexRenderer().render_batch(sources, font="cm", dpi=300)
     assert all(im is not None for im in images)
