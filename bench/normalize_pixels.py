@@ -4,15 +4,17 @@ versions of `texocr.latex.normalize` write differently, both ways, with TeX, and
     PYTHONPATH=src .venv/bin/python bench/normalize_pixels.py --old /tmp/oldsrc/src \\
         --corpus ../shared/data/im2latex-val-formulas/labels.jsonl
 
-`--old`: a `src` folder holding the other version (`git archive REV src/texocr/latex | tar -x -C DIR`).
+`--old`: a `src` folder holding the other version
+(`git archive REV src/texocr/__init__.py src/texocr/latex | tar -x -C DIR`).
 Prints the counts and up to 10 differing pairs; TeX (latex + dvipng) must be installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,24 +24,15 @@ from texocr.data.render import TexRenderer
 from texocr.latex import normalize
 
 
-def load_old_normalize(src: Path):
-    """`normalize` of the texocr.latex package under `src`, imported under another name."""
-    pkg = src / "texocr" / "latex"
-    spec = importlib.util.spec_from_file_location("old_latex", pkg / "__init__.py",
-                                                  submodule_search_locations=[str(pkg)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["old_latex"] = module
-    # its modules import `texocr.latex.x`: point those names at the old files while it loads
-    saved = {k: v for k, v in sys.modules.items() if k.startswith("texocr.latex")}
-    for k in saved:
-        del sys.modules[k]
-    sys.modules["texocr.latex"] = module
-    spec.loader.exec_module(module)
-    old = module.normalize
-    for k in [k for k in sys.modules if k.startswith("texocr.latex")]:
-        del sys.modules[k]
-    sys.modules.update(saved)
-    return old
+def old_normalized(src: Path, formulas: list[str]) -> list[str]:
+    """`normalize` of the texocr.latex package under `src` (stdlib only), run in its own interpreter."""
+    code = ("import json, sys\nimport texocr.latex as L\n"
+            f"assert L.__file__.startswith({str(src.resolve())!r}), 'imported ' + L.__file__\n"
+            "print(json.dumps([L.normalize(f) for f in json.load(sys.stdin)]))")
+    env = dict(os.environ, PYTHONPATH=str(src))
+    run = subprocess.run([sys.executable, "-c", code], input=json.dumps(formulas), capture_output=True,
+                         text=True, env=env, check=True)
+    return json.loads(run.stdout)
 
 
 def main() -> None:
@@ -48,9 +41,8 @@ def main() -> None:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--dpi", type=int, default=200)
     a = p.parse_args()
-    old = load_old_normalize(a.old)
     formulas = [json.loads(line)["latex"] for line in a.corpus.open()]
-    changed = [(old(f), normalize(f)) for f in formulas]
+    changed = [(old, normalize(f)) for old, f in zip(old_normalized(a.old, formulas), formulas)]
     changed = [(x, y) for x, y in changed if x != y]
     images = TexRenderer().render_batch([s for pair in changed for s in pair], font="cm", dpi=a.dpi)
     same, differ, failed = 0, [], 0

@@ -300,13 +300,17 @@ def _unwrap_groups(items: list) -> list:
     """Aggressive: replace a bare `{ atom }` by the atom where that cannot change the parse."""
     out: list = []
     for x in items:
-        if isinstance(x, Group) and x.closed and len(x.items) == 1 and _is_atom(x.items[0]):
-            prev = out[-1] if out else None
-            if not (isinstance(prev, str) and prev.startswith("\\") and prev not in C.KNOWN_COMMANDS):
-                out.append(x.items[0])
-                continue
+        if isinstance(x, Group) and x.closed and len(x.items) == 1 and _is_atom(x.items[0]) \
+                and not _after_unknown(out):
+            out.append(x.items[0])
+            continue
         out.append(x)
     return out
+
+
+def _after_unknown(out: list) -> bool:
+    """The list so far ends in an unknown command, which may take the next group as its argument."""
+    return bool(out) and isinstance(out[-1], str) and out[-1].startswith("\\") and out[-1] not in C.KNOWN_COMMANDS
 
 
 def _unwrap_ords(items: list) -> list:
@@ -317,8 +321,7 @@ def _unwrap_ords(items: list) -> list:
     a group around stacked accents before a script; a group after an unknown command (maybe its argument)."""
     out: list = []
     for k, x in enumerate(items):
-        prev = out[-1] if out else None
-        after_unknown = isinstance(prev, str) and prev.startswith("\\") and prev not in C.KNOWN_COMMANDS
+        after_unknown = _after_unknown(out)
         nxt = items[k + 1] if k + 1 < len(items) else None
         scripted = (isinstance(nxt, Cmd) and nxt.name in ("^", "_")) or nxt == "'"
         while not after_unknown and isinstance(x, Group) and x.closed and len(x.items) == 1 \
