@@ -116,6 +116,10 @@ def test_tokenize_matches_im2latex_convention():
     # spellings TeX typesets identically
     (r"a \le b \to c \ast d \ e", r"a \leq b \rightarrow c * d \ e"),
     (r"\left< x \right> \left\vert y \right\rbrace \lbrace", r"\left\langle x \right\rangle \left| y \right\} \{"),
+    # `~` is `\\ ` plus an empty Ord atom: the same where that atom changes no inter-atom spacing; kept where it
+    # does (Rel-Op, Op-Op, Punct-Op, beside a Bin) and before a script
+    (r"a~b = x^2~(y) , ~ b \sin~x ~ \left( z \right)", r"a \ b = x ^ { 2 } \ ( y ) , \ b \sin \ x \ \left( z \right)"),
+    (r"x = ~ \sum y = ~ - y \sum ~ \int , ~ \sin a + ~ b ~ ^ 2", r"x = ~ \sum y = ~ - y \sum ~ \int , ~ \sin a + ~ b ~ ^ { 2 }"),
     # ... but not around Bin / Rel / Op / Inner atoms (their spacing or limits change), nor after an
     # unknown command, which may take it as an argument
     (r"a {-} b {=} {\sum}_i {\cdots} \foo{x}", r"a { - } b { = } { \sum } _ { i } { \cdots } \foo { x }"),

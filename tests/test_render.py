@@ -219,3 +219,30 @@ def test_standard_synonyms_typeset_identically() -> None:
     for i, (a, b) in enumerate(pairs):
         x, y = np.asarray(images[2 * i]), np.asarray(images[2 * i + 1])
         assert x.shape == y.shape and np.array_equal(x, y), (a, b)
+
+
+@tex
+@needs_tex
+def test_tilde_becomes_control_space_only_where_tex_spaces_them_the_same() -> None:
+    """`normalize` writes `~` as `\\ ` only between atoms where the empty group of `~` changes no spacing: those
+    render pixel for pixel the same, in text and script styles; the ones it keeps (`= ~ \\sum`, `= ~ -`) differ."""
+    from texocr.latex import normalize
+
+    atoms = ["a", r"\sum", "+", "=", "(", ")", ",", r"\left( b \right)", r"\frac{1}{2}", r"\mathrm{d}"]
+    sources = [f"x {p} ~ {n} y" for p in atoms for n in atoms] + [f"z_{{{p} ~ {n}}}" for p in atoms for n in atoms]
+    rewritten = [s for s in sources if "~" not in normalize(s)]
+    kept = [r"x = ~ \sum y", "x = ~ - y", r"x \sum ~ \sum y"]
+    assert len(rewritten) >= len(sources) // 2 and not any("~" not in normalize(s) for s in kept)
+    images = TexRenderer().render_batch(rewritten + [normalize(s) for s in rewritten] + kept
+                                        + [s.replace("~", "\\ ") for s in kept], font="cm", dpi=300)
+    assert all(im is not None for im in images)
+    arrays = [np.asarray(im) for im in images]
+    n, m = len(rewritten), len(kept)
+
+    def same(a: np.ndarray, b: np.ndarray) -> bool:
+        return a.shape == b.shape and np.array_equal(a, b)
+
+    for k, src in enumerate(rewritten):
+        assert same(arrays[k], arrays[n + k]), src
+    for k, src in enumerate(kept):
+        assert not same(arrays[2 * n + k], arrays[2 * n + m + k]), src

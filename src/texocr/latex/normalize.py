@@ -16,7 +16,9 @@ standard (the default; what training targets and exact match use)
       `\\frac12` -> `\\frac { 1 } { 2 }`, `\\sqrt x` -> `\\sqrt { x }` (delimiters of `\\big` stay bare);
     - spellings TeX typesets identically unified (`commands.STANDARD_SYNONYMS`): `\\sp` / `\\sb` -> `^` / `_`,
       `\\le` -> `\\leq`, `\\to` -> `\\rightarrow`, `\\ast` -> `*`, `\\left<` -> `\\left\\langle`, `\\vert` -> `|`,
-      `\\lbrace` -> `\\{` ... (not `\\ ` and `~`: `~` brings an empty group, which spaces like a letter);
+      `\\lbrace` -> `\\{` ...;
+    - `~` -> `\\ ` where TeX spaces them the same (`a ~ b`; not `= ~ \\sum` or `= ~ -`: the empty group that
+      `~` brings is an Ord atom, `atoms.tilde_is_space`);
     - `\\label{..}`, `\\nonumber`, `\\notag` dropped;
     - a bare group around one ordinary atom dropped (`{ x }`, `{ \\mathbf { K } }`, `{ \\frac { a } { b } }`,
       `{ { .. } }` -> `{ .. }`; `commands.ORD_COMMANDS`), as it renders the same; kept around other atoms;
@@ -43,6 +45,7 @@ closers are kept in place. Nothing raises.
 from __future__ import annotations
 
 from texocr.latex import commands as C
+from texocr.latex.atoms import atom_class, tilde_is_space
 from texocr.latex.lexer import blank_comments, tokenize
 from texocr.latex.parser import (
     Cmd,
@@ -88,7 +91,8 @@ def normalize(s: str, level: str = "standard") -> str:
     if parser.unclosed:  # an unclosed node would swallow the braces that rewrites add
         return " ".join(tokens)
     cells = not _CELL_TRIGGERS.isdisjoint(tokens)
-    if aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens) or "{" in tokens:  # else only bracing
+    rewrites = aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens) or "{" in tokens or "~" in tokens
+    if rewrites:  # else only bracing
         tree = _list(tree, aggressive, text=not cells)
     tree = _strip_ends(tree)
     out: list[str] = []
@@ -162,7 +166,7 @@ def _list(items: list, aggressive: bool, text: bool) -> list:
         if "'" in out:
             out = _primes(out)
         return _unwrap_groups(out)
-    return _unwrap_ords(out)
+    return _tilde_spaces(_unwrap_ords(out))
 
 
 def _by_cell(items: list) -> list:
@@ -331,6 +335,31 @@ def _unwrap_ords(items: list) -> list:
     return out
 
 
+def _tilde_spaces(items: list) -> list:
+    """Standard: `~` -> `\\ ` where the empty Ord atom that `~` brings changes no spacing: between the atoms
+    around it (spacing skipped; a script belongs to its nucleus), classes known (`atoms.tilde_is_space`)."""
+    if "~" not in items:
+        return items
+    out = list(items)
+    for k, x in enumerate(out):
+        if x != "~":
+            continue
+        i = k - 1
+        while i >= 0 and (_is_spacing(out[i]) or (isinstance(out[i], Cmd) and out[i].name in ("^", "_"))):
+            i -= 1
+        j = k + 1
+        while j < len(out) and _is_spacing(out[j]):
+            j += 1
+        if tilde_is_space(atom_class(out[i]) if i >= 0 else None,
+                          atom_class(out[j]) if j < len(out) else None):
+            out[k] = "\\"
+    return out
+
+
+def _is_spacing(x) -> bool:
+    return (isinstance(x, str) and x in C.SPACING) or (isinstance(x, Cmd) and x.name in C.SPACING_WITH_ARGS)
+
+
 def _stacked_accents(x) -> bool:
     """`\\dot { \\hat { \\phi } }`: with a script after it, TeX sets it differently inside a group and out."""
     if not (isinstance(x, Cmd) and x.name in C.MATH_ACCENTS and x.args and isinstance(x.args[0][1], Group)):
@@ -371,12 +400,9 @@ def _is_bare_token(t: str) -> bool:
 
 def _strip_ends(items: list) -> list:
     """Drop leading/trailing spacing and a trailing `\\\\` of the whole formula."""
-    def spacing(x) -> bool:
-        return (isinstance(x, str) and x in C.SPACING) or (
-            isinstance(x, Cmd) and x.name in C.SPACING_WITH_ARGS)
-    while items and spacing(items[0]):
+    while items and _is_spacing(items[0]):
         items = items[1:]
-    while items and (spacing(items[-1]) or items[-1] == "\\\\"):
+    while items and (_is_spacing(items[-1]) or items[-1] == "\\\\"):
         items = items[:-1]
     return items
 
