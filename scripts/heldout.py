@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/heldout.py split  --out .carry/im2latex        # train.jsonl + test.jsonl (labels only)
     .venv/bin/python scripts/heldout.py render --out runs/im2latex-test     # TeX (Computer Modern) renders of test
+    .venv/bin/python scripts/heldout.py render --part train --limit 300 --out .carry/val-train  # ... of trained-on
+                                                                            # formulas: how much is memorized
     .venv/bin/texocr data overlap .carry/im2latex/train .carry/im2latex/test  # proves: 0 shared formulas
 
 The split rule (`is_test`): a formula is TEST when the first 8 hex digits of the SHA-256 of its *normalized*
@@ -66,12 +68,14 @@ def split(source: str | Path, out: str | Path, fraction: float = TEST_FRACTION) 
 
 
 def render(source: str | Path, out: str | Path, *, limit: int | None = None, chunk: int = 200,
-           fraction: float = TEST_FRACTION) -> dict[str, int]:
-    """Render the TEST formulas of `source` with TeX into `out` (labels.jsonl + images/); counts."""
+           fraction: float = TEST_FRACTION, part: str = "test") -> dict[str, int]:
+    """Render the TEST (or TRAIN) formulas of `source` with TeX into `out` (labels.jsonl + images/); counts."""
     from texocr.data.render import TexRenderer
     from texocr.latex import normalize
 
-    rows = [r for r in read_rows(source) if is_test(r["latex"], fraction)][:limit]
+    if part not in ("test", "train"):
+        raise ValueError(f"part must be test or train, not {part!r}")
+    rows = [r for r in read_rows(source) if is_test(r["latex"], fraction) == (part == "test")][:limit]
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     renderer = TexRenderer()
@@ -98,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split", help="write train/ and test/ label files")
-    r = sub.add_parser("render", help="render the TEST formulas with TeX (Computer Modern)")
+    r = sub.add_parser("render", help="render the TEST (or TRAIN) formulas with TeX (Computer Modern)")
     for q in (s, r):
         q.add_argument("--source", default=DEFAULT_SOURCE, help="labels.jsonl of the real formulas")
         q.add_argument("--out", required=True)
-    r.add_argument("--limit", type=int, default=None, help="render only the first N test formulas")
+    r.add_argument("--limit", type=int, default=None, help="render only the first N formulas")
+    r.add_argument("--part", default="test", choices=["test", "train"],
+                   help="train: formulas pretraining uses, to compare with test (memorization)")
     args = p.parse_args(argv)
-    counts = split(args.source, args.out) if args.cmd == "split" else render(args.source, args.out, limit=args.limit)
+    counts = split(args.source, args.out) if args.cmd == "split" else render(args.source, args.out, limit=args.limit,
+                                                                             part=args.part)
     print(json.dumps(counts))
     return 0
 

@@ -58,6 +58,9 @@ else
     && mv "$WORK/packs/$PACK_ID.part" "$WORK/packs/$PACK_ID"; }
   for d in "$WORK"/packs/*/; do [[ "$d" == *.part/ ]] || DATA_ARGS+=(--pack "${d%/}"); done
 fi
+# .carry/val-train (optional: `scripts/heldout.py render --part train --limit 300 --out .carry/val-train`): the same
+# evaluation on formulas trained on, beside the TEST one; the gap between the two is what the model memorized
+[ -f .carry/val-train/labels.jsonl ] && DATA_ARGS+=(--val .carry/val-train)
 # INIT: a compact model folder to start from on a fresh machine (e.g. the committed default model)
 INIT_ARGS=()
 [ -n "${INIT:-}" ] && INIT_ARGS=(--model "$INIT")

@@ -42,6 +42,24 @@ def test_split_is_by_normalized_formula(tmp_path: Path) -> None:
     assert heldout.split(src, tmp_path / "again") == counts  # deterministic
 
 
+@pytest.mark.skipif(shutil.which("latex") is None or shutil.which("dvipng") is None, reason="TeX not installed")
+def test_render_parts_are_the_split(tmp_path: Path) -> None:
+    """`render --part train` renders exactly the formulas `split` trains on (the memorization probe), `test` the rest."""
+    rows = [{"id": f"r{i}", "latex": f"x ^ {{ {i} }} + y"} for i in range(24)]
+    src = tmp_path / "labels.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    heldout.split(src, tmp_path / "split")
+    for part in ("train", "test"):
+        counts = heldout.render(src, tmp_path / part, part=part)
+        rendered = [json.loads(line) for line in (tmp_path / part / "labels.jsonl").read_text().splitlines()]
+        expected = [json.loads(line)["id"] for line in (tmp_path / "split" / part / "labels.jsonl").read_text().splitlines()]
+        assert counts == {"written": len(expected), "failed": 0} and expected
+        assert sorted(r["id"] for r in rendered) == sorted(expected)
+        assert all((tmp_path / part / r["image"]).is_file() for r in rendered)
+    with pytest.raises(ValueError, match="part"):
+        heldout.render(src, tmp_path / "bad", part="val")
+
+
 @pytest.mark.skipif(not IM2LATEX.is_file(), reason="../shared/data not present")
 def test_im2latex_split_is_disjoint(tmp_path: Path) -> None:
     from texocr.data.inspect import compute_overlap
