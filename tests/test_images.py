@@ -184,3 +184,46 @@ def test_exif_orientation_applied() -> None:
     out = load_image(encode(img, "JPEG", exif=exif.tobytes()))
     assert out.size == (24, 60)
     assert load_image(encode(img, "JPEG", exif=exif.tobytes()), exif_transpose=False).size == (60, 24)
+
+
+# ---------------------------------------------------------------- glyph size and rescaling
+
+def _glyphs(height: int, *, invert: bool = False) -> Image.Image:
+    """Dark 'glyphs' on white: bars of `height` px (and a few shorter ones, as x-height letters are)."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (40 * height, 3 * height), "white")
+    draw = ImageDraw.Draw(img)
+    for k in range(12):
+        h = height if k % 4 else height // 2
+        x = height + 3 * k * height
+        draw.rectangle([x, height, x + max(1, height // 3), height + h - 1], fill="black")
+    return Image.eval(img, lambda v: 255 - v) if invert else img
+
+
+def test_glyph_height_follows_the_resolution_and_either_polarity() -> None:
+    from texocr.data.images import glyph_height
+
+    assert glyph_height(_glyphs(12)) == pytest.approx(12)
+    assert glyph_height(_glyphs(24)) == pytest.approx(24)
+    assert glyph_height(_glyphs(12, invert=True)) == pytest.approx(12)  # light ink on a dark screen
+    assert glyph_height(Image.new("RGB", (50, 20), "white")) is None
+    speckled = _glyphs(12)
+    speckled.putpixel((2, 2), (0, 0, 0))  # a 1-pixel speck is not a glyph
+    assert glyph_height(speckled) == pytest.approx(12)
+
+
+def test_rescale_to_glyph_height_scales_clamps_and_keeps_near_sizes() -> None:
+    from texocr.data.images import glyph_height, rescale_to_glyph_height
+
+    small = _glyphs(12)
+    up = rescale_to_glyph_height(small, 24)
+    assert up.size == (2 * small.width, 2 * small.height)
+    assert glyph_height(up) == pytest.approx(24, rel=0.1)
+    assert rescale_to_glyph_height(small, 120).size == (3 * small.width, 3 * small.height)  # max_scale 3
+    big = _glyphs(48)
+    assert rescale_to_glyph_height(big, 24) is big  # only enlarged by default...
+    assert rescale_to_glyph_height(big, 24, min_scale=0.5).size == (_glyphs(24).width, _glyphs(24).height)
+    assert rescale_to_glyph_height(small, 12.5) is small  # within 10 %: untouched
+    blank = Image.new("RGB", (50, 20), "white")
+    assert rescale_to_glyph_height(blank, 24) is blank

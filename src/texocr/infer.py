@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
@@ -155,8 +155,13 @@ class Recognizer:
 
     def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu", batch_size: int = 16,
                  max_new_tokens: int = 256, num_beams: int = 1, repetition_penalty: float = 1.0,
-                 max_pixels: int = 64_000_000, max_side: int = 4096, fast_decode: bool = True) -> None:
+                 max_pixels: int = 64_000_000, max_side: int = 4096, fast_decode: bool = True,
+                 glyph_height: float | None | Literal["model"] = "model") -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
+        # inputs are resized so that their glyphs are about this tall (pixels, `images.glyph_height`): the size
+        # the model reads best, from its config (`texocr_glyph_height`; texocr's compact models: 24, i.e. ~240 dpi)
+        self.glyph_height = getattr(model.config, "texocr_glyph_height", None) if glyph_height == "model" \
+            else glyph_height
         self.fast_decode = fast_decode
         self._greedy: Any = None  # the family's fast greedy decoder, built on first use
         self.batch_size = batch_size
@@ -240,13 +245,13 @@ class Recognizer:
     def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
         import numpy as np
 
-        from texocr.data.images import load_image
+        from texocr.data.images import load_image, rescale_to_glyph_height
 
         img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
         gray = np.asarray(img.convert("L"))
         if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
             raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
-        return img
+        return rescale_to_glyph_height(img, self.glyph_height) if self.glyph_height else img
 
     def _encode(self, images: list[Any]) -> Any:
         enc = self.family.encode_for_generation(self.processor, images).to(self.device)
