@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--data", help="a labelled folder whose images to use (e.g. runs/im2latex-test from "
                                    "scripts/heldout.py render) instead of drawn text")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--glyph-height", type=float, default=None, metavar="PX",
+                    help="Recognizer(glyph_height=PX): enlarge small inputs (the time counts)")
     args = ap.parse_args()
 
     import torch
@@ -136,6 +138,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens)
+    rec.glyph_height = args.glyph_height
     load_s = time.perf_counter() - t0
     params = sum(p.numel() for p in rec.model.parameters())
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None

@@ -122,3 +122,22 @@ def test_eval_command_writes_all_outputs(tiny_model_dir, eval_data, tmp_path, ca
 def test_eval_without_data_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--model", "x", "--out", str(tmp_path)]) == 2
     assert "no data to evaluate" in capsys.readouterr().err
+
+
+def test_glyph_height_reaches_the_recognizer(monkeypatch, eval_data, tmp_path):
+    """`--glyph-height PX` (or `--eval.glyph_height`) is what the Recognizer is built with; absent, it is None."""
+    from texocr.errors import TexocrError
+    from texocr.infer import Recognizer
+
+    seen = []
+
+    def fake_load(model, adapter=None, **kw):
+        seen.append(kw.get("glyph_height"))
+        raise TexocrError("stop here")
+
+    monkeypatch.setattr(Recognizer, "load", staticmethod(fake_load))
+    base = ["eval", "--model", "m", "--data", str(eval_data), "--out", str(tmp_path / "o"), "--no-render"]
+    assert main(base + ["--glyph-height", "24"]) == 2
+    assert main(base + ["--eval.glyph_height", "20"]) == 2
+    assert main(base) == 2
+    assert seen == [24.0, 20.0, None]

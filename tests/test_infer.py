@@ -204,25 +204,15 @@ def test_adapter_is_merged_for_inference_with_the_same_outputs(tiny_model_dir, f
         torch.testing.assert_close(merged(**batch).logits, want, rtol=1e-4, atol=1e-4)
 
 
-def test_inputs_are_scaled_to_the_models_glyph_height(tiny_loaded, tmp_path):
-    """The Recognizer reads `texocr_glyph_height` from the model's config (compact models carry 24) and scales
-    each input so its glyphs are that tall; `glyph_height=None` reads images as they come."""
+def test_glyph_height_enlarges_small_inputs(rec, tiny_loaded):
+    """`glyph_height=PX` enlarges an input until its glyphs are about PX tall; by default images are read as
+    they come."""
     from PIL import ImageDraw
 
-    from texocr.infer import DEFAULT_MODEL_DIR
-    from texocr.models.compact import GLYPH_HEIGHT, compact_config
-
-    assert compact_config("small").texocr_glyph_height == GLYPH_HEIGHT
-    assert json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["texocr_glyph_height"] == GLYPH_HEIGHT
-    loaded = tiny_loaded("qwen2_vl")
     img = Image.new("RGB", (240, 40), "white")
     ImageDraw.Draw(img).rectangle([20, 14, 23, 25], fill="black")  # one 12 px tall glyph
-    loaded.model.config.texocr_glyph_height = 24.0
-    try:
-        scaled = Recognizer.from_loaded(loaded)
-        assert scaled.glyph_height == 24.0 and scaled._load(img).size == (480, 80)
-        plain = Recognizer.from_loaded(loaded, glyph_height=None)
-        assert plain._load(img).size == (240, 40)
-    finally:
-        del loaded.model.config.texocr_glyph_height
-    assert Recognizer.from_loaded(loaded).glyph_height is None  # a model without the key: images as they come
+    assert rec.glyph_height is None and rec._load(img).size == (240, 40)
+    scaled = Recognizer.from_loaded(tiny_loaded("qwen2_vl"), glyph_height=24, max_new_tokens=4)
+    assert scaled._load(img).size == (480, 80)
+    (p,) = scaled([img], return_details=True)
+    assert p.error is None

@@ -135,6 +135,8 @@ class EvalConfig:
     limit: int | None = None
     render: bool = True
     """Render predictions for `image_match` and the HTML report when a renderer is installed."""
+    glyph_height: float | None = None
+    """Enlarge inputs whose glyphs are smaller than this many pixels (`Recognizer(glyph_height=)`)."""
 
 
 @dataclass

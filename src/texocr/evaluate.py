@@ -29,6 +29,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
 
 if TYPE_CHECKING:
@@ -203,6 +204,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--num-beams", type=int)
     p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--no-render", action="store_true", help="skip rendering (no image_match, no rendered predictions)")
     p.add_argument("--report-limit", type=int, default=200, help="samples shown in report.html (worst first)")
@@ -216,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     ev = cfg.eval
-    for name in ("limit", "batch_size", "num_beams", "max_new_tokens"):
+    for name in ("limit", "batch_size", "num_beams", "max_new_tokens", "glyph_height"):
         if getattr(args, name) is not None:
             setattr(ev, name, getattr(args, name))
     ev.render = ev.render and not args.no_render
@@ -238,7 +240,8 @@ def main(args: argparse.Namespace) -> int:
         raise TexocrError(f"{data}: no usable samples in split {split!r} (choose one with --split)"
                           + (f"; {notes[0]}" if notes else ""))
     renderer = default_renderer() if ev.render else None
-    options = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams}
+    options = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams,
+               "glyph_height": ev.glyph_height}
 
     runs = []
     for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):

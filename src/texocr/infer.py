@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
@@ -156,12 +156,11 @@ class Recognizer:
     def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu", batch_size: int = 16,
                  max_new_tokens: int = 256, num_beams: int = 1, repetition_penalty: float = 1.0,
                  max_pixels: int = 64_000_000, max_side: int = 4096, fast_decode: bool = True,
-                 glyph_height: float | None | Literal["model"] = "model") -> None:
+                 glyph_height: float | None = None) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
-        # inputs are resized so that their glyphs are about this tall (pixels, `images.glyph_height`): the size
-        # the model reads best, from its config (`texocr_glyph_height`; texocr's compact models: 24, i.e. ~240 dpi)
-        self.glyph_height = getattr(model.config, "texocr_glyph_height", None) if glyph_height == "model" \
-            else glyph_height
+        # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
+        # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
+        self.glyph_height = glyph_height
         self.fast_decode = fast_decode
         self._greedy: Any = None  # the family's fast greedy decoder, built on first use
         self.batch_size = batch_size

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
 
@@ -129,7 +131,8 @@ def main(args: argparse.Namespace) -> int:
     from texocr.infer import Recognizer
 
     rec = Recognizer.load(args.model, args.adapter, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+                          batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                          glyph_height=args.glyph_height)
     ok = 0
     if args.stream:
         for name, src in items:

@@ -2,7 +2,7 @@
 
     img = load_image("eq.png")                      # a path, bytes, a file object or a PIL.Image
     img = load_image(data, max_side=2048)           # enormous-but-allowed images are downscaled
-    img = rescale_to_glyph_height(img, 24)          # glyphs at the size a model reads best (`glyph_height`)
+    img = rescale_to_glyph_height(img, 24)          # small glyphs enlarged to 24 px (`glyph_height`)
 
 Every failure raises `ImageError` (a `TexocrError`) whose `.reason` is one short machine-readable word,
 so a data source can skip that one row and count it, and the CLI/HTTP API can print one clear line:
@@ -181,6 +181,10 @@ def load_image(
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.LANCZOS)
     return img
+
+
+GLYPH_HEIGHT_HELP = ("enlarge inputs whose glyphs are smaller than PX pixels tall: more accurate, slower "
+                     "(texocr's compact model reads best at 24)")
 
 
 def glyph_height(img) -> float | None:  # PIL.Image -> pixels, or None when there is no ink to measure

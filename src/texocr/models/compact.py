@@ -74,9 +74,9 @@ class Compact(Qwen2VL):
 
 
 GLYPH_HEIGHT = 24.0
-"""Pixels (`texocr.data.images.glyph_height`) that inputs are scaled to before reading: ~240 dpi for TeX's 10 pt,
-the top of the pretraining resolutions. On the im2latex TEST renders (120-200 dpi) v3 read 46.6 % exactly as
-rendered and 54.8 % scaled to 240 dpi (bench/compact.md, "Reading at the right scale")."""
+"""The glyph size (pixels, `texocr.data.images.glyph_height`) the compact model reads best: ~240 dpi for TeX's
+10 pt, the top of the pretraining resolutions (`Recognizer(glyph_height=...)`, `--glyph-height`; slower, so not
+the default: bench/compact.md, "Reading at the right scale")."""
 
 
 def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[str, int] | None = None) -> Any:
@@ -104,7 +104,6 @@ def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[s
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,  # input and output embeddings share one matrix: small vocab, fewer bytes
-        texocr_glyph_height=GLYPH_HEIGHT,  # what the Recognizer scales inputs to (texocr.infer)
     )
 
 
