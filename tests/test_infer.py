@@ -216,3 +216,5 @@ def test_glyph_height_enlarges_small_inputs(rec, tiny_loaded):
     assert scaled._load(img).size == (480, 80)
     (p,) = scaled([img], return_details=True)
     assert p.error is None
+    with pytest.raises(TexocrError, match="glyph_height"):
+        Recognizer.from_loaded(tiny_loaded("qwen2_vl"), glyph_height=-3)

@@ -160,6 +160,8 @@ class Recognizer:
         self.model, self.processor, self.family, self.device = model, processor, family, device
         # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
         # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
+        if glyph_height is not None and glyph_height < 0:
+            raise TexocrError(f"glyph_height must be a positive number of pixels (or 0 / None: off), not {glyph_height}")
         self.glyph_height = glyph_height
         self.fast_decode = fast_decode
         self._greedy: Any = None  # the family's fast greedy decoder, built on first use

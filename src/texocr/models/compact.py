@@ -73,12 +73,6 @@ class Compact(Qwen2VL):
         build_compact(out_dir, size="tiny", **sizes)
 
 
-GLYPH_HEIGHT = 24.0
-"""The glyph size (pixels, `texocr.data.images.glyph_height`) the compact model reads best: ~240 dpi for TeX's
-10 pt, the top of the pretraining resolutions (`Recognizer(glyph_height=...)`, `--glyph-height`; slower, so not
-the default: bench/compact.md, "Reading at the right scale")."""
-
-
 def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[str, int] | None = None) -> Any:
     """The `Qwen2VLConfig` of a compact model of `size` (`base` or `tiny`)."""
     from transformers import Qwen2VLConfig
