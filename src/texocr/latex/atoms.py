@@ -15,17 +15,16 @@ ORD, OP, BIN, REL, OPEN, CLOSE, PUNCT, INNER = "ord", "op", "bin", "rel", "open"
 
 _CHARS = {**dict.fromkeys("+-*", BIN), **dict.fromkeys("=<>:", REL), **dict.fromkeys("([", OPEN),
           **dict.fromkeys(")]!?", CLOSE), **dict.fromkeys(",;", PUNCT), **dict.fromkeys("./|", ORD)}
-_COMMANDS = {
+# not classified (None): `\dots` (amsmath picks its form by what follows), `\colon`, `\dag` (text symbols), ...
+_UNCLASSIFIED = frozenset({"\\colon", "\\dag", "\\ddag", "\\vartriangle"})
+_COMMANDS = {name: cls for name, cls in {
     **dict.fromkeys(C.ORD_COMMANDS, ORD), **dict.fromkeys(C.BIG_OPERATORS | C.LOG_LIKE, OP),
     **dict.fromkeys(C.RELATIONS | C.ARROWS, REL), **dict.fromkeys(C.BINARY_OPS, BIN),
     "\\{": OPEN, "\\langle": OPEN, "\\lfloor": OPEN, "\\lceil": OPEN,
     "\\}": CLOSE, "\\rangle": CLOSE, "\\rfloor": CLOSE, "\\rceil": CLOSE, "\\|": ORD,
     "\\ldots": INNER, "\\cdots": INNER,  # LaTeX defines both with \mathinner
     "\\operatorname": OP,
-}
-# not classified (None): `\dots` (amsmath picks its form by what follows), `\colon`, `\dag` (text symbols), ...
-for _name in ("\\colon", "\\dag", "\\ddag", "\\vartriangle"):
-    _COMMANDS.pop(_name, None)
+}.items() if name not in _UNCLASSIFIED}
 
 # TeX's spacing table, in mu (thin 3, medium 4, thick 5), as (display or text style, script styles).
 # Pairs that cannot occur (a Bin beside a Bin, Rel, Open, Punct...) are absent: TeX reclassifies the Bin.
