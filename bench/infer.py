@@ -44,18 +44,18 @@ def build_qwen2_vl_2b(device: str):  # -> (model, processor, family)
     return model.eval(), processor, get_family("qwen2_vl")
 
 
-def load_recognizer(model: str, device: str | None, max_new_tokens: int):
+def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_height: float | None = None):
     from texocr.infer import Recognizer, pick_device
 
     device = pick_device(device)
     if model == "qwen2-vl-2b":
         m, proc, fam = build_qwen2_vl_2b(device)
-        return Recognizer(m, proc, fam, device=device, max_new_tokens=max_new_tokens), device
+        return Recognizer(m, proc, fam, device=device, max_new_tokens=max_new_tokens, glyph_height=glyph_height), device
     if model == "tiny":
         from texocr.models.tiny import build_tiny
 
         model = str(build_tiny("qwen2_vl", Path(tempfile.mkdtemp(prefix="texocr-bench-tiny-"))))
-    return Recognizer.load(model, device=device, max_new_tokens=max_new_tokens), device
+    return Recognizer.load(model, device=device, max_new_tokens=max_new_tokens, glyph_height=glyph_height), device
 
 
 def formula_images(n: int, seed: int = 0) -> list:
@@ -137,8 +137,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens)
-    rec.glyph_height = args.glyph_height
+    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height)
     load_s = time.perf_counter() - t0
     params = sum(p.numel() for p in rec.model.parameters())
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
