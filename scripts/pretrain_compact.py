@@ -112,7 +112,7 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
     d = cfg.data
     sources = {style: SyntheticSource(n=2**40, seed=d.seed, style=style, renderer=renderer, formulas=d.formulas,
                                       real_ratio=d.real_formula_ratio, mutate_ratio=d.mutate_ratio, augment=False,
-                                      chunk=chunk, cache_chunks=1)
+                                      chunk=chunk, cache_chunks=1, printed_dpis=d.printed_dpis)
                for style in ("printed", "handwritten")}
 
     class ReplayStream(torch.utils.data.IterableDataset):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from texocr.cli import main
 from texocr.data.render import available_renderers
-from texocr.data.synth import SyntheticSource
+from texocr.data.synth import PRINTED_DPIS, SyntheticSource
 from texocr.errors import TexocrError
 from texocr.latex import normalize
 
@@ -49,6 +49,30 @@ def test_bad_arguments() -> None:
         SyntheticSource(augment_strength=2.5)
     with pytest.raises(IndexError):
         SyntheticSource(n=3)[3]
+    with pytest.raises(TexocrError, match="printed_dpis"):
+        SyntheticSource(printed_dpis=[])
+    with pytest.raises(TexocrError, match="printed_dpis"):
+        SyntheticSource(printed_dpis=[120, 5000])
+
+
+def test_printed_dpis_set_the_resolution_of_printed_chunks() -> None:
+    src = SyntheticSource(n=64, seed=2, renderer="pip", chunk=1, printed_dpis=[90])
+    assert {src.chunk_settings(c)["dpi"] for c in range(20)} == {90}
+    default = SyntheticSource(n=64, seed=2, renderer="pip", chunk=1)
+    assert {default.chunk_settings(c)["dpi"] for c in range(200)} == set(PRINTED_DPIS)
+    # the resolution reaches the pixels: the same formula at 90 dpi is smaller than at 240
+    low = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[90], augment=False)[0].image
+    high = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[240], augment=False)[0].image
+    assert low.height < high.height and low.width < high.width
+
+
+def test_data_config_printed_dpis_reach_the_synthetic_source() -> None:
+    from texocr.config import load_config
+    from texocr.data.sources import _synthetic
+
+    cfg = load_config(None, ["--data.printed_dpis=[100, 120]"])
+    src = _synthetic(cfg.data, "train")
+    assert src.printed_dpis == (100, 120)
 
 
 def test_labels_without_rendering() -> None:

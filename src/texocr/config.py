@@ -89,6 +89,8 @@ class DataConfig:
     real_formula_ratio: float = 0.5
     mutate_ratio: float = 0.0
     """Share of the real formulas replaced by a mutation of them (`texocr.data.mutate`)."""
+    printed_dpis: list[int] | None = None
+    """Resolutions printed synthetic chunks draw from (default `texocr.data.synth.PRINTED_DPIS`)."""
     augment: bool = True
     augment_strength: float = 1.0
     """Synthetic augmentation strength, 0-2 (`texocr.data.augment`; above 1: a messier handwriting)."""

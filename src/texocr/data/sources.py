@@ -374,4 +374,5 @@ def _synthetic(cfg: Any, split: str | None) -> Any:
     offset = 0 if split is None or canonical_split(split) == "train" else 1_000_003
     return SyntheticSource(n=cfg.synthetic_n, seed=cfg.seed + offset, style=cfg.synthetic_style,
                            formulas=cfg.formulas, real_ratio=cfg.real_formula_ratio,
-                           mutate_ratio=cfg.mutate_ratio, augment=cfg.augment, augment_strength=cfg.augment_strength)
+                           mutate_ratio=cfg.mutate_ratio, augment=cfg.augment, augment_strength=cfg.augment_strength,
+                           printed_dpis=cfg.printed_dpis)

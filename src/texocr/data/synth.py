@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from texocr.errors import TexocrError
 from texocr.sample import Sample, Skipped
 
 STYLES = ("printed", "handwritten", "mixed")
+# resolutions of printed chunks; each formula is further scaled by 0.92-1.44 (`_render_chunk`)
+PRINTED_DPIS = (110, 130, 150, 170, 200, 240)
 # font weights per style and renderer (fonts missing on this machine are dropped)
 _FONTS = {
     ("tex", "printed"): {"cm": 10, "cm-bold": 1, "cm-sans": 1, "euler": 1, "times": 1, "palatino": 1},
@@ -51,7 +53,7 @@ class SyntheticSource:
     def __init__(self, n: int = 2000, seed: int = 0, style: str = "printed", *, renderer: str | Renderer = "auto",
                  formulas: str | list[str] | None = None, real_ratio: float = 0.5, mutate_ratio: float = 0.0,
                  augment: bool = True, augment_strength: float = 1.0, in_order: bool = False, chunk: int = 64,
-                 cache_chunks: int = 4) -> None:
+                 cache_chunks: int = 4, printed_dpis: Sequence[int] | None = None) -> None:
         if style not in STYLES:
             raise TexocrError(f"unknown style {style!r}; choose {', '.join(STYLES)}")
         if n < 0 or chunk < 1:
@@ -59,6 +61,9 @@ class SyntheticSource:
         if not 0.0 <= augment_strength <= MAX_STRENGTH:
             raise TexocrError(f"augment_strength must be in [0, {MAX_STRENGTH}], got {augment_strength}")
         self.augment_strength = augment_strength
+        self.printed_dpis = tuple(PRINTED_DPIS if printed_dpis is None else printed_dpis)
+        if not self.printed_dpis or any(not 30 <= d <= 1200 for d in self.printed_dpis):
+            raise TexocrError(f"printed_dpis must be a non-empty list of resolutions in [30, 1200], got {printed_dpis}")
         self.name = f"synthetic(seed={seed}, style={style})"
         self.n, self.seed, self.style, self.augment, self.chunk = n, seed, style, augment, chunk
         self._renderer_spec = renderer
@@ -136,7 +141,7 @@ class SyntheticSource:
         have = set(self.renderer.fonts())
         weights = {f: w for f, w in _FONTS.get((self.renderer.name, style), {}).items() if f in have}
         font = r.choices(list(weights), weights=list(weights.values()))[0] if weights else None
-        dpi = r.choice([110, 130, 150, 170, 200, 240]) if style == "printed" else r.choice([130, 150, 170])
+        dpi = r.choice(self.printed_dpis) if style == "printed" else r.choice([130, 150, 170])
         return {"style": style, "font": font, "dpi": dpi}
 
     def _render_chunk(self, c: int) -> list[Sample | Skipped]:
