@@ -282,7 +282,8 @@ def test_render_stream_renders_tex_in_chunks_and_replays() -> None:
     import itertools
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(data=SimpleNamespace(seed=0, formulas=None, real_formula_ratio=0.0, mutate_ratio=0.0))
+    cfg = SimpleNamespace(data=SimpleNamespace(seed=0, formulas=None, real_formula_ratio=0.0, mutate_ratio=0.0,
+                                               printed_dpis=None))
     stream = pretrain.make_stream(cfg, printed_ratio=0.5, replay=2, pool=50, fresh_aug=0.5, offset=3,
                                   renderer="tex", chunk=8)
     got = list(itertools.islice(iter(stream), 48))
