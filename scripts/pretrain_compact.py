@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--config", required=True, help="a YAML config, e.g. configs/compact/pretrain.yaml")
     p.add_argument("--out", default=None, help="working folder (default: train.output_dir); holds state.pt")
     p.add_argument("--model", default=None, help="a compact model folder to start from (else a random init)")
+    p.add_argument("--grow", default=None, metavar="SIZE",
+                   help="deepen the --model to this compact size first (texocr.models.compact.grow_compact)")
     p.add_argument("--size", default="small",
                    help="size of a random init (texocr.models.compact.SIZES; bench/compact.md)")
     p.add_argument("--seconds", type=float, required=True, help="training seconds in this command")
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from texocr.config import ModelConfig, load_config
     from texocr.data.collate import Collator
-    from texocr.models.compact import build_compact
+    from texocr.models.compact import build_compact, grow_compact
     from texocr.models.loading import load_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -456,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").is_file():
         log.info("building a random %s compact model in %s", args.size, model_dir)
         build_compact(model_dir, size=args.size, seed=cfg.train.seed)
+    if args.grow:  # deterministic, so a resumed command rebuilds the same architecture before loading state.pt
+        model_dir = grow_compact(model_dir, args.grow, out / f"grown-{args.grow}")
+        log.info("grew %s into %s: %s", args.model or "the init", args.grow, model_dir)
     mcfg = ModelConfig(name_or_path=str(model_dir), family="compact", method="full", dtype="float32",
                        max_length=cfg.model.max_length)
     loaded = load_model(mcfg, training=True, device=device)

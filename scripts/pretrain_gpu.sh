@@ -64,6 +64,9 @@ fi
 # INIT: a compact model folder to start from on a fresh machine (e.g. the committed default model)
 INIT_ARGS=()
 [ -n "${INIT:-}" ] && INIT_ARGS=(--model "$INIT")
+# GROW: deepen INIT to a deeper compact size first (e.g. GROW=small-v7; the new layers start as identities).
+# Assemble the weights that come back with --size "$GROW".
+[ -n "${GROW:-}" ] && INIT_ARGS+=(--grow "$GROW")
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc; date -u; } | tee -a "$OUT/log.txt"
 # the process stops itself after SECONDS_THIS of training; timeout is only a guard against a hang
 timeout -k 10 "$((SECONDS_THIS + 100))" "${PYTHON:-python3}" scripts/pretrain_compact.py --config configs/compact/pretrain.yaml \

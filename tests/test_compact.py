@@ -432,3 +432,52 @@ def test_every_size_builds_a_model_that_runs(size: str, compact_loaded) -> None:
     enc = fam.encode(proc, _images()[:2], ["x ^ { 2 }", "\\frac { a } { b }"], 512).batch
     loss = model(**enc).loss
     assert torch.isfinite(loss)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from texocr.models.compact import build_compact
+
+    return build_compact(tmp_path_factory.mktemp("small"), size="small", n_formulas=200, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("size", ["small-v7", "small-t4"])
+def test_grown_model_computes_what_the_trained_one_did_and_its_new_layers_learn(small_dir: Path, size: str,
+                                                                               tmp_path: Path) -> None:
+    import torch
+
+    from texocr.config import ModelConfig
+    from texocr.models.compact import SIZES, grow_compact
+    from texocr.models.loading import load_model
+
+    grown_dir = grow_compact(small_dir, size, tmp_path / "grown")
+    old = load_model(ModelConfig(name_or_path=str(small_dir), family="compact", dtype="float32", method="full"))
+    new = load_model(ModelConfig(name_or_path=str(grown_dir), family="compact", dtype="float32", method="full"),
+                     training=True)
+    assert len(new.model.model.visual.blocks) == SIZES[size]["vis_depth"]
+    assert len(new.model.model.language_model.layers) == SIZES[size]["layers"]
+    batch = old.family.encode_for_training(old.processor, [_image()], [r"\frac { a } { b }"], max_length=512)
+    with torch.no_grad():
+        want = old.model(**batch).logits
+    got = new.model(**batch)
+    assert torch.allclose(got.logits, want, atol=1e-5)
+    got.loss.backward()  # the zeroed output projections of the new layers get gradients: they will train
+    last = new.model.model.language_model.layers[-1] if size == "small-t4" else new.model.model.visual.blocks[-1]
+    proj = last.self_attn.o_proj if size == "small-t4" else last.attn.proj
+    assert torch.count_nonzero(proj.weight) == 0 and proj.weight.grad.abs().sum() > 0
+    trained = old.model.model.language_model.layers[-1] if size == "small-t4" else old.model.model.visual.blocks[-1]
+    first = last.self_attn.q_proj if size == "small-t4" else last.attn.qkv
+    assert torch.equal(first.weight, (trained.self_attn.q_proj if size == "small-t4" else trained.attn.qkv).weight)
+
+
+def test_grow_refuses_other_widths_and_shrinking(small_dir: Path, tmp_path: Path) -> None:
+    from texocr.errors import TexocrError
+    from texocr.models.compact import grow_compact
+
+    with pytest.raises(TexocrError, match="cannot grow"):
+        grow_compact(small_dir, "xsmall", tmp_path / "a")  # narrower
+    v7 = grow_compact(small_dir, "small-v7", tmp_path / "v7")
+    with pytest.raises(TexocrError, match="cannot grow"):
+        grow_compact(v7, "small", tmp_path / "b")  # fewer layers
+    with pytest.raises(TexocrError, match="unknown compact size"):
+        grow_compact(small_dir, "huge", tmp_path / "c")

@@ -41,6 +41,11 @@ SIZES: dict[str, dict[str, int]] = {
     # lighter candidates for the CPU targets (bench/compact.md): fewer/narrower vision layers, fewer text layers
     "small": {"vis_depth": 5, "vis_dim": 256, "vis_heads": 4,
               "layers": 3, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
+    # deeper versions of `small` (same widths): `grow_compact` turns a trained `small` into one
+    "small-v7": {"vis_depth": 7, "vis_dim": 256, "vis_heads": 4,
+                 "layers": 3, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
+    "small-t4": {"vis_depth": 5, "vis_dim": 256, "vis_heads": 4,
+                 "layers": 4, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
     "xsmall": {"vis_depth": 4, "vis_dim": 192, "vis_heads": 3,
                "layers": 2, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 1024},
     "tiny": {"vis_depth": 1, "vis_dim": 32, "vis_heads": 2,
@@ -141,6 +146,64 @@ def build_compact(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    return out
+
+
+def grow_compact(model_dir: str | Path, size: str, out_dir: str | Path) -> Path:
+    """Write to `out_dir` the compact model of `model_dir` deepened to `size` (same widths, more layers).
+
+    The layers of `size` beyond the trained ones are copies of the last trained layer (vision or text) whose
+    output projections (`attn.proj`/`mlp.fc2`, `self_attn.o_proj`/`mlp.down_proj`) are zero: each adds zero to
+    its residual stream, so the grown model computes what the trained one did, and further training starts
+    from the trained model with more capacity instead of from scratch.
+    """
+    import copy
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    from texocr.errors import TexocrError
+
+    if size not in SIZES:
+        raise TexocrError(f"unknown compact size {size!r}; choose one of {', '.join(SIZES)}")
+    old = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype="auto")
+    dtype = next(old.parameters()).dtype  # kept: the shipped model is bfloat16
+    vis, txt = old.config.vision_config, old.config.text_config
+    want = SIZES[size]
+    same = (vis.embed_dim, vis.num_heads, txt.hidden_size, txt.num_attention_heads, txt.num_key_value_heads,
+            txt.intermediate_size) == tuple(want[k] for k in ("vis_dim", "vis_heads", "hidden", "heads",
+                                                                 "kv_heads", "ffn"))
+    if not same or want["vis_depth"] < vis.depth or want["layers"] < txt.num_hidden_layers:
+        raise TexocrError(f"{model_dir} cannot grow into {size!r}: {size} must have the same widths and at least "
+                          f"its {vis.depth} vision and {txt.num_hidden_layers} text layers")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    config = compact_config(size, txt.vocab_size, {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS})
+    new = Qwen2VLForConditionalGeneration(config)
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    new_layers = (f"model.visual.blocks.{i}." for i in range(vis.depth, want["vis_depth"]))
+    prefixes = (*new_layers, *(f"model.language_model.layers.{i}." for i in range(txt.num_hidden_layers,
+                                                                                   want["layers"])))
+    if unexpected or any(not k.startswith(prefixes) for k in missing):
+        raise TexocrError(f"{model_dir}: weights that do not match {size!r}: {(unexpected or missing)[:3]}")
+    with torch.no_grad():
+        for blocks, n_old, outs in ((new.model.visual.blocks, vis.depth, ("attn.proj", "mlp.fc2")),
+                                    (new.model.language_model.layers, txt.num_hidden_layers,
+                                     ("self_attn.o_proj", "mlp.down_proj"))):
+            for i in range(n_old, len(blocks)):
+                blocks[i].load_state_dict(copy.deepcopy(blocks[n_old - 1].state_dict()))
+                for name in outs:
+                    for param in blocks[i].get_submodule(name).parameters():
+                        param.zero_()
+    new.generation_config = old.generation_config
+    new = new.to(dtype)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    new.save_pretrained(out)
+    for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: unchanged
+        if f.is_file() and not f.name.startswith("model") and f.name not in ("config.json", "generation_config.json",
+                                                                              "README.md"):
+            shutil.copy(f, out / f.name)
     return out
 
 
