@@ -12,7 +12,8 @@ What differs from a stock Qwen2-VL checkpoint is saved inside the checkpoint its
     `<|vision_start|><|image_pad|>*n<|vision_end|>` followed by the LaTeX and `<|im_end|>`;
 so a compact checkpoint detected as plain `qwen2_vl` (from its config.json) still gets this prompt.
 Sizes: decoding on a CPU is memory-bound (each new token reads all text-tower weights), so capacity goes to
-the vision tower, which runs once per image; the text tower stays at 4 layers of width 256.
+the vision tower, which runs once per image; the text tower stays at 3-4 layers of width 256. A trained model
+grows deeper with `grow_compact` (new layers start as identities).
 """
 
 from __future__ import annotations
@@ -181,9 +182,8 @@ def grow_compact(model_dir: str | Path, size: str, out_dir: str | Path) -> Path:
     config = compact_config(size, txt.vocab_size, {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS})
     new = Qwen2VLForConditionalGeneration(config)
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    new_layers = (f"model.visual.blocks.{i}." for i in range(vis.depth, want["vis_depth"]))
-    prefixes = (*new_layers, *(f"model.language_model.layers.{i}." for i in range(txt.num_hidden_layers,
-                                                                                   want["layers"])))
+    prefixes = tuple([f"model.visual.blocks.{i}." for i in range(vis.depth, want["vis_depth"])]
+                     + [f"model.language_model.layers.{i}." for i in range(txt.num_hidden_layers, want["layers"])])
     if unexpected or any(not k.startswith(prefixes) for k in missing):
         raise TexocrError(f"{model_dir}: weights that do not match {size!r}: {(unexpected or missing)[:3]}")
     with torch.no_grad():
