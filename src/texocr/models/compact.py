@@ -158,7 +158,6 @@ def grow_compact(model_dir: str | Path, size: str, out_dir: str | Path) -> Path:
     its residual stream, so the grown model computes what the trained one did, and further training starts
     from the trained model with more capacity instead of from scratch.
     """
-    import copy
     import shutil
 
     import torch
@@ -191,7 +190,7 @@ def grow_compact(model_dir: str | Path, size: str, out_dir: str | Path) -> Path:
                                     (new.model.language_model.layers, txt.num_hidden_layers,
                                      ("self_attn.o_proj", "mlp.down_proj"))):
             for i in range(n_old, len(blocks)):
-                blocks[i].load_state_dict(copy.deepcopy(blocks[n_old - 1].state_dict()))
+                blocks[i].load_state_dict(blocks[n_old - 1].state_dict())  # copies the values
                 for name in outs:
                     for param in blocks[i].get_submodule(name).parameters():
                         param.zero_()
