@@ -123,6 +123,12 @@ def test_tokenize_matches_im2latex_convention():
     # ... but not around Bin / Rel / Op / Inner atoms (their spacing or limits change), nor after an
     # unknown command, which may take it as an argument
     (r"a {-} b {=} {\sum}_i {\cdots} \foo{x}", r"a { - } b { = } { \sum } _ { i } { \cdots } \foo { x }"),
+    # `\dag` is LaTeX's `{\dagger}` in math; a lone group around one atom is that atom
+    (r"A^\dag + B\dag (\ddag x) \text{\dag}", r"A ^ { \dagger } + B { \dagger } ( { \ddagger } x ) \text { \dag }"),
+    (r"x^{{-}} = {{=}}", r"x ^ { - } = { = }"),
+    # runs of interword spaces and quads as their width (the same glue in Computer Modern)
+    (r"a \ \ \ b ~~~ c \quad\quad d \ \quad \ e", r"a \quad b \quad c \qquad d \quad \ \ e"),
+    (r"a \; \; \; b \, \, c \ \, \ d", r"a \; \; \; b \, \, c \ \, \ d"),
 ])
 def test_normalize_standard(src, expected):
     assert normalize(src) == expected

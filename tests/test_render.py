@@ -246,3 +246,33 @@ def test_tilde_becomes_control_space_only_where_tex_spaces_them_the_same() -> No
         assert same(arrays[k], arrays[n + k]), src
     for k, src in enumerate(kept):
         assert not same(arrays[2 * n + k], arrays[2 * n + m + k]), src
+
+
+@tex
+@needs_tex
+def test_dagger_lone_group_and_space_run_rewrites_typeset_identically() -> None:
+    """`\\dag` -> `{ \\dagger }`, a lone `{ atom }` -> the atom, and a run of `\\ ` / `\\quad` / `\\qquad` -> its width:
+    each rewritten formula renders pixel for pixel like its source (Computer Modern); the nearby spellings the
+    normalizer keeps apart render differently."""
+    from texocr.latex import normalize
+
+    sources = [r"A ^ \dag B", r"( \dag x )", r"a \dag b = \dag", r"x _ { a \dag } \frac { \dag } { 2 } \ddag",
+               r"\sum ^ { \dag } \dag \sum", r"x ^ { { - } } y", r"{ { = } } a", r"\sqrt { { + } } \left( { , } \right)",
+               r"a \ \ \ b", r"a ~ ~ ~ b , ~ ~ c", r"a \quad \quad b \ \quad \ \ c", r"x _ { a \ \ \ b } y",
+               r"\text { a \ \ \ b } \qquad \quad \ \ \ x"]
+    rewritten = [normalize(s) for s in sources]
+    assert all(a != b for a, b in zip(sources, rewritten))
+    kept = [(r"a \dag b", r"a \dagger b"), (r"a \; \; \; b", r"a \quad b"), (r"a \, \, b", r"a \ b")]
+    assert all(normalize(a) != normalize(b) for a, b in kept)
+    images = TexRenderer().render_batch(sources + rewritten + [s for p in kept for s in p], font="cm", dpi=300)
+    assert all(im is not None for im in images)
+    arrays = [np.asarray(im) for im in images]
+    n = len(sources)
+
+    def same(a: np.ndarray, b: np.ndarray) -> bool:
+        return a.shape == b.shape and np.array_equal(a, b)
+
+    for k, src in enumerate(sources):
+        assert same(arrays[k], arrays[n + k]), (src, rewritten[k])
+    for k, pair in enumerate(kept):
+        assert not same(arrays[2 * n + 2 * k], arrays[2 * n + 2 * k + 1]), pair

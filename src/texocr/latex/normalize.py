@@ -69,7 +69,12 @@ _DROP_AGGRESSIVE = C.SPACING | C.STYLES | frozenset({"\\middle", "\\left.", "\\r
                                                      "\\right"}) | frozenset(
     n for n, sig in C.SIGNATURES.items() if sig == "D")
 _CELL_TRIGGERS = frozenset(C.FONT_SWITCHES) | frozenset(_INFIX) | {"\\buildrel"}
-_REWRITE_TRIGGERS = _DROP_STANDARD | {"\\label", "\\\\"}
+# `\dag` in math is LaTeX's `{\dagger}` (latex.ltx: `\ifmmode{\dagger}\else\textdagger\fi`): an Ord atom
+_TEXT_DAGGERS = {"\\dag": "\\dagger", "\\ddag": "\\ddagger"}
+# Interword spaces in thirds of an em. In Computer Modern (LaTeX's default font, im2latex's) the interword space
+# `\ ` is exactly a third of the quad, so `\ \ \ ` and `\quad` are the same glue; not in every font (Times: 1/4).
+_SPACE_THIRDS = {"\\": 1, "\\quad": 3, "\\qquad": 6}
+_REWRITE_TRIGGERS = _DROP_STANDARD | {"\\label", "\\\\"} | frozenset(_TEXT_DAGGERS) | frozenset(_SPACE_THIRDS)
 _NOT_BARE = frozenset({"{", "}", "^", "_", "&", "$", "#", "%", "'", "~", "\\", "\\\\", "\\limits",
                        "\\nolimits", "\\not"})
 
@@ -94,6 +99,7 @@ def normalize(s: str, level: str = "standard") -> str:
     rewrites = aggressive or cells or not _REWRITE_TRIGGERS.isdisjoint(tokens) or "{" in tokens or "~" in tokens
     if rewrites:  # else only bracing
         tree = _list(tree, aggressive, text=not cells)
+        tree = tree if aggressive else _lone_group(tree)
     tree = _strip_ends(tree)
     out: list[str] = []
     _emit_list(tree, out, aggressive)
@@ -149,24 +155,27 @@ def _token_pass(tokens: list[str], aggressive: bool) -> list[str]:
 
 
 # --- tree rewrites --------------------------------------------------------------------------------
-def _list(items: list, aggressive: bool, text: bool) -> list:
-    """Rewrite a list; `text` also means "no cell rewrites needed" (text mode or no trigger token)."""
+def _list(items: list, aggressive: bool, text: bool, math: bool = True) -> list:
+    """Rewrite a list; `text` also means "no cell rewrites needed" (text mode or no trigger token); `math`: the
+    list is in math mode (not a text-mode argument)."""
     if not text:
         items = _by_cell(items)
     out: list = []
     for x in items:
         if type(x) is str:
-            if x not in _DROP_STANDARD:
+            if x in _TEXT_DAGGERS and math and not aggressive:
+                out.append(Group([_TEXT_DAGGERS[x]]))  # what LaTeX makes of it; `_lone_group` may unwrap it
+            elif x not in _DROP_STANDARD:
                 out.append(x)
             continue
-        y = _node(x, aggressive, text)
+        y = _node(x, aggressive, text, math)
         if y is not None:
             out.append(y)
     if aggressive:
         if "'" in out:
             out = _primes(out)
         return _unwrap_groups(out)
-    return _tilde_spaces(_unwrap_ords(out))
+    return _space_runs(_tilde_spaces(_unwrap_ords(out)))
 
 
 def _by_cell(items: list) -> list:
@@ -221,21 +230,23 @@ def _infix(cell: list) -> list:
     return cell
 
 
-def _node(x, aggressive: bool, text: bool):
+def _node(x, aggressive: bool, text: bool, math: bool = True):
     """The rewritten node, or None when it is dropped."""
     if isinstance(x, str):
         return None if x in _DROP_STANDARD else x
     if isinstance(x, Group):
-        x.items = _list(x.items, aggressive, text)
+        x.items = _list(x.items, aggressive, text, math)
+        if not aggressive:
+            x.items = _lone_group(x.items)
         if x.closed and len(x.items) == 1 and isinstance(x.items[0], Cmd) and x.items[0].switch:
             return x.items[0]  # `{\rm x}` -> `\mathrm{x}`, not `{\mathrm{x}}`
         return x
     if isinstance(x, Delim):
-        x.items = _list(x.items, aggressive, text)
+        x.items = _list(x.items, aggressive, text, math)
         return x
     if isinstance(x, Env):
-        x.args = _args(x.args, aggressive, text=True)
-        x.items = _list(x.items, aggressive, text)
+        x.args = _args(x.args, aggressive, text=True, math=False)
+        x.items = _list(x.items, aggressive, text, math)
         if x.end is not None:
             while x.items and x.items[-1] == "\\\\":
                 x.items.pop()
@@ -247,21 +258,22 @@ def _node(x, aggressive: bool, text: bool):
         name = _operator_name(x)
         if name:
             return name
-    x.args = _args(x.args, aggressive, text or x.name in C.TEXT_ARG_COMMANDS)
+    textual = x.name in C.TEXT_ARG_COMMANDS
+    x.args = _args(x.args, aggressive, text or textual, math and not textual)
     return x
 
 
-def _args(args: list, aggressive: bool, text: bool) -> list:
+def _args(args: list, aggressive: bool, text: bool, math: bool = True) -> list:
     out = []
     for kind, value in args:
         if kind == "A" and value is not None:
             if not isinstance(value, Group):
                 value = Group([value])  # as it will be written: `\\hat x` -> `\\hat { x }`
-            value = _node(value, aggressive, text)
+            value = _node(value, aggressive, text, math)
             if value is None:
                 value = Group([])
         elif kind == "O" and value is not None:
-            value = _list(value, aggressive, text)
+            value = _list(value, aggressive, text, math)
         out.append((kind, value))
     return out
 
@@ -354,6 +366,37 @@ def _tilde_spaces(items: list) -> list:
                           atom_class(out[j]) if j < len(out) else None):
             out[k] = "\\"
     return out
+
+
+def _space_runs(items: list) -> list:
+    """Standard: a run of interword spaces, `\\quad`s and `\\qquad`s written as its width, widest first
+    (`\\ \\ \\ ` -> `\\quad`, `\\quad \\quad` -> `\\qquad`): the same glue in Computer Modern (`_SPACE_THIRDS`)."""
+    if _SPACE_THIRDS.keys().isdisjoint(x for x in items if type(x) is str):
+        return items
+    out: list = []
+    k = 0
+    while k < len(items):
+        if not (type(items[k]) is str and items[k] in _SPACE_THIRDS):
+            out.append(items[k])
+            k += 1
+            continue
+        thirds = 0
+        while k < len(items) and type(items[k]) is str and items[k] in _SPACE_THIRDS:
+            thirds += _SPACE_THIRDS[items[k]]
+            k += 1
+        out += ["\\qquad"] * (thirds // 6) + ["\\quad"] * (thirds % 6 // 3) + ["\\"] * (thirds % 3)
+    return out
+
+
+def _lone_group(items: list) -> list:
+    """Standard: a group's list (or the formula's) that is one bare group around one atom of any class is that
+    atom (`^ { { \\dagger } }` -> `^ { \\dagger }`, `{ { - } }` -> `-`): alone in its list, an atom gets no spacing
+    and a Bin becomes Ord. Not for `\\left..\\right` contents (the delimiters are atoms of that list) nor
+    environment cells (`aligned` puts `{}` before some)."""
+    if len(items) == 1 and isinstance(items[0], Group) and items[0].closed and len(items[0].items) == 1 \
+            and _is_atom(items[0].items[0]) and not isinstance(items[0].items[0], Group):
+        return items[0].items
+    return items
 
 
 def _is_spacing(x) -> bool:
