@@ -126,6 +126,9 @@ def test_tokenize_matches_im2latex_convention():
     # `\dag` is LaTeX's `{\dagger}` in math; a lone group around one atom is that atom
     (r"A^\dag + B\dag (\ddag x) \text{\dag}", r"A ^ { \dagger } + B { \dagger } ( { \ddagger } x ) \text { \dag }"),
     (r"x^{{-}} = {{=}}", r"x ^ { - } = { = }"),
+    # named operators as amsopn.sty defines them; not across kinds (limits / no limits)
+    (r"\operatorname{sin}^2 x + \operatorname*{lim}_{x} \operatorname{lim}_x \operatorname{tr}",
+     r"\sin ^ { 2 } x + \lim _ { x } \operatorname { l i m } _ { x } \operatorname { t r }"),
     # runs of interword spaces and quads as their width (the same glue in Computer Modern)
     (r"a \ \ \ b ~~~ c \quad\quad d \ \quad \ e", r"a \quad b \quad c \qquad d \quad \ \ e"),
     (r"a \; \; \; b \, \, c \ \, \ d", r"a \; \; \; b \, \, c \ \, \ d"),

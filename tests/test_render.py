@@ -250,8 +250,9 @@ def test_tilde_becomes_control_space_only_where_tex_spaces_them_the_same() -> No
 
 @tex
 @needs_tex
-def test_dagger_lone_group_and_space_run_rewrites_typeset_identically() -> None:
-    """`\\dag` -> `{ \\dagger }`, a lone `{ atom }` -> the atom, and a run of `\\ ` / `\\quad` / `\\qquad` -> its width:
+def test_standard_rewrites_of_daggers_lone_groups_spaces_and_operators_typeset_identically() -> None:
+    """`\\dag` -> `{ \\dagger }`, a lone `{ atom }` -> the atom, a run of `\\ ` / `\\quad` / `\\qquad` -> its width,
+    `\\operatorname { s i n }` -> `\\sin`:
     each rewritten formula renders pixel for pixel like its source (Computer Modern); the nearby spellings the
     normalizer keeps apart render differently."""
     from texocr.latex import normalize
@@ -259,10 +260,12 @@ def test_dagger_lone_group_and_space_run_rewrites_typeset_identically() -> None:
     sources = [r"A ^ \dag B", r"( \dag x )", r"a \dag b = \dag", r"x _ { a \dag } \frac { \dag } { 2 } \ddag",
                r"\sum ^ { \dag } \dag \sum", r"x ^ { { - } } y", r"{ { = } } a", r"\sqrt { { + } } \left( { , } \right)",
                r"a \ \ \ b", r"a ~ ~ ~ b , ~ ~ c", r"a \quad \quad b \ \quad \ \ c", r"x _ { a \ \ \ b } y",
-               r"\text { a \ \ \ b } \qquad \quad \ \ \ x"]
+               r"\text { a \ \ \ b } \qquad \quad \ \ \ x",
+               r"\operatorname { s i n } ^ { 2 } x + \operatorname* { l i m } _ { x \rightarrow 0 } \operatorname { l o g } _ { 2 } n"]
     rewritten = [normalize(s) for s in sources]
     assert all(a != b for a, b in zip(sources, rewritten))
-    kept = [(r"a \dag b", r"a \dagger b"), (r"a \; \; \; b", r"a \quad b"), (r"a \, \, b", r"a \ b")]
+    kept = [(r"a \dag b", r"a \dagger b"), (r"a \; \; \; b", r"a \quad b"), (r"a \, \, b", r"a \ b"),
+            (r"\operatorname { l i m } _ { x } f", r"\lim _ { x } f")]
     assert all(normalize(a) != normalize(b) for a, b in kept)
     images = TexRenderer().render_batch(sources + rewritten + [s for p in kept for s in p], font="cm", dpi=300)
     assert all(im is not None for im in images)

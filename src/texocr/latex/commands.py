@@ -231,5 +231,11 @@ NEGATED = {"=": "\\neq", "\\in": "\\notin", "<": "\\nless", ">": "\\ngtr", "\\le
            "\\geq": "\\ngeq", "\\subseteq": "\\nsubseteq", "\\supseteq": "\\nsupseteq",
            "\\sim": "\\nsim", "\\cong": "\\ncong", "\\mid": "\\nmid", "\\parallel": "\\nparallel"}
 
+# amsopn.sty: `\sin` is `\qopname\relax o{sin}` and `\operatorname{sin}` is `\qopname\newmcodes@ o{sin}`, the same
+# operator without limits ("o"); `\lim` and `\operatorname*{lim}` are the same with limits ("m"). Standard level.
+OPERATORS_NOLIMITS = _words("""arccos arcsin arctan arg cos cosh cot coth csc deg dim exp hom ker lg ln log sec
+    sin sinh tan tanh""")
+OPERATORS_LIMITS = _words("det gcd inf lim max min Pr sup")
+
 # \operatorname{...} spellings of operators that have their own command (aggressive level).
 NAMED_OPERATORS = frozenset(w[1:] for w in LOG_LIKE)

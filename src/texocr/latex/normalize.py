@@ -19,9 +19,17 @@ standard (the default; what training targets and exact match use)
       `\\lbrace` -> `\\{` ...;
     - `~` -> `\\ ` where TeX spaces them the same (`a ~ b`; not `= ~ \\sum` or `= ~ -`: the empty group that
       `~` brings is an Ord atom, `atoms.tilde_is_space`);
+    - `\\operatorname { s i n }` -> `\\sin` and `\\operatorname* { l i m }` -> `\\lim` (`commands.OPERATORS_NOLIMITS`,
+      `OPERATORS_LIMITS`: amsopn.sty defines the commands so); not across kinds (`\\operatorname { l i m }` stays);
+    - `\\dag` / `\\ddag` -> `{ \\dagger }` / `{ \\ddagger }`, LaTeX's own definition in math mode;
+    - a run of interword spaces and quads written as its width, widest first (`\\ \\ \\ ` -> `\\quad`, `~ ~ ~`
+      -> `\\quad`, `\\quad \\quad` -> `\\qquad`): the same glue in Computer Modern, LaTeX's and im2latex's font,
+      whose interword space is a third of its quad (in Times it is a quarter: there they differ);
     - `\\label{..}`, `\\nonumber`, `\\notag` dropped;
     - a bare group around one ordinary atom dropped (`{ x }`, `{ \\mathbf { K } }`, `{ \\frac { a } { b } }`,
       `{ { .. } }` -> `{ .. }`; `commands.ORD_COMMANDS`), as it renders the same; kept around other atoms;
+      a group (or the formula) whose only content is a bare group around one atom of any class is that atom
+      (`^ { { \\dagger } }` -> `^ { \\dagger }`): alone in a list an atom gets no spacing;
     - leading and trailing spacing (`\\,` `\\;` `\\:` `\\!` `\\ ` `~` `\\quad` `\\qquad` `\\hspace{..}`
       `\\kern..` ...) and a trailing `\\\\` dropped; a `\\\\` right before `\\end{..}` dropped.
 aggressive (for lenient comparison; lossy: renders may differ slightly)
@@ -74,6 +82,8 @@ _TEXT_DAGGERS = {"\\dag": "\\dagger", "\\ddag": "\\ddagger"}
 # Interword spaces in thirds of an em. In Computer Modern (LaTeX's default font, im2latex's) the interword space
 # `\ ` is exactly a third of the quad, so `\ \ \ ` and `\quad` are the same glue; not in every font (Times: 1/4).
 _SPACE_THIRDS = {"\\": 1, "\\quad": 3, "\\qquad": 6}
+# `\operatorname { s i n }` -> `\sin`, `\operatorname* { l i m }` -> `\lim`: what amsopn.sty defines them as
+_OPERATOR_SPELLINGS = {"\\operatorname": C.OPERATORS_NOLIMITS, "\\operatorname*": C.OPERATORS_LIMITS}
 _REWRITE_TRIGGERS = _DROP_STANDARD | {"\\label", "\\\\"} | frozenset(_TEXT_DAGGERS) | frozenset(_SPACE_THIRDS)
 _NOT_BARE = frozenset({"{", "}", "^", "_", "&", "$", "#", "%", "'", "~", "\\", "\\\\", "\\limits",
                        "\\nolimits", "\\not"})
@@ -254,9 +264,9 @@ def _node(x, aggressive: bool, text: bool, math: bool = True):
     # Cmd
     if x.name == "\\label" or (aggressive and x.name in C.SPACING_WITH_ARGS):
         return None
-    if aggressive and x.name == "\\operatorname":
+    if x.name in _OPERATOR_SPELLINGS:
         name = _operator_name(x)
-        if name:
+        if name and (aggressive or name in _OPERATOR_SPELLINGS[x.name]):
             return name
     textual = x.name in C.TEXT_ARG_COMMANDS
     x.args = _args(x.args, aggressive, text or textual, math and not textual)
