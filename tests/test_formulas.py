@@ -64,6 +64,45 @@ def test_balanced_and_normalizable(formulas: list[str]) -> None:
         assert normalize(f), f
 
 
+# Rarer tokens of the real TRAIN formulas (im2latex spellings): TRAIN has each in at least ~0.2 % of its
+# formulas, so 3,000 generated formulas must write each a few times, and none wildly often.
+RARE_TOKENS = [
+    "\\operatorname*", "!", "\\hspace", "\\mid", "\\big", "\\Big", "\\bigg", "\\Bigg", "\\perp",
+    "\\displaystyle", "\\textstyle", "\\stackrel", "\\forall", "\\not", "\\imath", "\\mathit", "--",
+    "\\triangle", "'", "\\wp", "\\parallel", "\\bullet", "\\bot",
+]
+
+
+@pytest.fixture(scope="module")
+def many() -> list[str]:
+    g = FormulaGenerator(seed=11)
+    return [g.formula(i) for i in range(3000)]
+
+
+def test_writes_rare_real_tokens(many: list[str]) -> None:
+    tokens = [set(normalize(f, "light").split()) for f in many]  # as written (standard makes `\operatorname* { l i m }` `\lim`)
+    share = {t: sum(t in ts for ts in tokens) / len(many) for t in RARE_TOKENS}
+    assert [t for t, s in share.items() if s * len(many) < 3] == []  # every one is written
+    assert [t for t, s in share.items() if s > 0.05] == []  # at realistic (small) rates
+    # as real formulas write them: the `\big` family mostly bare, sometimes as `\bigl .. \bigr` pairs
+    assert any("\\Big (" in f or "\\Big [" in f for f in many) and any("\\Bigl" in f for f in many)
+    assert any(re.search(r"\\operatorname\* \{ l i m \} _ \{", normalize(f, "light")) for f in many)
+    assert any(re.search(r"\\frac \{ [^{}]+ \} \{ (\w|\( [^{}]+ \)) ! \}", normalize(f)) for f in many)
+    assert any(re.search(r"\\stackrel \{ [^{}]+ \} \{ [^{}]+ \}", f) for f in many)
+    assert any(re.search(r", \\hspace\{[0-9.]+(cm|mm|pt|em)\}", f) for f in many)
+
+
+def test_rare_constructs_are_valid_latex(many: list[str]) -> None:
+    from texocr.data.render import check_formula
+    from texocr.latex import validate
+
+    rare = [f for f in many if set(normalize(f, "light").split()) & set(RARE_TOKENS)]
+    assert len(rare) > 300
+    for f in rare:
+        assert check_formula(f) is None, f
+        assert validate(f) == [], f  # balanced, \left/\right and scripts well-formed, every command known
+
+
 def test_read_formulas_jsonl_and_lines(tmp_path) -> None:
     j = tmp_path / "labels.jsonl"
     j.write_text(json.dumps({"latex": "a + b", "image": "x.png"}) + "\n\n" + json.dumps({"latex": "c"}) + "\n")

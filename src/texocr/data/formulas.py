@@ -11,7 +11,9 @@ each formula first draws a target length from the token-length distribution of t
 validation formulas (`REAL_LENGTH_HIST`), then grows an equation (left side, relation, right side, sometimes
 a condition) or a multi-line environment until it reaches that length. Constructs and their weights follow
 what arXiv formulas contain: fractions, roots, scripts, big operators with bounds, Greek, accents, font
-commands, `\\left...\\right` pairs, matrices/arrays/cases/aligned, spacing, `\\text{...}`, relations, functions.
+commands, `\\left...\\right` and `\\big`-family pairs, matrices/arrays/cases/aligned, spacing (also
+`\\hspace{1cm}`), `\\text{...}`, relations (also `\\stackrel`, `\\not`), functions (also im2latex's
+`\\operatorname*{lim}`), factorials, style switches (`\\displaystyle`, `\\textstyle`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ SPACES = ["\\,", "\\,", "\\;", "\\quad", "\\qquad", "\\!", "\\:", "~", "\\ "]
 DOTS = ["\\cdots", "\\ldots", "\\dots", "\\vdots", "\\ddots"]
 DELIMS = [("(", ")")] * 6 + [("[", "]")] * 2 + [("\\{", "\\}"), ("|", "|"), ("\\langle", "\\rangle"),
                                                  ("\\|", "\\|"), ("\\lfloor", "\\rfloor")]
-BIG = ["\\big", "\\Big", "\\bigg", "\\Bigg"]
+BIG = ["\\big"] * 2 + ["\\Big"] * 4 + ["\\bigg"] * 2 + ["\\Bigg"]  # TRAIN: \Big most, \Bigg least
+RARE_LETTERS = ["\\hbar", "\\ell", "\\nabla", "\\partial"] * 8 + ["\\imath", "\\wp", "\\triangle"]
+RARE_RELATIONS = ["\\leftrightarrow", "\\Longrightarrow", "\\Longleftrightarrow", "\\doteq", "\\perp",
+                  "\\parallel", "\\mid"]
+# TRAIN spells the adjoint `\dagger` about 4 times as often as `\dag`
+SUPERSCRIPTS = ["3", "n", "k", "*", "T", "4", "N", "p"] * 6 + ["\\dagger"] * 12 + ["\\dag"] * 2 + ["\\bullet"]
+HSPACES = ["1cm"] * 4 + ["0.5cm", "5mm", "0.3cm", "2cm", "10pt", "1em"]  # what TRAIN's `\hspace`s use
 WORDS = ["if", "for", "otherwise", "and", "where", "const", "for all", "with", "s.t.", "on", "in", "mod",
          "as", "even", "odd", "else", "for some"]
 MATRIX_ENVS = ["pmatrix", "pmatrix", "bmatrix", "matrix", "vmatrix", "Bmatrix", "Vmatrix"]
@@ -110,9 +118,9 @@ class _Builder:
         r = self.r.random()
         if r < 0.74:
             return [self.r.choice(COMMON) if self.r.random() < 0.7 else self.r.choice(LATIN)]
-        if r < 0.96:
+        if r < 0.975:  # a 4 % symbol tail made \hbar, \ell, \nabla 4-5x as common as in TRAIN
             return ["\\" + self.r.choice(GREEK)]
-        return [self.r.choice(["\\hbar", "\\ell", "\\nabla", "\\partial"])]
+        return [self.r.choice(RARE_LETTERS)]
 
     def number(self) -> list[str]:
         r = self.r.random()
@@ -137,6 +145,8 @@ class _Builder:
             return ["\\mathrm", "{", *self.r.choice(["eff", "max", "min", "out", "in", "tot", "int", "ext"]), "}"]
         if r < 0.92:
             return [self.r.choice("ijk"), "=", self.r.choice("01")]
+        if r < 0.93:  # physics' transverse / parallel parts, light-cone `--` (as TRAIN spells it, glued)
+            return [self.r.choice(["\\perp"] * 6 + ["\\parallel", "\\bot", "--"])]
         return self.expr(self.r.randint(2, 4), depth=3)
 
     def sup(self) -> list[str]:
@@ -144,7 +154,7 @@ class _Builder:
         if r < 0.35:
             return ["2"]
         if r < 0.5:
-            return [self.r.choice(["3", "n", "k", "*", "T", "\\dagger", "4", "N", "p"])]
+            return [self.r.choice(SUPERSCRIPTS)]
         if r < 0.6:
             return ["-", "1"]
         if r < 0.7:
@@ -155,6 +165,8 @@ class _Builder:
 
     def scripted(self, base: list[str]) -> list[str]:
         r = self.r.random()
+        if r < 0.002:  # `f '`: the apostrophe prime, rarer than `^ { \prime }` in TRAIN
+            return base + ["'"]
         if r < 0.4:
             return base + ["_", "{", *self.index(), "}"]
         if r < 0.7:
@@ -179,6 +191,8 @@ class _Builder:
             return ["\\mathrm", "{", self.r.choice("deiDT"), "}"]
         if r < 0.97:
             return ["\\boldsymbol", "{", *self.letter(), "}"]
+        if r < 0.975:
+            return ["\\mathit", "{", self.r.choice(LATIN), "}"]
         return ["\\mathsf", "{", self.r.choice(LATIN), "}"]
 
     def factor(self, depth: int) -> list[str]:
@@ -206,8 +220,12 @@ class _Builder:
             return self.bracket(depth)
         if r < 0.96:
             return ["\\binom", "{", *self.letter(), "}", "{", *self.index(), "}"]
-        if r < 0.985:
-            return ["\\operatorname", "{", *self.r.choice(OPERATORNAMES), "}", *self.letter()]
+        if r < 0.975:
+            return self.operatorname()
+        if r < 0.977:
+            return self.factorial()
+        if r < 0.9775:
+            return self.slashed()
         return [self.r.choice(["\\overbrace", "\\underbrace", "\\overline"]), "{", *self.expr(4, depth + 1), "}"]
 
     def call(self, depth: int) -> list[str]:
@@ -219,21 +237,62 @@ class _Builder:
         return f + ["(", *args, ")"]
 
     def bracket(self, depth: int) -> list[str]:
-        """A commutator-like [A, B] or a braket-like \\langle a | b \\rangle."""
-        if self.r.random() < 0.5:
+        """A commutator-like [A, B], a braket-like \\langle a | b \\rangle, a set \\{ x \\mid x > 0 \\}."""
+        r = self.r.random()
+        if r < 0.45:
             return ["[", *self.factor(depth + 1), ",", *self.factor(depth + 1), "]"]
-        return ["\\langle", *self.factor(depth + 1), "|", *self.factor(depth + 1), "\\rangle"]
+        bar = "\\mid" if self.r.random() < 0.15 else "|"  # TRAIN writes brakets with both
+        if r < 0.95:
+            return ["\\langle", *self.factor(depth + 1), bar, *self.factor(depth + 1), "\\rangle"]
+        x = self.letter()
+        return ["\\{", *x, "\\mid", *x, self.r.choice(["<", ">", "\\geq", "\\leq", "\\in"]), *self.factor(depth + 1),
+                "\\}"]
+
+    def operatorname(self) -> list[str]:
+        """\\operatorname { tr } A; im2latex writes det with the star (limits below in display)."""
+        if self.r.random() < 0.08:
+            return ["\\operatorname*", "{", *"det", "}", *self.letter()]
+        return ["\\operatorname", "{", *self.r.choice(OPERATORNAMES), "}", *self.letter()]
+
+    def factorial(self) -> list[str]:
+        """n !, 4 !, ( n + 1 ) !: mostly in denominators of series coefficients."""
+        r = self.r.random()
+        if r < 0.45:
+            return [self.r.choice("nkNpm"), "!"]
+        if r < 0.75:
+            return [self.r.choice("23456"), "!"]
+        return ["(", self.r.choice("nkpN"), self.r.choice("+-"), self.r.choice("123"), ")", "!"]
+
+    def slashed(self) -> list[str]:
+        """Feynman's slash: \\not \\partial, \\not P (TRAIN's `\\not` is this or `\\not =`)."""
+        return ["\\not", self.r.choice(["\\partial", "\\partial", "P", "D", "X", "k", "p", "\\nabla"])]
 
     # -- constructs ----------------------------------------------------------------------------------
     def frac(self, depth: int) -> list[str]:
         cmd = self.r.choice(["\\frac"] * 8 + ["\\dfrac", "\\tfrac"])
-        if self.r.random() < 0.25:
+        r = self.r.random()
+        if r < 0.015:  # series coefficients: \frac { 1 } { n ! }, \frac { \lambda } { 4 ! }
+            num, den = self.number() if self.r.random() < 0.7 else self.letter(), self.factorial()
+        elif r < 0.25:
             num, den = self.number(), self.number() if self.r.random() < 0.6 else self.letter()
         else:
             num = self.expr(self.r.randint(1, 8), depth + 1)
             den = self.expr(self.r.randint(1, 8), depth + 1)
+            if self.r.random() < 0.01:  # a display-size numerator inside the (smaller) fraction
+                num = ["\\displaystyle", *num]
         out = [cmd, "{", *num, "}", "{", *den, "}"]
+        if self.r.random() < 0.015:
+            return self.sized_frac(out)
         return ["{", *out, "}"] if self.r.random() < 0.15 else out  # im2latex often wraps fractions in braces
+
+    def sized_frac(self, frac: list[str]) -> list[str]:
+        """{ \\textstyle \\frac .. }, = \\displaystyle \\frac ..: TRAIN's style switches are nearly all before one."""
+        r = self.r.random()
+        if r < 0.4:
+            return ["{", "\\textstyle", *frac, "}"]
+        if r < 0.55:
+            return ["\\textstyle", *frac]
+        return ["\\displaystyle", *frac]
 
     def sqrt(self, depth: int) -> list[str]:
         body = self.expr(self.r.randint(1, 7), depth + 1)
@@ -247,9 +306,11 @@ class _Builder:
         r = self.r.random()
         if r < 0.35:
             out = ["\\left" + left, *body, "\\right" + right]
-        elif r < 0.45:
+        elif r < 0.39:
+            # TRAIN writes bare `\Big (` .. `\Big )` more often than `\Bigl ( .. \Bigr )`
             b = self.r.choice(BIG)
-            out = [b + "l", left, *body, b + "r", right]
+            lr = ("l", "r") if self.r.random() < 0.4 else ("", "")
+            out = [b + lr[0], left, *body, b + lr[1], right]
         else:
             out = [left, *body, right]
         if self.r.random() < 0.3:
@@ -261,7 +322,10 @@ class _Builder:
             f = self.r.choice(LIMIT_FUNCS)
             var = self.r.choice("xntk")
             to = self.r.choice(["0", "\\infty", "1", "a"])
-            return ["\\" + f, "_", "{", var, "\\to", to, "}", *self.factor(depth + 1)]
+            # im2latex's own spelling of lim / min / max: `\operatorname* { l i m }`
+            star = f in ("lim", "min", "max") and self.r.random() < 0.4
+            op = ["\\operatorname*", "{", *f, "}"] if star else ["\\" + f]
+            return [*op, "_", "{", var, "\\to", to, "}", *self.factor(depth + 1)]
         f = ["\\" + self.r.choice(FUNCS)]
         if self.r.random() < 0.15:
             f = f + ["^", "{", "2", "}"]
@@ -298,7 +362,10 @@ class _Builder:
     def text(self) -> list[str]:
         """`\\text{...}` as one piece: inside text mode the spaces between tokens would show."""
         word = self.r.choice(WORDS)
-        if self.r.random() < 0.8:
+        r = self.r.random()
+        if r < 0.02:
+            return ["\\textrm{" + word + "}"]
+        if r < 0.8:
             return ["\\text{" + word + "}"]
         return ["\\mathrm{" + word.replace(" ", "~") + "}"]
 
@@ -341,24 +408,50 @@ class _Builder:
     def equation(self, budget: int) -> list[str]:
         out = self.lhs()
         if len(out) >= budget and self.r.random() < 0.9:  # real formulas are nearly all (in)equalities
-            out += [self.r.choice(RELATIONS)] + self.expr(self.r.randint(1, 4), depth=1)
+            out += self.relation() + self.expr(self.r.randint(1, 4), depth=1)
         while len(out) < budget:
-            out += [self.r.choice(RELATIONS)]
+            out += self.relation()
             out += self.expr(max(2, min(budget - len(out), self.r.randint(6, 40))), depth=0)
         if self.r.random() < 0.12:
-            out += [",", self.r.choice(SPACES[3:5]), *self.text(), self.r.choice(SPACES[:2]),
-                    *self.letter(), self.r.choice(RELATIONS[12:20]), *self.number()]
+            out += self.condition()
         if self.r.random() < 0.35:
             out += [self.r.choice(["\\,", "\\;", "\\quad", ""]), self.r.choice([".", ",", ".", ";"])]
             out = [t for t in out if t]
         return out
+
+    def relation(self) -> list[str]:
+        """Mostly one of RELATIONS; sometimes a rare one, a negated one, or one with a note set over it."""
+        r = self.r.random()
+        if r < 0.008:
+            over = self.r.choice([["(", self.r.choice("12"), ")"], ["\\Sigma"], ["\\mathrm{def}"], ["!"], ["*"],
+                                  [self.r.choice("xtnN"), "\\rightarrow", self.r.choice(["\\infty", "0"])]])
+            rel = self.r.choice(["=", "=", "\\rightarrow", "\\sim", "\\approx"])
+            return ["\\stackrel", "{", *over, "}", "{", rel, "}"]
+        if r < 0.01:
+            return ["\\not", self.r.choice(["=", "=", "\\in", "\\subset"])]
+        if r < 0.018:
+            return [self.r.choice(RARE_RELATIONS)]
+        return [self.r.choice(RELATIONS)]
+
+    def condition(self) -> list[str]:
+        """A trailing `, \\quad \\text{if} \\, x > 0` or `, \\qquad \\forall t` after a formula."""
+        space = self.r.choice(SPACES[3:5]) if self.r.random() < 0.8 else "\\hspace{" + self.r.choice(HSPACES) + "}"
+        if self.r.random() < 0.06:
+            var = self.letter()
+            if self.r.random() < 0.5:
+                return [",", space, "\\forall", *var]
+            return [",", space, "\\forall", *var, "\\in", "\\mathbb", "{", self.r.choice("RCZN"), "}"]
+        return [",", space, *self.text(), self.r.choice(SPACES[:2]), *self.letter(), self.r.choice(RELATIONS[12:20]),
+                *self.number()]
 
     def environment(self, budget: int) -> list[str]:
         kind = self.r.choice(["matrix"] * 4 + ["array"] * 3 + ["cases"] * 2 + ["aligned"] * 2)
         if kind == "matrix":
             env = self.r.choice(MATRIX_ENVS)
             rows, cols = self.r.randint(2, 4), self.r.randint(2, 4)
-            body = self._grid(rows, cols, cell=lambda: self.expr(self.r.randint(1, 4), depth=2))
+            # a dotted cell (\vdots, \ddots, \cdots) as in a general n x n matrix
+            body = self._grid(rows, cols, cell=lambda: [self.r.choice(DOTS[:2] + DOTS[3:])] if self.r.random() < 0.04
+                              else self.expr(self.r.randint(1, 4), depth=2))
             mat = ["\\begin{" + env + "}", *body, "\\end{" + env + "}"]
             if env == "matrix" and self.r.random() < 0.7:
                 mat = ["\\left("] + mat + ["\\right)"]
