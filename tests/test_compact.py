@@ -17,7 +17,7 @@ from texocr.models.qwen_vl import QWEN_SPECIALS
 def latex_tok():
     from texocr.models.latex_tokenizer import build_latex_tokenizer
 
-    return build_latex_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>", n_formulas=200)
+    return build_latex_tokenizer(QWEN_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +438,7 @@ def test_every_size_builds_a_model_that_runs(size: str, compact_loaded) -> None:
 def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from texocr.models.compact import build_compact
 
-    return build_compact(tmp_path_factory.mktemp("small"), size="small", n_formulas=200, dtype="bfloat16")
+    return build_compact(tmp_path_factory.mktemp("small"), size="small", dtype="bfloat16")
 
 
 @pytest.mark.parametrize("size", ["small-v7", "small-t4"])

@@ -107,13 +107,13 @@ def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[s
     )
 
 
-def build_compact_processor(n_formulas: int = 5000, seed: int = 0) -> Any:
+def build_compact_processor() -> Any:
     """Processor = PIL Qwen2-VL image processor + LaTeX tokenizer + the image-only chat template."""
     import transformers
 
     from texocr.models.latex_tokenizer import build_latex_tokenizer
 
-    tok = build_latex_tokenizer(QWEN_SPECIALS, eos=EOS, pad=PAD, n_formulas=n_formulas, seed=seed)
+    tok = build_latex_tokenizer(QWEN_SPECIALS, eos=EOS, pad=PAD)
     image_processor = transformers.Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
     family = Compact()
     processor = family.processor_class()(image_processor, tok, chat_template=COMPACT_TEMPLATE)
@@ -122,11 +122,10 @@ def build_compact_processor(n_formulas: int = 5000, seed: int = 0) -> Any:
 
 
 def build_compact(
-    out_dir: str | Path, size: str = "base", *, seed: int = 0, n_formulas: int | None = None, dtype: str = "float32"
+    out_dir: str | Path, size: str = "base", *, seed: int = 0, dtype: str = "float32"
 ) -> Path:
     """Write a randomly initialized compact model + processor to `out_dir`; returns the path.
 
-    `n_formulas` generated formulas feed the tokenizer's vocabulary (default 5000; 300 for `tiny`).
     `dtype="bfloat16"` halves the file (how the trained model ships).
     """
     import torch
@@ -134,7 +133,7 @@ def build_compact(
 
     from texocr.models.tiny import padded_vocab_size
 
-    processor = build_compact_processor(n_formulas or (300 if size == "tiny" else 5000), seed)
+    processor = build_compact_processor()
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = compact_config(size, padded_vocab_size(tok), ids)

@@ -11,14 +11,17 @@ Targets are `texocr.latex.normalize` output: canonical tokens separated by singl
 string (words joined by one space, continuations glued). Unnormalized input (`\\frac{a}{b}`) therefore
 still round-trips, only in more ids.
 
-The vocabulary comes from the LaTeX core's known commands and environments, the tokens of the synthetic
-formula generator's output (`texocr.data.formulas`) and printable ASCII; never from an evaluation set.
+The vocabulary is frozen in `texocr/assets/latex_vocab.txt` (the words of the shipped default model, in its id
+order), so that a change to the formula generator or the LaTeX core never moves an id of a trained model. Known
+commands, `\\left`/`\\right` delimiters and environments missing from it are appended after it (sorted), so
+existing ids stay; printable ASCII comes before it. The list was first made from the LaTeX core's known
+commands and the synthetic generator's tokens (by frequency); never from an evaluation set.
 """
 
 from __future__ import annotations
 
 import string
-from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,32 +31,24 @@ CONTINUATION = "##"
 UNK = "<unk>"
 CHARS = [c for c in string.printable if not c.isspace()]
 """Printable ASCII without whitespace: every one is both a word start and a `##` continuation."""
+VOCAB_FILE = Path(__file__).resolve().parent.parent / "assets" / "latex_vocab.txt"
 
 
-def latex_vocabulary(n_formulas: int = 5000, seed: int = 0, min_count: int = 1) -> list[str]:
-    """Whole-word LaTeX tokens: known commands, `\\left`/`\\right` + delimiters, environments, generator tokens.
-
-    Deterministic for the same arguments (sorted by descending count in the generated formulas, then by
-    name). `n_formulas` formulas of `FormulaGenerator(seed)` are tokenized with `texocr.latex.tokenize`.
-    """
-    from texocr.data.formulas import FormulaGenerator
-    from texocr.latex import tokenize
+def latex_vocabulary() -> list[str]:
+    """Whole-word LaTeX tokens: the frozen list (`VOCAB_FILE`), then known commands, `\\left`/`\\right` +
+    delimiters and environments it lacks, sorted."""
     from texocr.latex.commands import (
         DELIMITER_TOKENS,
         KNOWN_COMMANDS,
         KNOWN_ENVIRONMENTS,
     )
 
-    counts: Counter[str] = Counter()
-    gen = FormulaGenerator(seed=seed)
-    for i in range(n_formulas):
-        counts.update(tokenize(gen.formula(i)))
-    words = {w for w, c in counts.items() if c >= min_count}
-    words |= set(KNOWN_COMMANDS)
+    frozen = VOCAB_FILE.read_text(encoding="utf-8").split()
+    words = set(KNOWN_COMMANDS)
     words |= {f"{side}{d}" for side in ("\\left", "\\right", "\\middle") for d in DELIMITER_TOKENS}
     words |= {f"\\{kind}{{{env}}}" for kind in ("begin", "end") for env in KNOWN_ENVIRONMENTS}
-    words = {w for w in words if w and not any(ch.isspace() for ch in w)}
-    return sorted(words, key=lambda w: (-counts[w], w))
+    known = set(frozen)
+    return frozen + sorted(w for w in words if w and w not in known and not any(ch.isspace() for ch in w))
 
 
 def build_latex_tokenizer(
@@ -62,12 +57,10 @@ def build_latex_tokenizer(
     eos: str,
     pad: str,
     words: list[str] | None = None,
-    n_formulas: int = 5000,
-    seed: int = 0,
 ) -> PreTrainedTokenizerFast:
     """A `PreTrainedTokenizerFast` (WordPiece over LaTeX tokens) whose ids start with `specials`, then `<unk>`.
 
-    `words` defaults to `latex_vocabulary(n_formulas, seed)`. Special tokens are matched before the
+    `words` defaults to `latex_vocabulary()`. Special tokens are matched before the
     whitespace split, so `<|vision_start|><|image_pad|>` needs no spaces around it.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -76,7 +69,7 @@ def build_latex_tokenizer(
     vocab: dict[str, int] = {}
     for tok in [*specials, UNK, *CHARS, *(CONTINUATION + c for c in CHARS)]:
         vocab.setdefault(tok, len(vocab))
-    for w in latex_vocabulary(n_formulas, seed) if words is None else words:
+    for w in latex_vocabulary() if words is None else words:
         vocab.setdefault(w, len(vocab))
     core = Tokenizer(
         models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix=CONTINUATION,
