@@ -7,9 +7,9 @@
     # only when it measurably improves the numbers (bench/compact.md): --out src/texocr/assets/default-model
 
 The GPU machine sends back only bf16 weight shards (`$OUT` holds 8 files), not the config, tokenizer or
-processor: those are rebuilt here with `build_compact(size, seed)`, which is deterministic for one texocr version
-(its vocabulary comes from generated formulas, so a generator change changes it), or taken from `--init`, the
-model the run started from (grown to `--size` like pretraining did). The tokenizer is checked against the
+processor: those are rebuilt here with `build_compact(size, seed)`, which is deterministic (the tokenizer's
+vocabulary is frozen in `texocr/assets/latex_vocab.txt`), or taken from `--init`, the model the run started from
+(grown to `--size` like pretraining did), for a model whose tokenizer is not the builder's. The tokenizer is checked against the
 `tokenizer_sha256` that pretraining wrote into `metrics.json`.
 """
 
