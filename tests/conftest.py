@@ -29,6 +29,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Property tests: random locally (each run searches new inputs, and a failure found is replayed from
+# .hypothesis/), the same examples every run in CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci), so a CI
+# result never depends on luck or on a database left by an earlier run.
+from hypothesis import settings as _hypothesis_settings
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:

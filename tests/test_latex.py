@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from texocr.latex import (
@@ -347,6 +347,8 @@ def _balanced(s: str) -> bool:
 
 @PROPS
 @given(st.one_of(anything, latexish))
+@example("\\genfrac{\\ }")  # found by hypothesis: the glued argument was `{\}`, which reads as `\}`
+@example("\\genfrac{- -}{\\alpha b}{\\a@ b}{}")  # glued dashes would be a ligature, glued words one word
 def test_no_input_crashes_and_tokenize_round_trips(s):
     tokens = tokenize(s)
     assert tokenize(detokenize(tokens)) == tokens

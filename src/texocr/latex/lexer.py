@@ -109,7 +109,7 @@ def detokenize(tokens: list[str]) -> str:
                 end = group_end(tokens, i)
                 if end is None:
                     break
-                out.append("{" + "".join(tokens[i + 1:end]) + "}")
+                out.append("{" + _glue(tokens[i + 1:end]) + "}")
                 i = end + 1
             continue
         if tok not in _DIMENSION_COMMANDS:
@@ -161,11 +161,13 @@ def group_end(tokens: Sequence[str], j: int) -> int | None:
 
 
 def _glue(tokens: list[str]) -> str:
-    """Text-mode tokens joined with no spaces, except one after a control word that a letter follows;
-    the control space (token `\\`) keeps its space."""
+    """Tokens joined with no spaces wherever they stay the same tokens: one space after a control word
+    that a letter follows (`\\alpha b`, not `\\alphab`); the control space (token `\\`) keeps its space
+    (`\\}` would be the symbol `\\}`), and dashes stay apart (`--` would be the ligature)."""
     text = ""
     for t in tokens:
-        if text and t[:1].isalpha() and re.search(r"\\[A-Za-z]+$", text):
+        word_then_letter = (t[:1].isalpha() or t[:1] == "@") and re.search(r"\\[A-Za-z@]+$", text)
+        if text and (word_then_letter or (text.endswith("-") and t.startswith("-"))):
             text += " "
         text += "\\ " if t == "\\" else t
     return text
