@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--printed-aug", type=float, default=0.4, help="share of printed renders augmented")
     p.add_argument("--probe-every", type=int, default=4,
                    help="score the grounding probe every N logging intervals (grounding_probe)")
+    p.add_argument("--real", action="append", default=[], metavar="KIND:PATH[:WEIGHT]",
+                   help="real data mixed into the stream (texocr.data.realmix.RealPart.parse); repeat it")
+    p.add_argument("--real-ratio", type=float, default=0.0, help="share of samples drawn from --real")
     p.add_argument("--no-batch-attention", action="store_true",
                    help="keep transformers' per-image vision attention (see batch_vision_attention)")
     return p.parse_known_args(argv)
@@ -95,7 +98,8 @@ def augment_by_style(img: Any, style: str, rng: random.Random, printed_aug: floa
 
 
 def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh_aug: float, offset: int,
-                renderer: str, chunk: int = 1, printed_aug: float = 1.0) -> Any:
+                renderer: str, chunk: int = 1, printed_aug: float = 1.0, real: list[str] | None = None,
+                real_ratio: float = 0.0) -> Any:
     """An IterableDataset of Samples: fresh renders interleaved with augmented replays of a per-worker pool.
 
     Handwriting-style renders are always augmented (the distortion is what makes them handwriting-like),
@@ -105,9 +109,12 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
     Each worker renders chunks of `chunk` formulas at a time (one TeX document per chunk: TeX renders
     hundreds of formulas/s per core in batches, ~6/s one by one; the pip renderer gains nothing from
     chunks, use 1), each chunk in one style, font and resolution.
+
+    With `real` parts (`texocr.data.realmix`), a share `real_ratio` of all samples are real images instead.
     """
     import torch
 
+    from texocr.data.realmix import RealPart, real_samples
     from texocr.data.synth import SyntheticSource
     from texocr.sample import Sample, Skipped
 
@@ -124,6 +131,8 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
             rng = random.Random(f"replay:{d.seed}:{offset}:{wid}")
             kept: list[list[Any]] = []  # [clean grey render, target, style, id, last augmentation]
             c = offset + wid  # chunk number: workers take every nw-th chunk
+            reals = real_samples([RealPart.parse(r) for r in real], random.Random(f"real:{offset}:{wid}")) \
+                if real and real_ratio > 0 else None
             while True:
                 style = "printed" if rng.random() < printed_ratio else "handwritten"
                 fresh = [got for got in sources[style].render_chunk(c) if not isinstance(got, Skipped)]
@@ -135,6 +144,8 @@ def make_stream(cfg: Any, *, printed_ratio: float, replay: int, pool: int, fresh
                     else:
                         kept[rng.randrange(pool)] = item
                     for it in [item] + [rng.choice(kept) for _ in range(replay)]:
+                        while reals is not None and rng.random() < real_ratio:  # geometric: real_ratio of all
+                            yield next(reals)
                         if it[4] is None or rng.random() < fresh_aug:
                             it[4] = augment_by_style(it[0].convert("RGB"), it[2], rng, printed_aug)
                         yield Sample(image=it[4], latex=it[1], id=it[3], meta={"style": it[2]})
@@ -492,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         chunk = args.chunk or (64 if args.renderer == "tex" else 1)
         stream = make_stream(cfg, printed_ratio=args.printed_ratio, replay=args.replay, pool=args.pool,
                              fresh_aug=args.fresh_aug, offset=10_000_000 * (1 + int(done)) // chunk,
-                             renderer=args.renderer, chunk=chunk, printed_aug=args.printed_aug)
+                             renderer=args.renderer, chunk=chunk, printed_aug=args.printed_aug,
+                             real=args.real, real_ratio=args.real_ratio)
     probe_stream = iter(make_pack_stream(args.pack, seed=cfg.data.seed + 1, offset=-1, printed_aug=0.0,
                                          blur=(0.5, 0.5)) if args.pack else stream)
     probe = grounding_probe([next(probe_stream) for _ in range(64)], collate, normalize_pixels, device)

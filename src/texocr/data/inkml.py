@@ -94,7 +94,7 @@ def read_inkml(path: str | Path) -> Ink:
     kind = next((t for t in _LABEL_TYPES if t in annotations), None)
     label = None if kind is None else annotations[kind]
     if kind == "truth":  # CROHME writes `$x^2$`
-        label = _strip_dollars(label)
+        label = crohme_truth(_strip_dollars(label))
 
     channels = [c for c in root.iter() if _local(c.tag) == "channel"]
     n_channels = max(2, len(channels)) if channels else 2
@@ -109,6 +109,26 @@ def read_inkml(path: str | Path) -> Ink:
         raise InkError(f"{path}: no traces")
     meta = {k: v for k, v in annotations.items() if k not in _LABEL_TYPES}
     return Ink(strokes=strokes, label=label, meta=meta)
+
+
+# CROHME's `truth` spells some symbols as MathJax does and marks what a pen cannot show: `\\lt` / `\\gt`
+# are `<` / `>` (undefined in LaTeX itself), `\\mbox { g }` wraps a single handwritten symbol (upright in
+# print, no difference in ink), `\\Big`/`\\Bigg` size a delimiter and `\\limits` places limits that are
+# drawn where they are written. Dropped, so the target is what the ink shows (as the CROHME papers' labels).
+_CROHME_FIXES = (
+    (re.compile(r"\\lt(?![A-Za-z])|\\lt(?=[A-Z])"), " < "),
+    (re.compile(r"\\gt(?![A-Za-z])|\\gt(?=[A-Z])"), " > "),
+    (re.compile(r"\\(?:Bigg|Big|bigg|big)[lr]?(?![A-Za-z])"), " "),
+    (re.compile(r"\\limits(?![A-Za-z])"), " "),
+)
+_MBOX_RE = re.compile(r"\\mbox\s*\{\s*([^{}\s]|\\[A-Za-z]+)\s*\}")
+
+
+def crohme_truth(s: str) -> str:
+    """A CROHME `truth` label as the ink shows it: `\\lt` -> `<`, `\\mbox { g }` -> `g`, no `\\Big`/`\\limits`."""
+    for pattern, repl in _CROHME_FIXES:
+        s = pattern.sub(repl, s)
+    return _MBOX_RE.sub(r" \1 ", s)
 
 
 def _strip_dollars(s: str) -> str:
