@@ -191,7 +191,7 @@ class Batcher:
             outputs = list(self._predict([it.image for it in batch]))
             if len(outputs) != len(batch):
                 raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(batch)} images")
-        except Exception as e:  # noqa: BLE001 - a model failure fails this batch's requests, not the server
+        except Exception as e:  # a model failure fails this batch's requests, not the server
             log.exception("model call failed on a batch of %d images", len(batch))
             for job in {id(it.job): it.job for it in batch}.values():
                 job.fail(e)
