@@ -89,6 +89,8 @@ class Server:
 
 async def load(base: str, pool: list[bytes], requests: int, clients: int, max_s: float) -> dict:
     latencies: list[float] = []
+    server_ms: list[float] = []  # the server's own total_ms: reading, decoding, queue and model
+    queue_ms: list[float] = []
     errors: list[str] = []
     answers: dict[int, set[str]] = {}
     counter = iter(range(requests))
@@ -102,7 +104,10 @@ async def load(base: str, pool: list[bytes], requests: int, clients: int, max_s:
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:100]}")
                     continue
-                answers.setdefault(k, set()).add(r.json()["results"][0]["latex"])
+                body = r.json()
+                answers.setdefault(k, set()).add(body["results"][0]["latex"])
+                server_ms.append(body["total_ms"])
+                queue_ms.append(body["results"][0]["timing"]["queue_ms"])
             except httpx.HTTPError as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 continue
@@ -119,6 +124,9 @@ async def load(base: str, pool: list[bytes], requests: int, clients: int, max_s:
             "wall_s": round(wall, 2), "throughput_rps": round(len(lat) / wall, 2),
             "p50_ms": round(statistics.median(lat) * 1000, 1) if lat else None, "p99_ms": round(pct(0.99), 1),
             "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+            "server_p50_ms": round(statistics.median(server_ms), 1) if server_ms else None,
+            "server_p99_ms": round(sorted(server_ms)[int(0.99 * (len(server_ms) - 1))], 1) if server_ms else None,
+            "queue_p99_ms": round(sorted(queue_ms)[int(0.99 * (len(queue_ms) - 1))], 1) if queue_ms else None,
             "answers": {FORMULAS[k]: sorted(v) for k, v in sorted(answers.items())}}
 
 
