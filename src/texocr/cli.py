@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("texocr.export", "merge a LoRA adapter into its base model and save it"),
     "eval": ("texocr.evaluate", "evaluate a model on a data set: metrics, predictions and an HTML report"),
     "predict": ("texocr.predict", "transcribe images (files, a folder, or stdin) to LaTeX"),
+    "serve": ("texocr.serve", "an HTTP API and a web page: upload, paste or draw math, get LaTeX"),
     "demo": ("texocr.demo", "measure a model, fine-tune it on the CPU, measure again (what `make demo` runs)"),
 }
 

@@ -143,10 +143,33 @@ class EvalConfig:
 
 @dataclass
 class ServeConfig:
+    """`texocr serve`: where it listens, how it batches, what it accepts (each key is also a flag)."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 16
+    """Most images in one model call: concurrent requests are gathered up to this (1: no batching)."""
+    batch_wait_ms: float = 5.0
+    """How long the first queued image waits for others before its batch starts."""
+    max_queue: int = 64
+    """Images queued or running at once; a request that would exceed it is answered 503 with Retry-After."""
+    max_images: int = 16
+    """Images in one request."""
     max_image_bytes: int = 10_000_000
+    """Bytes of one image file (as uploaded, or once decoded from base64)."""
+    max_image_pixels: int = 16_000_000
+    """An image whose header declares more pixels is refused before it is decoded (decompression bombs)."""
+    max_request_bytes: int = 32_000_000
+    """Bytes of one request body, all images and encoding included."""
+    request_timeout_s: float = 60.0
+    """A request still waiting for the model after this long is answered 503."""
+    api_key_file: str | None = None
+    """A file of API keys, one per line: `/v1/` then needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    max_new_tokens: int = 256
+    glyph_height: float | None = None
+    """Enlarge inputs whose glyphs are smaller than this many pixels (`Recognizer(glyph_height=)`)."""
+    device: str | None = None
+    """cuda, mps or cpu (unset: the best available)."""
 
 
 @dataclass
