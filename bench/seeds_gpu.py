@@ -249,7 +249,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_gpu import build_data
+    from gpu_data import build_data
 
     build_data(data, 64 * args.steps if not args.tiny else 16)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
-from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
 
 if TYPE_CHECKING:
     from texocr.config import ModelConfig
@@ -116,32 +115,6 @@ class Idefics3(Family):
         import transformers
 
         return getattr(transformers, self.model_class_name)
-
-    def build_tiny(self, out_dir: str, *, hidden_size: int = 64, layers: int = 2, vision_dim: int = 32,
-                   tile: int = 32, patch: int = 8) -> None:
-        import transformers
-
-        tok = char_tokenizer(SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<|pad|>",
-                             unk="<|end_of_text|>", extra_tokens=ROW_COL)
-        seq_len = (tile // patch) ** 2 // 4  # pixel shuffle with scale factor 2
-        ip = self.image_processor_class()(
-            size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile},
-            image_mean=[0.5] * 3, image_std=[0.5] * 3,
-        )
-        processor = self.processor_class()(ip, tok, image_seq_len=seq_len, chat_template=self.chat_template)
-        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
-        text = {"model_type": "llama", "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size,
-                "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "max_position_embeddings": 4096, "pad_token_id": ids["<|pad|>"],
-                "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<end_of_utterance>"]}
-        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                  "num_attention_heads": 2, "image_size": tile, "patch_size": patch}
-        config_cls = getattr(transformers, self.model_class_name.replace("ForConditionalGeneration", "Config"))
-        config = config_cls(vision_config=vision, text_config=text, image_token_id=ids["<image>"],
-                            scale_factor=2, pad_token_id=ids["<|pad|>"])
-        model = getattr(transformers, self.model_class_name)(config)
-        self.configure_processor(processor, None)
-        save_tiny(model, processor, out_dir)
 
 
 def _smolvlm_no_video() -> type:

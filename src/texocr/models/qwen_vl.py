@@ -117,11 +117,6 @@ class QwenVLFamily(Family):
     def images_arg(self, images: list[Image.Image]) -> list[Any]:
         return [_pad_aspect(im) for im in images]
 
-    def build_tiny(self, out_dir: str, **sizes: Any) -> None:
-        from texocr.models.tiny_qwen import build_tiny_qwen
-
-        build_tiny_qwen(self, out_dir, **sizes)
-
 
 def _pad_aspect(image: Image.Image) -> Image.Image:
     """Pad with white so that the long side is at most MAX_ASPECT times the short side."""
@@ -165,3 +160,6 @@ class Qwen3VL(QwenVLFamily):
     processor_class_name = "Qwen3VLProcessor"
     chat_template = QWEN3_VL_TEMPLATE
     patch_size = 16
+
+
+FAMILY_CLASSES = [Qwen2VL, Qwen25VL, Qwen3VL]
