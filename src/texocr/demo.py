@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from texocr.evaluate import EvalResult
 
 MARKER = ".texocr-demo"
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIG_PACKAGE = ("assets", "configs", "demo")
+"""Where the demo's configs live inside the installed package (package data: a wheel has them too);
+`configs/demo` in the repository links there."""
 SHORT_FORMULAS = [2, 1]
 """Token-length histogram in bins of 10 (`FormulaGenerator(length_hist=...)`): 3-19 tokens, two thirds under 10,
 so that a model trained for minutes on a CPU has something it can learn to read."""
@@ -66,11 +68,22 @@ class Plan:
 # ---------------------------------------------------------------- steps
 
 
+def demo_config(name: str) -> Path:
+    """The packaged demo config `name` (e.g. `default-lora.yaml`), found through importlib.resources."""
+    from importlib.resources import files
+
+    path = Path(str(files("texocr").joinpath(*CONFIG_PACKAGE, name)))
+    if not path.is_file():
+        raise TexocrError(f"the demo config {name} is missing from the installed package ({path}): a damaged "
+                          "install? Reinstall texocr")
+    return path
+
+
 def plan(args: argparse.Namespace, out: Path) -> Plan:
     """Pick the case: --model, else the shipped default model when it exists, else a fresh random model."""
     from texocr.infer import resolve_model
 
-    lora = CONFIG_DIR / "default-lora.yaml"
+    lora = demo_config("default-lora.yaml")
     if args.model:
         if not Path(args.model, "config.json").is_file():
             raise TexocrError(f"--model {args.model}: not a model directory (no config.json)")
@@ -86,7 +99,7 @@ def plan(args: argparse.Namespace, out: Path) -> Plan:
 
     size = "tiny" if args.quick else args.size
     path = build_compact(out / "init", size=size, seed=args.seed)
-    return Plan("scratch", CONFIG_DIR / "scratch-full.yaml", str(path),
+    return Plan("scratch", demo_config("scratch-full.yaml"), str(path),
                 f"{why}: a compact model ({size}) from random weights, fully trained")
 
 
