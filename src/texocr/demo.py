@@ -157,14 +157,13 @@ def evaluate(model: str, adapter: str | None, samples: list[Any], cfg: Config) -
     The model is loaded with the training config's model section (family, image budget), so that before and
     after see the images exactly as training did.
     """
-    from dataclasses import replace
-
     from texocr.evaluate import score
     from texocr.infer import Recognizer
-    from texocr.models.loading import load_model
 
-    loaded = load_model(replace(cfg.model, name_or_path=model, adapter=adapter), training=False, device="cpu")
-    rec = Recognizer.from_loaded(loaded, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+    rec = Recognizer.load(model, adapter, device="cpu", family=cfg.model.family, min_pixels=cfg.model.min_pixels,
+                          max_pixels=cfg.model.max_pixels, batch_size=cfg.eval.batch_size,
+                          max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+                          glyph_height=cfg.eval.glyph_height)
     return score(rec, samples, cfg.eval, keep_images=True)
 
 

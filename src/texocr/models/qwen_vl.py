@@ -3,7 +3,8 @@
 Image budget: the stock processor allows 1280 tokens (28*28*1280 pixels, 16384 in Qwen3-VL), so a large
 scan of a formula costs thousands of tokens and runs out of memory. texocr's default caps an image at
 256 tokens (`max_pixels = 256 * (patch*merge)^2`) and lifts tiny crops to 16 tokens; `ModelConfig.min_pixels`
-and `max_pixels` override both. Images wider than 100:1 are padded with white first (the processor refuses
+and `max_pixels` override both. The budget is saved with the processor (processor_config.json) and read back
+with it, so a model trained at 32 image tokens is read at 32. Images wider than 100:1 are padded with white first (the processor refuses
 aspect ratios above 200).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
+from texocr.models.saved import IMAGE_BUDGET_KEY, saved_image_budget
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,6 +62,10 @@ def _no_video(processor_cls: type) -> type:
         def to_dict(self) -> dict[str, Any]:
             out = super().to_dict()
             out["processor_class"] = processor_cls.__name__  # loadable by stock AutoProcessor too
+            out.pop(IMAGE_BUDGET_KEY, None)
+            budget = getattr(self, IMAGE_BUDGET_KEY, None)
+            if budget:  # read back by `saved_image_budget`; stock processors ignore the key
+                out[IMAGE_BUDGET_KEY] = dict(budget)
             return out
 
     Processor.__name__ = Processor.__qualname__ = f"Texocr{processor_cls.__name__}"
@@ -83,17 +89,23 @@ class QwenVLFamily(Family):
 
     def build_processor(self, path: str, cfg: ModelConfig | None = None) -> Any:
         processor = self.processor_class().from_pretrained(path)
-        self.configure_processor(processor, cfg)
+        self.configure_processor(processor, cfg, saved=saved_image_budget(path))
         return processor
 
     def _pixels_per_token(self, processor: Any) -> int:
         ip = processor.image_processor
         return int((ip.patch_size * ip.merge_size) ** 2)
 
-    def configure_processor(self, processor: Any, cfg: ModelConfig | None) -> None:
+    def configure_processor(self, processor: Any, cfg: ModelConfig | None,
+                            saved: dict[str, int] | None = None) -> None:
+        """The budget: `cfg`'s keys where set, else the one the processor was saved with by texocr (`saved`, from
+        processor_config.json), else texocr's defaults (a stock hub processor's own budget is far too large)."""
         per_token = self._pixels_per_token(processor)
-        lo = cfg.min_pixels if cfg and cfg.min_pixels else DEFAULT_MIN_TOKENS * per_token
-        hi = cfg.max_pixels if cfg and cfg.max_pixels else DEFAULT_MAX_TOKENS * per_token
+        saved = saved or {}
+        lo = (cfg.min_pixels if cfg and cfg.min_pixels else None) or saved.get("min_pixels") \
+            or DEFAULT_MIN_TOKENS * per_token
+        hi = (cfg.max_pixels if cfg and cfg.max_pixels else None) or saved.get("max_pixels") \
+            or DEFAULT_MAX_TOKENS * per_token
         if lo > hi:
             from texocr.errors import TexocrError
 
@@ -104,6 +116,7 @@ class QwenVLFamily(Family):
         for attr, value in (("min_pixels", lo), ("max_pixels", hi)):
             if hasattr(ip, attr):
                 setattr(ip, attr, int(value))
+        setattr(processor, IMAGE_BUDGET_KEY, {"min_pixels": int(lo), "max_pixels": int(hi)})
 
     def max_image_tokens(self, processor: Any) -> int:
         return int(processor.image_processor.size["longest_edge"]) // self._pixels_per_token(processor)
