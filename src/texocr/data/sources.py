@@ -10,8 +10,8 @@
     write_skipped(src.skipped, "runs/x/skipped.jsonl")     # every row that was not usable, with its reason
 
 Labels are kept as the source gives them (training normalizes later). A bad row (missing or corrupt
-image, malformed JSON line, missing/empty/non-string label...) is skipped and recorded in `.skipped`, never
-raised, and a one-line summary with counts per reason is logged when the source has been read to the end.
+image, malformed JSON line, missing/empty/non-string label, an image path leading out of the data set's folder:
+`outside_dataset`, never opened...) is skipped and recorded in `.skipped`, never raised, and a one-line summary with counts per reason is logged when the source has been read to the end.
 `split`: a Hugging Face split, a folder's `<split>/` subfolder, or the rows whose `split` field matches;
 left None, a folder gives every row and a Hugging Face data set gives `cfg.split`.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,25 @@ from texocr.errors import TexocrError
 from texocr.sample import Sample, Skipped  # noqa: F401
 
 # ---------------------------------------------------------------- local folders
+
+OUTSIDE = "outside_dataset"
+"""Skip reason of a row whose image path leads out of the data set's folder (never opened)."""
+
+
+def inside(root: Path, ref: str) -> Path | str:
+    """`root / ref` if that stays inside `root` once `..` and symlinks are followed, else why not (a sentence).
+
+    Only names are resolved (`os.path.realpath`: lstat and readlink), nothing is opened: a data set must not make
+    texocr read files outside its folder (`../../etc/passwd`, an absolute path, a symlink to elsewhere).
+    """
+    if Path(ref).is_absolute() or Path(ref).drive:
+        return f"{ref!r} is an absolute path; image paths are relative to the data set's folder"
+    base = os.path.realpath(root)
+    real = os.path.realpath(root / ref)
+    if os.path.commonpath([base, real]) != base:
+        how = "goes up out of" if ".." in Path(ref).parts else "is a symlink out of"
+        return f"{ref!r} {how} the data set's folder {base} (to {real}); not read"
+    return root / ref
 
 
 @dataclass
@@ -87,10 +107,15 @@ class RecordSource(Source):
             meta = {k: v for k, v in rec.items() if k not in (text_key, image_key, "id") and v is not None}
             meta["row"] = where
             ref, image, missing = rec.get(image_key) if image_key else None, None, "row has no image"
-            if isinstance(ref, str) and ref.strip():
-                image = self.loaders.image(self.root / ref)
-            elif isinstance(rec.get("inkml"), str) and rec["inkml"].strip():
-                image = self.loaders.ink(self.root / rec["inkml"])
+            ink = rec.get("inkml")
+            target = ref if isinstance(ref, str) and ref.strip() else ink if isinstance(ink, str) and ink.strip() \
+                else None
+            path = inside(self.root, target) if target is not None else None
+            if isinstance(path, str):
+                yield Skipped(rid, OUTSIDE, path)
+                continue
+            if path is not None:
+                image = self.loaders.image(path) if target is ref else self.loaders.ink(path)
             elif ref is not None:
                 missing = f"image field is a {type(ref).__name__}, not a path"
             yield Row(rid, rec.get(text_key) if text_key else None, image, meta, missing)
@@ -163,8 +188,11 @@ class Im2latexSource(Source):
                 yield Skipped(where, "bad_row", f"expected 'image formula_index', got {line[:60]!r}")
                 continue
             label = self.formulas[idx] if idx < len(self.formulas) else None
-            yield Row(image, label, self.loaders.image(self.images / image), {"row": where, "formula_index": idx},
-                      missing="")
+            path = inside(self.images, image)
+            if isinstance(path, str):
+                yield Skipped(image, OUTSIDE, path)
+                continue
+            yield Row(image, label, self.loaders.image(path), {"row": where, "formula_index": idx}, missing="")
 
 
 def _im2latex(name: str, folder: Path, lst: Path | None, split: str | None, loaders: _Loaders) -> Source | None:
