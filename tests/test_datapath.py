@@ -19,7 +19,13 @@ import pytest
 from PIL import Image
 
 from texocr.cli import main as cli
-from texocr.data.sources import OUTSIDE, format_skipped, inside, open_source, skip_counts
+from texocr.data.sources import (
+    OUTSIDE,
+    format_skipped,
+    inside,
+    open_source,
+    skip_counts,
+)
 
 SIZE = (40, 16)
 INK = (8, 5, 32, 11)  # the black bar every good image carries: [x0, y0, x1, y1)
