@@ -135,7 +135,7 @@ def render_test_set(formulas: Path, out: Path, n: int, seed: int, strength: floa
     rc = cli(["data", "render", "--n", str(n), "--out", str(out), "--seed", str(seed), "--style", "handwritten",
               "--formulas", str(formulas), "--in-order", "--augment-strength", str(strength)])
     if not (out / "labels.jsonl").is_file() or rc not in (0, 1):  # 1: a few formulas failed to render
-        raise TexocrError(f"rendering the test set failed (exit {rc})")
+        raise TexocrError(f"rendering the test set failed (exit {rc}; texocr data render said why, above)")
 
 
 def training_config(p: Plan, args: argparse.Namespace, out: Path, formulas: Path) -> Config:
@@ -265,6 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"formulas: {dropped} generated test formulas also occur in training and were dropped", flush=True)
     render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000, strength=cfg.data.augment_strength)
     test = list(open_source(str(out / "test")))
+    if not test:  # a score on 0 images would read as a measurement
+        raise TexocrError(f"the rendered test set {out / 'test'} holds no usable image: nothing to measure")
     times = {"setup": time.perf_counter() - t0}
 
     t = time.perf_counter()
