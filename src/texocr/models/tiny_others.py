@@ -10,26 +10,28 @@ from typing import Any
 from texocr.models import idefics3, mllama
 from texocr.models.tiny_parts import char_tokenizer, padded_vocab_size, save_tiny
 
+PALIGEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+
+
+def paligemma_processor(image_size: int, image_seq_length: int) -> tuple[Any, Any, dict[str, int]]:
+    """(processor, tokenizer, special-token ids): SigLIP images of `image_size` px, a character tokenizer."""
+    from transformers import PaliGemmaProcessor, SiglipImageProcessorPil
+
+    tok = char_tokenizer(PALIGEMMA_SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
+                         extra_special_tokens={"image_token": "<image>"})
+    ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
+                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ip.image_seq_length = image_seq_length
+    processor = PaliGemmaProcessor(ip, tok)  # adds <loc....>/<seg...> tokens to the tokenizer
+    return processor, tok, {t: tok.convert_tokens_to_ids(t) for t in PALIGEMMA_SPECIALS}
+
 
 def build_tiny_paligemma(family: Any, out_dir: str, *, variant: str = "paligemma", hidden_size: int = 64,
                          layers: int = 2, vision_dim: int = 32, image_size: int = 56, patch: int = 14) -> None:
     """Tiny PaliGemma (Gemma text) or PaliGemma 2 (`variant="paligemma2"`, Gemma2 text)."""
-    from transformers import (
-        PaliGemmaConfig,
-        PaliGemmaForConditionalGeneration,
-        PaliGemmaProcessor,
-        SiglipImageProcessorPil,
-    )
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-    tok = char_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-                         extra_special_tokens={"image_token": "<image>"})
-    n_img = (image_size // patch) ** 2
-    ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
-                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    ip.image_seq_length = n_img
-    processor = PaliGemmaProcessor(ip, tok)  # adds <loc....>/<seg...> tokens to the tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    processor, tok, ids = paligemma_processor(image_size, (image_size // patch) ** 2)
     text = {
         "model_type": "gemma2" if variant == "paligemma2" else "gemma",
         "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
