@@ -103,3 +103,13 @@ def test_eval_uses_the_saved_budget(run: tuple[Path, Path, Path], seen: list[dic
     assert cli(["eval", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "e2"), "--no-render",
                 "--split", "train", "--eval.max_new_tokens", "4", "--batch-size", "2"]) == 0
     assert {(c["budget"], c["max_new_tokens"], c["batch_size"]) for c in seen} == {(BUDGET, 4, 2)}
+
+
+def test_a_foreign_config_beside_a_model_folder_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from texocr.models.saved import read_saved
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text("optimizer: adam\n")  # another tool's file, not a texocr run
+    saved = read_saved(str(tmp_path / "model"))
+    assert (saved.model, saved.adapter, saved.options, saved.model_options) == (str(tmp_path / "model"), None, {}, {})
+    assert "does not load as a texocr run's config" in caplog.text and "optimizer" in caplog.text

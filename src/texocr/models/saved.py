@@ -14,11 +14,14 @@ the caller (a CLI flag, a config key) win over saved ones; saved ones win over t
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from texocr.errors import TexocrError
+
+log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
 MODEL_KEYS = ("family", "min_pixels", "max_pixels")
@@ -62,8 +65,9 @@ def read_saved(model: str, adapter: str | None = None) -> Saved:
         return Saved(model, adapter)
     try:
         cfg = load_config(run / RUN_CONFIG)
-    except ConfigError as e:
-        raise TexocrError(f"{run / RUN_CONFIG}: the run's saved config does not load: {e}") from None
+    except ConfigError as e:  # another tool's config.yaml beside a `model/` folder, or a damaged one: say so, go on
+        log.warning("%s does not load as a texocr run's config (%s): its settings are not used", run / RUN_CONFIG, e)
+        return Saved(model, adapter)
     if path == run:  # the run folder itself: its final weights
         if (run / "model").is_dir():
             model = str(run / "model")
