@@ -113,3 +113,34 @@ def test_a_foreign_config_beside_a_model_folder_is_ignored(tmp_path: Path, caplo
     saved = read_saved(str(tmp_path / "model"))
     assert (saved.model, saved.adapter, saved.options, saved.model_options) == (str(tmp_path / "model"), None, {}, {})
     assert "does not load as a texocr run's config" in caplog.text and "optimizer" in caplog.text
+
+
+@pytest.mark.parametrize(("family", "max_pixels"), [("qwen3_vl", 8 * 32 * 32), ("idefics3", 96 * 96),
+                                                    ("smolvlm", 96 * 96)])
+def test_a_model_folder_keeps_its_image_budget(family: str, max_pixels: int, tiny_model_dir: Callable[[str], Path],
+                                               tmp_path: Path) -> None:
+    """Saved with a budget, built again with no config: the same budget (not the family's default)."""
+    from texocr.config import ModelConfig
+    from texocr.models.registry import get_family
+
+    fam = get_family(family)
+    default = fam.build_processor(str(tiny_model_dir(family)))
+    chosen = fam.build_processor(str(tiny_model_dir(family)), ModelConfig(max_pixels=max_pixels))
+    assert fam.max_image_tokens(chosen) != fam.max_image_tokens(default)
+    chosen.save_pretrained(str(tmp_path))
+    again = fam.build_processor(str(tmp_path))
+    assert fam.max_image_tokens(again) == fam.max_image_tokens(chosen)
+    assert type(again).__name__ == type(chosen).__name__
+
+
+def test_one_given_bound_wins_over_a_saved_or_default_other(tiny_model_dir: Callable[[str], Path]) -> None:
+    from texocr.config import ModelConfig
+    from texocr.errors import TexocrError
+    from texocr.models.registry import get_family
+
+    fam = get_family("qwen2_vl")
+    proc = fam.build_processor(str(tiny_model_dir("qwen2_vl")), ModelConfig(max_pixels=8 * PER_TOKEN))
+    assert proc.image_processor.size["shortest_edge"] == proc.image_processor.size["longest_edge"] == 8 * PER_TOKEN
+    with pytest.raises(TexocrError, match="min_pixels .* is larger than model.max_pixels"):
+        fam.build_processor(str(tiny_model_dir("qwen2_vl")), ModelConfig(min_pixels=9 * PER_TOKEN,
+                                                                          max_pixels=8 * PER_TOKEN))

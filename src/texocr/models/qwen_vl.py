@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
-from texocr.models.saved import IMAGE_BUDGET_KEY, saved_image_budget
+from texocr.models.saved import IMAGE_BUDGET_KEY, keeps_budget, saved_image_budget
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,19 +54,10 @@ QWEN_SPECIALS = [
 def _no_video(processor_cls: type) -> type:
     """A subclass of a Qwen processor that needs no video processor (which needs torchvision)."""
 
-    class Processor(processor_cls):  # type: ignore[misc,valid-type]
+    class Processor(keeps_budget(processor_cls)):  # type: ignore[misc]
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             kwargs.pop("video_processor", None)
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def to_dict(self) -> dict[str, Any]:
-            out = super().to_dict()
-            out["processor_class"] = processor_cls.__name__  # loadable by stock AutoProcessor too
-            out.pop(IMAGE_BUDGET_KEY, None)
-            budget = getattr(self, IMAGE_BUDGET_KEY, None)
-            if budget:  # read back by `saved_image_budget`; stock processors ignore the key
-                out[IMAGE_BUDGET_KEY] = dict(budget)
-            return out
 
     Processor.__name__ = Processor.__qualname__ = f"Texocr{processor_cls.__name__}"
     return Processor
@@ -102,14 +93,15 @@ class QwenVLFamily(Family):
         processor_config.json), else texocr's defaults (a stock hub processor's own budget is far too large)."""
         per_token = self._pixels_per_token(processor)
         saved = saved or {}
-        lo = (cfg.min_pixels if cfg and cfg.min_pixels else None) or saved.get("min_pixels") \
-            or DEFAULT_MIN_TOKENS * per_token
-        hi = (cfg.max_pixels if cfg and cfg.max_pixels else None) or saved.get("max_pixels") \
-            or DEFAULT_MAX_TOKENS * per_token
-        if lo > hi:
+        given_lo, given_hi = (cfg.min_pixels, cfg.max_pixels) if cfg else (None, None)
+        lo = given_lo or saved.get("min_pixels") or DEFAULT_MIN_TOKENS * per_token
+        hi = given_hi or saved.get("max_pixels") or DEFAULT_MAX_TOKENS * per_token
+        if lo > hi and given_lo and given_hi:
             from texocr.errors import TexocrError
 
             raise TexocrError(f"model.min_pixels ({lo}) is larger than model.max_pixels ({hi})")
+        if lo > hi:  # one bound given, the other saved or default: the given one wins
+            lo, hi = (lo, lo) if given_lo else (hi, hi)
         ip = processor.image_processor
         # A fresh dict: the PIL processor's class-level `size` is shared between instances.
         ip.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}

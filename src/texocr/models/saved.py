@@ -78,6 +78,29 @@ def read_saved(model: str, adapter: str | None = None) -> Saved:
     return Saved(model, adapter, model_options, options, run / RUN_CONFIG)
 
 
+def with_image_budget(out: dict[str, Any], processor: Any) -> dict[str, Any]:
+    """A processor's `to_dict()` with the budget texocr set on it (`IMAGE_BUDGET_KEY`), for processor_config.json."""
+    out.pop(IMAGE_BUDGET_KEY, None)
+    budget = getattr(processor, IMAGE_BUDGET_KEY, None)
+    if budget:  # read back by `saved_image_budget`; stock processors ignore the key
+        out[IMAGE_BUDGET_KEY] = dict(budget)
+    return out
+
+
+def keeps_budget(processor_cls: type) -> type:
+    """A subclass of a stock processor class that writes texocr's image budget into processor_config.json (and
+    names the stock class there, so stock `AutoProcessor` still loads the folder)."""
+
+    class Processor(processor_cls):  # type: ignore[misc,valid-type]
+        def to_dict(self) -> dict[str, Any]:
+            out = super().to_dict()
+            out["processor_class"] = processor_cls.__name__
+            return with_image_budget(out, self)
+
+    Processor.__name__ = Processor.__qualname__ = f"Texocr{processor_cls.__name__}"
+    return Processor
+
+
 def saved_image_budget(path: str) -> dict[str, int]:
     """`{"min_pixels", "max_pixels"}` that texocr saved in `path`'s processor_config.json, else `{}`."""
     file = Path(path) / "processor_config.json"
