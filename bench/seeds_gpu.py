@@ -121,22 +121,11 @@ def _qwen(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 def _paligemma(spec: dict[str, Any]) -> tuple[Any, Any]:
     """(config, processor) of a PaliGemma (Gemma text, SigLIP vision) with a character tokenizer."""
-    from transformers import (
-        PaliGemmaConfig,
-        PaliGemmaProcessor,
-        SiglipImageProcessorPil,
-    )
+    from transformers import PaliGemmaConfig
 
-    from texocr.models.tiny import char_tokenizer
+    from texocr.models.tiny_others import paligemma_processor
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-    tok = char_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-                         extra_special_tokens={"image_token": "<image>"})
-    size = spec["vision"]["image_size"]
-    ip = SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    ip.image_seq_length = spec["image_seq_length"]
-    processor = PaliGemmaProcessor(ip, tok)  # adds the <loc....>/<seg...> tokens
-    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    processor, _, ids = paligemma_processor(spec["vision"]["image_size"], spec["image_seq_length"])
     text = {**spec["text"], "model_type": "gemma", "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
             "pad_token_id": ids["<pad>"], "eos_token_id": ids["<eos>"], "bos_token_id": ids["<bos>"]}
     vision = {**spec["vision"], "vision_use_head": False}
@@ -249,7 +238,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_gpu import build_data
+    from gpu_data import build_data
 
     build_data(data, 64 * args.steps if not args.tiny else 16)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

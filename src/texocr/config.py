@@ -17,6 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
@@ -70,9 +72,9 @@ class DataConfig:
     text_column: str | None = None
     subset: str | None = None
     """Hugging Face config name (e.g. `human_handwrite` of linxy/LaTeX_OCR); also `SPEC#subset`."""
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     """Images declaring more pixels are skipped as decompression bombs (checked before decoding)."""
-    max_image_side: int = 4096
+    max_image_side: int = DEFAULT_MAX_SIDE
     """Longer image sides are downscaled to this."""
     ink_height: int = 128
     """Height in pixels of rasterized InkML strokes."""

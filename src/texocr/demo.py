@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from texocr.evaluate import EvalResult
 
 MARKER = ".texocr-demo"
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
+CONFIG_PACKAGE = ("assets", "configs", "demo")
+"""Where the demo's configs live inside the installed package (package data: a wheel has them too);
+`configs/demo` in the repository links there."""
 SHORT_FORMULAS = [2, 1]
 """Token-length histogram in bins of 10 (`FormulaGenerator(length_hist=...)`): 3-19 tokens, two thirds under 10,
 so that a model trained for minutes on a CPU has something it can learn to read."""
@@ -66,11 +68,22 @@ class Plan:
 # ---------------------------------------------------------------- steps
 
 
+def demo_config(name: str) -> Path:
+    """The packaged demo config `name` (e.g. `default-lora.yaml`), found through importlib.resources."""
+    from importlib.resources import files
+
+    path = Path(str(files("texocr").joinpath(*CONFIG_PACKAGE, name)))
+    if not path.is_file():
+        raise TexocrError(f"the demo config {name} is missing from the installed package ({path}): a damaged "
+                          "install? Reinstall texocr")
+    return path
+
+
 def plan(args: argparse.Namespace, out: Path) -> Plan:
     """Pick the case: --model, else the shipped default model when it exists, else a fresh random model."""
     from texocr.infer import resolve_model
 
-    lora = CONFIG_DIR / "default-lora.yaml"
+    lora = demo_config("default-lora.yaml")
     if args.model:
         if not Path(args.model, "config.json").is_file():
             raise TexocrError(f"--model {args.model}: not a model directory (no config.json)")
@@ -86,7 +99,7 @@ def plan(args: argparse.Namespace, out: Path) -> Plan:
 
     size = "tiny" if args.quick else args.size
     path = build_compact(out / "init", size=size, seed=args.seed)
-    return Plan("scratch", CONFIG_DIR / "scratch-full.yaml", str(path),
+    return Plan("scratch", demo_config("scratch-full.yaml"), str(path),
                 f"{why}: a compact model ({size}) from random weights, fully trained")
 
 
@@ -122,7 +135,7 @@ def render_test_set(formulas: Path, out: Path, n: int, seed: int, strength: floa
     rc = cli(["data", "render", "--n", str(n), "--out", str(out), "--seed", str(seed), "--style", "handwritten",
               "--formulas", str(formulas), "--in-order", "--augment-strength", str(strength)])
     if not (out / "labels.jsonl").is_file() or rc not in (0, 1):  # 1: a few formulas failed to render
-        raise TexocrError(f"rendering the test set failed (exit {rc})")
+        raise TexocrError(f"rendering the test set failed (exit {rc}; texocr data render said why, above)")
 
 
 def training_config(p: Plan, args: argparse.Namespace, out: Path, formulas: Path) -> Config:
@@ -144,14 +157,13 @@ def evaluate(model: str, adapter: str | None, samples: list[Any], cfg: Config) -
     The model is loaded with the training config's model section (family, image budget), so that before and
     after see the images exactly as training did.
     """
-    from dataclasses import replace
-
     from texocr.evaluate import score
     from texocr.infer import Recognizer
-    from texocr.models.loading import load_model
 
-    loaded = load_model(replace(cfg.model, name_or_path=model, adapter=adapter), training=False, device="cpu")
-    rec = Recognizer.from_loaded(loaded, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+    rec = Recognizer.load(model, adapter, device="cpu", family=cfg.model.family, min_pixels=cfg.model.min_pixels,
+                          max_pixels=cfg.model.max_pixels, batch_size=cfg.eval.batch_size,
+                          max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+                          glyph_height=cfg.eval.glyph_height)
     return score(rec, samples, cfg.eval, keep_images=True)
 
 
@@ -253,6 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"formulas: {dropped} generated test formulas also occur in training and were dropped", flush=True)
     render_test_set(test_f, out / "test", n_test, seed=args.seed + 1000, strength=cfg.data.augment_strength)
     test = list(open_source(str(out / "test")))
+    if not test:  # a score on 0 images would read as a measurement
+        raise TexocrError(f"the rendered test set {out / 'test'} holds no usable image: nothing to measure")
     times = {"setup": time.perf_counter() - t0}
 
     t = time.perf_counter()

@@ -24,7 +24,7 @@ import csv
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,6 +215,7 @@ def main(args: argparse.Namespace) -> int:
     from texocr.config import load_config
     from texocr.data.sources import format_skipped, open_source, write_skipped
     from texocr.infer import Recognizer
+    from texocr.models.saved import OPTION_KEYS, explicit_keys
 
     cfg = load_config(args.config, args.overrides)
     ev = cfg.eval
@@ -240,13 +241,16 @@ def main(args: argparse.Namespace) -> int:
         raise TexocrError(f"{data}: no usable samples in split {split!r} (choose one with --split)"
                           + (f"; {notes[0]}" if notes else ""))
     renderer = default_renderer() if ev.render else None
-    options = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens, "num_beams": ev.num_beams,
-               "glyph_height": ev.glyph_height}
+    # settings the user gave (a flag or a config key) override what each model's run saved; the rest is saved
+    given = {**explicit_keys(args.config, args.overrides, "eval"),
+             **{k: getattr(args, k) for k in OPTION_KEYS if getattr(args, k) is not None}}
+    options = {k: v for k, v in given.items() if k in OPTION_KEYS}
 
     runs = []
     for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):
-        rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family, **options)
-        res = score(rec, samples, ev, renderer=renderer, keep_images=not runs)
+        rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family,
+                              min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels, **options)
+        res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs)
         del rec  # free the first model before loading the second
         runs.append((m, a, res))
         line = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.metrics.items())

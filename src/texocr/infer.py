@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from texocr.config import EvalConfig
+from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
 
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     import torch
 
     from texocr.models.loading import LoadedModel
+
+DEFAULTS = EvalConfig()
+"""Batch size, new-token limit, beams: EvalConfig is the one place these defaults are written."""
 
 def pick_device(device: str | None = None) -> str:
     """`device` if given, else CUDA, then Apple MPS, then CPU."""
@@ -153,10 +158,11 @@ def _source_name(src: Any) -> str:
 class Recognizer:
     """A loaded model + processor + family that turns images into LaTeX (see the module docstring)."""
 
-    def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu", batch_size: int = 16,
-                 max_new_tokens: int = 256, num_beams: int = 1, repetition_penalty: float = 1.0,
-                 max_pixels: int = 64_000_000, max_side: int = 4096, fast_decode: bool = True,
-                 glyph_height: float | None = None) -> None:
+    def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu",
+                 batch_size: int = DEFAULTS.batch_size, max_new_tokens: int = DEFAULTS.max_new_tokens,
+                 num_beams: int = DEFAULTS.num_beams, repetition_penalty: float = 1.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, fast_decode: bool = True,
+                 glyph_height: float | None = DEFAULTS.glyph_height) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
         # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
         # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
@@ -173,19 +179,44 @@ class Recognizer:
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
-             dtype: str | None = None, *, family: str | None = None, **options: Any) -> Recognizer:
-        """Load `model` (`default`, a local directory or a hub id) with an optional LoRA `adapter`."""
+             dtype: str | None = None, *, family: str | None = None, min_pixels: int | None = None,
+             max_pixels: int | None = None, **options: Any) -> Recognizer:
+        """Load `model` (`default`, a training run's folder, a model directory or a hub id), optionally + `adapter`.
+
+        The settings a run or model was saved with are used (`texocr.models.saved`): its family, image budget
+        (`min_pixels`/`max_pixels`), batch size, new-token limit, beams and glyph height. Arguments that are
+        not None override them (`options` are `Recognizer` settings); what neither gives is the default.
+        """
         from texocr.config import ModelConfig
         from texocr.models.loading import load_model
+        from texocr.models.saved import read_saved
 
-        cfg = ModelConfig(name_or_path=resolve_model(model), adapter=adapter, family=family,
-                          dtype=dtype or "auto")  # type: ignore[arg-type]
-        return cls.from_loaded(load_model(cfg, training=False, device=pick_device(device)), **options)
+        saved = read_saved(resolve_model(model), adapter)
+        given = {"family": family, "min_pixels": min_pixels, "max_pixels": max_pixels}
+        model_options = {**saved.model_options, **{k: v for k, v in given.items() if v is not None}}
+        cfg = ModelConfig(name_or_path=resolve_model(saved.model), adapter=saved.adapter, dtype=dtype or "auto",
+                          **model_options)  # type: ignore[arg-type]
+        loaded = load_model(cfg, training=False, device=pick_device(device))
+        return cls.from_loaded(loaded, **{**saved.options, **{k: v for k, v in options.items() if v is not None}})
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel, **options: Any) -> Recognizer:
-        """Wrap an already loaded model (e.g. the one being trained, for periodic evaluation)."""
-        return cls(loaded.model, loaded.processor, loaded.family, device=str(loaded.device), **options)
+    def from_loaded(cls, loaded: LoadedModel, eval_cfg: EvalConfig | None = None, **options: Any) -> Recognizer:
+        """Wrap an already loaded model (e.g. the one being trained, for periodic evaluation) with `eval_cfg`'s
+        settings (batch size, new tokens, beams, glyph height; the defaults when None), `options` overriding."""
+        from texocr.models.saved import OPTION_KEYS
+
+        base = {k: getattr(eval_cfg, k) for k in OPTION_KEYS} if eval_cfg is not None else {}
+        return cls(loaded.model, loaded.processor, loaded.family, device=str(loaded.device), **{**base, **options})
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this recognizer generates with, as `EvalConfig` keys (what a report should state)."""
+        from texocr.models.saved import OPTION_KEYS
+
+        return {k: getattr(self, k) for k in OPTION_KEYS}
+
+    def image_tokens(self) -> int:
+        """Most image tokens one image may become under the processor's budget (what it was trained with)."""
+        return int(self.family.max_image_tokens(self.processor))
 
     # ------------------------------------------------------------ public calls
 

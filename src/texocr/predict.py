@@ -36,9 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tex-dir", help="also write each prediction to DIR/<name>.tex")
     p.add_argument("--render-dir", help="also render each prediction to DIR/<name>.png")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    from texocr.config import EvalConfig
+
+    default = EvalConfig()
+    saved = "default: what the model's run saved, else %s"
+    p.add_argument("--batch-size", type=int, help=saved % default.batch_size)
+    p.add_argument("--num-beams", type=int, help=saved % default.num_beams)
+    p.add_argument("--max-new-tokens", type=int, help=saved % default.max_new_tokens)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
@@ -151,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"texocr predict: {e}", file=sys.stderr)
         return 0 if ok else 1
     # chunks bound memory on large folders; each chunk is batched by shape inside the recognizer
-    for chunk in _chunks(items, max(1, args.batch_size) * 4):
+    for chunk in _chunks(items, max(1, rec.batch_size) * 4):
         preds = rec.predict([src for _, src in chunk])
         for (name, _), p in zip(chunk, preds):
             ok += p.error is None

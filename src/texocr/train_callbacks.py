@@ -194,33 +194,9 @@ def plot_loss(log_history: list[dict[str, Any]], path: str | Path) -> Path | Non
 
 
 def score_samples(loaded: Any, samples: list[Sample], eval_cfg: EvalConfig) -> dict[str, float]:
-    """Generate on `samples` and compute the metrics (exact match first) through `texocr.evaluate.score`."""
-    try:
-        from texocr.evaluate import score
-        from texocr.infer import Recognizer
-    except ModuleNotFoundError as e:
-        if e.name not in ("texocr.evaluate", "texocr.infer"):
-            raise
-        metrics = _greedy_score(loaded, samples, eval_cfg)  # until the evaluation module lands
-    else:
-        metrics = score(Recognizer.from_loaded(loaded), samples, eval_cfg).metrics
+    """Generate on `samples` through the Recognizer and compute the metrics (`texocr.evaluate.score`)."""
+    from texocr.evaluate import score
+    from texocr.infer import Recognizer
+
+    metrics = score(Recognizer.from_loaded(loaded, eval_cfg), samples, eval_cfg).metrics
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _greedy_score(loaded: Any, samples: list[Sample], eval_cfg: EvalConfig) -> dict[str, float]:
-    """Greedy generation in batches + the metrics of `texocr.metrics` (no rendering, no report)."""
-    import torch
-
-    from texocr.metrics import compute_metrics
-
-    fam, proc, model = loaded.family, loaded.processor, loaded.model
-    device = next(model.parameters()).device
-    preds: list[str] = []
-    for i in range(0, len(samples), eval_cfg.batch_size):
-        chunk = samples[i : i + eval_cfg.batch_size]
-        batch = fam.encode_for_generation(proc, [s.image for s in chunk]).to(device)
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=eval_cfg.max_new_tokens, do_sample=False,
-                                 num_beams=eval_cfg.num_beams, **fam.generation_kwargs(proc))
-        preds.extend(fam.decode(proc, out[:, batch["input_ids"].shape[1]:]))
-    return compute_metrics(preds, [s.latex for s in samples])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from texocr.data.sources import (
+from texocr.data.rows import (
     IMAGE_KEYS,
     TEXT_KEYS,
     Row,

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from texocr.data.sources import Row, Skipped, Source, canonical_split
+from texocr.data.rows import Row, Skipped, Source, canonical_split
 from texocr.errors import TexocrError
 
 _NUMBER = re.compile(r"([!'\"]?)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,15 @@ class Renderer:
     def fonts(self) -> list[str]:
         """Font names this renderer accepts for `font=` (the first is the default)."""
         return list(self._fonts)
+
+    def drop_font(self, font: str) -> None:
+        """Stop offering `font` (a probe found it broken here); the default font cannot be dropped."""
+        if font == self.fonts()[0]:
+            raise TexocrError(f"the default font {font!r} of the {self.name} renderer cannot be left out")
+        if isinstance(self._fonts, dict):
+            self._fonts.pop(font, None)
+        else:
+            self._fonts = [f for f in self._fonts if f != font]
 
     def _font(self, font: str | None) -> str:
         """`font`, or the default; a clear error for a font this renderer lacks."""
@@ -396,8 +406,31 @@ def available_renderers() -> list[str]:
     return kinds
 
 
-def get_renderer(kind: str = "auto") -> Renderer:
-    """`auto` (TeX when installed, else pip), `tex` or `pip`; a clear error when it cannot work here."""
+def get_renderer(kind: str = "auto", *, fonts: Sequence[str] | None = None, probe: bool = True) -> Renderer:
+    """`auto` (TeX when installed, else pip), `tex` or `pip`; a clear error when it cannot work here.
+
+    The renderer is probed first (`texocr.data.probe`: test formulas with its default font and `fonts`, once
+    per process); `fonts` that fail are left out. When TeX fails the probe (a missing package), `auto` falls back
+    to the pip renderer with a one-line warning naming what is missing, or stops with that message.
+    """
+    renderer = _make_renderer(kind)
+    if not probe:
+        return renderer
+    from texocr.data.probe import RendererUnusable, probe_renderer, warn_once
+
+    try:
+        probe_renderer(renderer, fonts)
+    except RendererUnusable as e:
+        if kind != "auto" or renderer.name == "pip" or "pip" not in available_renderers():
+            other = "" if renderer.name == "pip" else "; or `pip install texocr[render]` for the pip renderer"
+            raise TexocrError(f"{e}{other}") from None
+        warn_once(f"{e}; using the pip renderer instead")
+        renderer = PipRenderer()
+        probe_renderer(renderer, fonts)
+    return renderer
+
+
+def _make_renderer(kind: str) -> Renderer:
     if kind == "auto":
         kinds = ["tex"] if tex_available() else available_renderers()  # skip importing ziamath when TeX is here
         if not kinds:

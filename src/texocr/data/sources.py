@@ -10,8 +10,8 @@
     write_skipped(src.skipped, "runs/x/skipped.jsonl")     # every row that was not usable, with its reason
 
 Labels are kept as the source gives them (training normalizes later). A bad row (missing or corrupt
-image, malformed JSON line, missing/empty/non-string label...) is skipped and recorded in `.skipped`, never
-raised, and a one-line summary with counts per reason is logged when the source has been read to the end.
+image, malformed JSON line, missing/empty/non-string label, an image path leading out of the data set's folder:
+`outside_dataset`, never opened...) is skipped and recorded in `.skipped`, never raised, and a one-line summary with counts per reason is logged when the source has been read to the end.
 `split`: a Hugging Face split, a folder's `<split>/` subfolder, or the rows whose `split` field matches;
 left None, a folder gives every row and a Hugging Face data set gives `cfg.split`.
 """
@@ -20,131 +20,48 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from texocr.data.rows import (  # noqa: F401 -- re-exported: the public names of the data sources
+    _SPLIT_ALIASES,
+    IMAGE_KEYS,
+    TEXT_KEYS,
+    Row,
+    Source,
+    canonical_split,
+    check_label,
+    format_skipped,
+    skip_counts,
+    write_skipped,
+)
 from texocr.errors import TexocrError
-from texocr.sample import Sample, Skipped
-
-log = logging.getLogger("texocr.data")
-
-IMAGE_KEYS = ("image", "img", "image_path", "file_name", "filename", "path", "png")
-TEXT_KEYS = ("latex", "text", "formula", "label", "latex_formula", "ground_truth", "tex", "equation")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "dev": "val", "test": "test", "testing": "test"}
-
-
-def canonical_split(name: str) -> str:
-    """`validation`/`valid`/`dev` -> `val`, `training` -> `train`, ...; other names unchanged (lower-cased)."""
-    return _SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower())
-
-
-@dataclass
-class Row:
-    """A source's raw row before checking: the label as found and a way to load its image."""
-
-    id: str
-    label: Any
-    image: Callable[[], Any] | None
-    """Loads the image (raises a TexocrError with `.reason`); None when the row has no image."""
-    meta: dict[str, Any] = field(default_factory=dict)
-    missing: str = "row has no image"
-
-
-def check_label(label: Any) -> tuple[str, str] | str:
-    """The label if usable, else `(reason, detail)`: `missing_label`, `bad_label` (not a string), `empty_label`."""
-    if label is None:
-        return ("missing_label", "no label")
-    if not isinstance(label, str):
-        return ("bad_label", f"label is a {type(label).__name__}, not a string: {str(label)[:60]!r}")
-    if not label.strip():
-        return ("empty_label", "label is empty or whitespace")
-    return label
-
-
-class Source:
-    """An iterable of Samples that records the rows it skipped. Subclasses implement `_rows()`."""
-
-    def __init__(self, name: str, num_rows: int | None = None) -> None:
-        self.name = name
-        self.num_rows = num_rows
-        self.skipped: list[Skipped] = []
-
-    def _rows(self) -> Iterator[Row | Skipped]:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        """Rows in the source (before skipping bad ones); TypeError when unknown (streaming)."""
-        if self.num_rows is None:
-            raise TypeError(f"the length of {self.name} is not known before reading it")
-        return self.num_rows
-
-    def __iter__(self) -> Iterator[Sample]:
-        yield from self._checked(with_images=True)  # type: ignore[misc]
-
-    def labels(self) -> Iterator[tuple[str, str]]:
-        """`(id, latex)` of every row with a usable label, without loading any image."""
-        yield from self._checked(with_images=False)  # type: ignore[misc]
-
-    def _checked(self, with_images: bool) -> Iterator[Sample | tuple[str, str]]:
-        self.skipped = []  # a new pass (a new epoch) counts afresh
-        n = 0
-        for row in self._rows():
-            n += 1
-            if isinstance(row, Skipped):
-                self.skipped.append(row)
-                continue
-            latex = check_label(row.label)
-            if isinstance(latex, tuple):
-                self.skipped.append(Skipped(row.id, *latex))
-                continue
-            if not with_images:
-                yield row.id, latex
-                continue
-            if row.image is None:
-                self.skipped.append(Skipped(row.id, "missing_image", row.missing))
-                continue
-            try:
-                image = row.image()
-            except TexocrError as e:
-                self.skipped.append(Skipped(row.id, getattr(e, "reason", "bad_image"), str(e)))
-                continue
-            yield Sample(image=image, latex=latex, id=row.id, meta={"source": self.name, **row.meta})
-        if self.skipped:
-            log.warning("%s", format_skipped(self.name, self.skipped, n))
-
-
-# ---------------------------------------------------------------- skipped rows
-
-
-def skip_counts(skipped: Iterable[Skipped]) -> dict[str, int]:
-    """Counts per reason, most frequent first."""
-    return dict(Counter(s.reason for s in skipped).most_common())
-
-
-def format_skipped(name: str, skipped: list[Skipped], total: int | None = None) -> str:
-    """`data/x: skipped 3 of 100 rows (missing_image 2, empty_label 1)`."""
-    counts = ", ".join(f"{reason} {n}" for reason, n in skip_counts(skipped).items())
-    of = f" of {total}" if total is not None else ""
-    return f"{name}: skipped {len(skipped)}{of} rows ({counts})" if skipped else f"{name}: nothing skipped"
-
-
-def write_skipped(skipped: Iterable[Skipped], path: str | Path) -> Path:
-    """Write one `{"id", "reason", "detail"}` JSON object per line; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for s in skipped:
-            f.write(json.dumps({"id": s.id, "reason": s.reason, "detail": s.detail}, ensure_ascii=False) + "\n")
-    return path
-
+from texocr.sample import Sample, Skipped  # noqa: F401
 
 # ---------------------------------------------------------------- local folders
+
+OUTSIDE = "outside_dataset"
+"""Skip reason of a row whose image path leads out of the data set's folder (never opened)."""
+
+
+def inside(root: Path, ref: str) -> Path | str:
+    """`root / ref` if that stays inside `root` once `..` and symlinks are followed, else why not (a sentence).
+
+    Only names are resolved (`os.path.realpath`: lstat and readlink), nothing is opened: a data set must not make
+    texocr read files outside its folder (`../../etc/passwd`, an absolute path, a symlink to elsewhere).
+    """
+    if Path(ref).is_absolute() or Path(ref).drive:
+        return f"{ref!r} is an absolute path; image paths are relative to the data set's folder"
+    base = os.path.realpath(root)
+    real = os.path.realpath(root / ref)
+    if os.path.commonpath([base, real]) != base:
+        how = "goes up out of" if ".." in Path(ref).parts else "is a symlink out of"
+        return f"{ref!r} {how} the data set's folder {base} (to {real}); not read"
+    return root / ref
 
 
 @dataclass
@@ -190,10 +107,15 @@ class RecordSource(Source):
             meta = {k: v for k, v in rec.items() if k not in (text_key, image_key, "id") and v is not None}
             meta["row"] = where
             ref, image, missing = rec.get(image_key) if image_key else None, None, "row has no image"
-            if isinstance(ref, str) and ref.strip():
-                image = self.loaders.image(self.root / ref)
-            elif isinstance(rec.get("inkml"), str) and rec["inkml"].strip():
-                image = self.loaders.ink(self.root / rec["inkml"])
+            ink = rec.get("inkml")
+            target = ref if isinstance(ref, str) and ref.strip() else ink if isinstance(ink, str) and ink.strip() \
+                else None
+            path = inside(self.root, target) if target is not None else None
+            if isinstance(path, str):
+                yield Skipped(rid, OUTSIDE, path)
+                continue
+            if path is not None:
+                image = self.loaders.image(path) if target is ref else self.loaders.ink(path)
             elif ref is not None:
                 missing = f"image field is a {type(ref).__name__}, not a path"
             yield Row(rid, rec.get(text_key) if text_key else None, image, meta, missing)
@@ -266,8 +188,11 @@ class Im2latexSource(Source):
                 yield Skipped(where, "bad_row", f"expected 'image formula_index', got {line[:60]!r}")
                 continue
             label = self.formulas[idx] if idx < len(self.formulas) else None
-            yield Row(image, label, self.loaders.image(self.images / image), {"row": where, "formula_index": idx},
-                      missing="")
+            path = inside(self.images, image)
+            if isinstance(path, str):
+                yield Skipped(image, OUTSIDE, path)
+                continue
+            yield Row(image, label, self.loaders.image(path), {"row": where, "formula_index": idx}, missing="")
 
 
 def _im2latex(name: str, folder: Path, lst: Path | None, split: str | None, loaders: _Loaders) -> Source | None:

@@ -45,6 +45,8 @@ _FONTS = {
     ("pip", "printed"): {"latinmodern": 6, "stix": 4},
     ("pip", "handwritten"): {"stix": 5, "latinmodern": 5},
 }
+MAX_FAILED_IN_A_ROW = 256
+"""A stream stops with an error after this many formulas in a row failed to render (4 chunks of 64)."""
 
 
 class SyntheticSource:
@@ -78,7 +80,10 @@ class SyntheticSource:
     @property
     def renderer(self) -> Renderer:
         if self._renderer is None:  # made lazily, so the source pickles cheaply into DataLoader workers
-            self._renderer = get_renderer(str(self._renderer_spec))
+            # probed with every font this source's styles may draw (once per process; broken fonts left out)
+            styles = {"printed", "handwritten"} if self.style == "mixed" else {self.style}
+            fonts = [f for (_, style), weights in _FONTS.items() if style in styles for f in weights]
+            self._renderer = get_renderer(str(self._renderer_spec), fonts=fonts)
         return self._renderer
 
     def __getstate__(self) -> dict[str, Any]:
@@ -101,16 +106,32 @@ class SyntheticSource:
         raise TexocrError(f"synthetic sample {i}: 8 formulas in a row failed to render ({got.reason}: {got.detail})")
 
     def __iter__(self) -> Iterator[Sample]:
+        """The samples of this worker's chunks; stops with an error when `MAX_FAILED_IN_A_ROW` formulas in a row
+        (or every formula of a shorter pass) failed to render: such a stream would never yield."""
         self.skipped = []
         start, step = _worker_shard()
+        in_a_row = yielded = 0
         for c in range(start, (self.n + self.chunk - 1) // self.chunk, step):
             for i, got in enumerate(self.render_chunk(c), start=c * self.chunk):
                 if i >= self.n:
                     break
                 if isinstance(got, Skipped):
                     self.skipped.append(got)
+                    in_a_row += 1
+                    if in_a_row >= MAX_FAILED_IN_A_ROW:
+                        raise self._all_failed(in_a_row)
                 else:
+                    in_a_row, yielded = 0, yielded + 1
                     yield got
+        if self.skipped and not yielded:
+            raise self._all_failed(len(self.skipped))
+
+    def _all_failed(self, count: int) -> TexocrError:
+        reasons = Counter(s.reason for s in self.skipped[-count:]).most_common()
+        last = self.skipped[-1]
+        return TexocrError(f"{self.name}: {count} formulas in a row failed to render with the {self.renderer.name} "
+                           f"renderer ({', '.join(f'{r} {n}' for r, n in reasons)}; e.g. {last.reason}: "
+                           f"{last.detail[:120]}); stopping instead of waiting for a sample")
 
     def labels(self) -> Iterator[tuple[str, str]]:
         """`(id, latex)` of every index, without rendering (targets of formulas that would fail included)."""
@@ -258,6 +279,12 @@ def render_main(args: argparse.Namespace) -> int:
                         written += 1
                     else:
                         (out / row["image"]).unlink(missing_ok=True)
+            if not written:  # a whole round and not one sample: more rounds would fail the same way
+                break
+    if not written:
+        (out / "labels.jsonl").unlink()  # an empty data set would only pass the failure on to the next command
+        reasons = ", ".join(f"{k} {v} (e.g. {examples[k][:80]})" for k, v in failed.most_common())
+        raise TexocrError(f"none of {sum(failed.values())} formulas rendered with the {renderer} renderer: {reasons}")
     elapsed = time.perf_counter() - t0
     shown = []
     with open(out / "labels.jsonl", encoding="utf-8") as f:

@@ -238,11 +238,5 @@ class Family:
     def matches_hub_id(self, name: str) -> bool:
         return any(re.search(p, name, flags=re.IGNORECASE) for p in self.hub_patterns)
 
-    # ------------------------------------------------------------ tiny models
-
-    def build_tiny(self, out_dir: str, **sizes: Any) -> None:
-        """Save a tiny random model + processor of this family to `out_dir` (see tiny.py)."""
-        raise NotImplementedError(f"no tiny builder for family {self.name!r}")
-
     def __repr__(self) -> str:
         return f"<Family {self.name}>"

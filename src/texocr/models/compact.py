@@ -75,9 +75,6 @@ class Compact(Qwen2VL):
     def end_token(self, processor: Any) -> str:
         return EOS
 
-    def build_tiny(self, out_dir: str, **sizes: Any) -> None:
-        build_compact(out_dir, size="tiny", **sizes)
-
 
 def compact_config(size: str = "base", vocab_size: int = 1344, token_ids: dict[str, int] | None = None) -> Any:
     """The `Qwen2VLConfig` of a compact model of `size` (`base` or `tiny`)."""
@@ -131,7 +128,7 @@ def build_compact(
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from texocr.models.tiny import padded_vocab_size
+    from texocr.models.tiny_parts import padded_vocab_size
 
     processor = build_compact_processor()
     tok = processor.tokenizer

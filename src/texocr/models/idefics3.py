@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
-from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
+from texocr.models.saved import (
+    IMAGE_BUDGET_KEY,
+    keeps_budget,
+    saved_image_budget,
+    with_image_budget,
+)
 
 if TYPE_CHECKING:
     from texocr.config import ModelConfig
@@ -56,7 +61,7 @@ class Idefics3(Family):
     def processor_class(self) -> type:
         import transformers
 
-        return getattr(transformers, self.processor_class_name)
+        return keeps_budget(getattr(transformers, self.processor_class_name))
 
     def image_processor_class(self) -> type:
         # Imported from its module: the lazy top-level name wrongly demands torchvision in 5.17.
@@ -73,7 +78,7 @@ class Idefics3(Family):
         extra = self._processor_kwargs(path)
         processor = self.processor_class()(ip, tok, chat_template=tok.chat_template or self.chat_template,
                                            **extra)
-        self.configure_processor(processor, cfg)
+        self.configure_processor(processor, cfg, saved=saved_image_budget(path))
         return processor
 
     def _processor_kwargs(self, path: str) -> dict[str, Any]:
@@ -91,15 +96,19 @@ class Idefics3(Family):
     def _tile(self, processor: Any) -> int:
         return int(processor.image_processor.max_image_size["longest_edge"])
 
-    def configure_processor(self, processor: Any, cfg: ModelConfig | None) -> None:
+    def configure_processor(self, processor: Any, cfg: ModelConfig | None,
+                            saved: dict[str, int] | None = None) -> None:
+        """The long side in tiles: from `cfg.max_pixels`, else the budget saved with the processor, else the default."""
         tile = self._tile(processor)
-        if cfg and cfg.max_pixels:
-            k = max(1, round(math.sqrt(cfg.max_pixels) / tile))
+        max_pixels = (cfg.max_pixels if cfg and cfg.max_pixels else None) or (saved or {}).get("max_pixels")
+        if max_pixels:
+            k = max(1, round(math.sqrt(max_pixels) / tile))
         else:
             k = 2 if 3 * processor.image_seq_len <= TOKEN_BUDGET + 64 else 1
         ip = processor.image_processor
         ip.do_image_splitting = k > 1
         ip.size = {"longest_edge": k * tile}
+        setattr(processor, IMAGE_BUDGET_KEY, {"max_pixels": (k * tile) ** 2})
 
     def max_image_tokens(self, processor: Any) -> int:
         ip = processor.image_processor
@@ -117,32 +126,6 @@ class Idefics3(Family):
 
         return getattr(transformers, self.model_class_name)
 
-    def build_tiny(self, out_dir: str, *, hidden_size: int = 64, layers: int = 2, vision_dim: int = 32,
-                   tile: int = 32, patch: int = 8) -> None:
-        import transformers
-
-        tok = char_tokenizer(SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<|pad|>",
-                             unk="<|end_of_text|>", extra_tokens=ROW_COL)
-        seq_len = (tile // patch) ** 2 // 4  # pixel shuffle with scale factor 2
-        ip = self.image_processor_class()(
-            size={"longest_edge": 4 * tile}, max_image_size={"longest_edge": tile},
-            image_mean=[0.5] * 3, image_std=[0.5] * 3,
-        )
-        processor = self.processor_class()(ip, tok, image_seq_len=seq_len, chat_template=self.chat_template)
-        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
-        text = {"model_type": "llama", "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size,
-                "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "max_position_embeddings": 4096, "pad_token_id": ids["<|pad|>"],
-                "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<end_of_utterance>"]}
-        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                  "num_attention_heads": 2, "image_size": tile, "patch_size": patch}
-        config_cls = getattr(transformers, self.model_class_name.replace("ForConditionalGeneration", "Config"))
-        config = config_cls(vision_config=vision, text_config=text, image_token_id=ids["<image>"],
-                            scale_factor=2, pad_token_id=ids["<|pad|>"])
-        model = getattr(transformers, self.model_class_name)(config)
-        self.configure_processor(processor, None)
-        save_tiny(model, processor, out_dir)
-
 
 def _smolvlm_no_video() -> type:
     """SmolVLMProcessor without its video processor (that one needs torchvision)."""
@@ -159,7 +142,7 @@ def _smolvlm_no_video() -> type:
         def to_dict(self) -> dict[str, Any]:
             out = super().to_dict()
             out["processor_class"] = "SmolVLMProcessor"
-            return out
+            return with_image_budget(out, self)
 
         def apply_chat_template(self, conversation: Any, chat_template: Any = None, **kwargs: Any) -> Any:
             # SmolVLMProcessor's own version reads video defaults from the (absent) video processor.

@@ -97,6 +97,10 @@ def _adapter_base(path: str) -> str | None:
     return None
 
 
+def _has_processor(folder: str) -> bool:
+    return any((Path(folder) / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
+
+
 def _from_pretrained(cls: type, path: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(path, **kwargs)
@@ -142,7 +146,8 @@ def load_model(cfg: ModelConfig, *, training: bool = False, device: str | None =
         kwargs["quantization_config"] = quantization_config(cfg, device)
         kwargs["device_map"] = {"": device}
     model = _from_pretrained(family.model_class(), path, **kwargs)
-    processor = family.build_processor(path, cfg)
+    # a LoRA run saves its processor beside the adapter: the image budget it trained with, not the base's
+    processor = family.build_processor(adapter if adapter and _has_processor(adapter) else path, cfg)
     if not quantized:
         model.to(device)
 

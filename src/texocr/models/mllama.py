@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
-from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
 
 if TYPE_CHECKING:
     from texocr.config import ModelConfig
@@ -34,7 +33,7 @@ SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>",
             "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
 
 
-def _image_processor_class() -> type:
+def image_processor_class() -> type:
     import importlib
 
     module, _, cls = IMAGE_PROCESSOR.rpartition(".")  # the lazy top-level name demands torchvision
@@ -53,7 +52,7 @@ class Mllama(Family):
     def build_processor(self, path: str, cfg: ModelConfig | None = None) -> Any:
         from transformers import AutoTokenizer, MllamaProcessor
 
-        ip = _image_processor_class().from_pretrained(path)
+        ip = image_processor_class().from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         return MllamaProcessor(ip, tok, chat_template=tok.chat_template or MLLAMA_TEMPLATE)
 
@@ -65,31 +64,6 @@ class Mllama(Family):
 
     def end_token(self, processor: Any) -> str:
         return "<|eot_id|>"
-
-    def build_tiny(self, out_dir: str, *, hidden_size: int = 64, layers: int = 2, vision_dim: int = 32,
-                   tile: int = 28, patch: int = 14) -> None:
-        from transformers import (
-            MllamaConfig,
-            MllamaForConditionalGeneration,
-            MllamaProcessor,
-        )
-
-        tok = char_tokenizer(SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>",
-                             pad="<|finetune_right_pad_id|>", unk="<|end_of_text|>")
-        ip = _image_processor_class()(size={"height": tile, "width": tile}, max_image_tiles=4)
-        processor = MllamaProcessor(ip, tok, chat_template=MLLAMA_TEMPLATE)
-        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
-        vocab = padded_vocab_size(tok)
-        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                  "num_global_layers": 1, "attention_heads": 2, "image_size": tile, "patch_size": patch,
-                  "intermediate_layers_indices": [0], "vision_output_dim": 2 * vision_dim, "max_num_tiles": 4}
-        text = {"vocab_size": vocab + 8, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-                "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "cross_attention_layers": [layers - 1], "max_position_embeddings": 4096,
-                "bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": ids["<|eot_id|>"],
-                "pad_token_id": ids["<|finetune_right_pad_id|>"]}
-        config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=ids["<|image|>"])
-        save_tiny(MllamaForConditionalGeneration(config), processor, out_dir)
 
 
 FAMILY_CLASSES = [Mllama]

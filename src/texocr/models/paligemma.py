@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from texocr.models.base import INSTRUCTION, Family
-from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
 
 if TYPE_CHECKING:
     from texocr.config import ModelConfig
@@ -60,41 +59,6 @@ class PaliGemma(Family):
         enc = super().encode_for_generation(processor, images)
         enc.pop("labels", None)  # the processor derives labels from token_type_ids; not for generate()
         return enc
-
-    def build_tiny(self, out_dir: str, *, variant: str = "paligemma", hidden_size: int = 64,
-                   layers: int = 2, vision_dim: int = 32, image_size: int = 56, patch: int = 14) -> None:
-        """Tiny PaliGemma (Gemma text) or PaliGemma 2 (`variant="paligemma2"`, Gemma2 text)."""
-        from transformers import (
-            PaliGemmaConfig,
-            PaliGemmaForConditionalGeneration,
-            PaliGemmaProcessor,
-            SiglipImageProcessorPil,
-        )
-
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
-        tok = char_tokenizer(specials, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>",
-                             extra_special_tokens={"image_token": "<image>"})
-        n_img = (image_size // patch) ** 2
-        ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
-                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        ip.image_seq_length = n_img
-        processor = PaliGemmaProcessor(ip, tok)  # adds <loc....>/<seg...> tokens to the tokenizer
-        ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
-        text = {
-            "model_type": "gemma2" if variant == "paligemma2" else "gemma",
-            "vocab_size": padded_vocab_size(tok), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
-            "max_position_embeddings": 2048, "pad_token_id": ids["<pad>"], "eos_token_id": ids["<eos>"],
-            "bos_token_id": ids["<bos>"],
-        }
-        if variant == "paligemma2":
-            text.update(query_pre_attn_scalar=16, sliding_window=512)
-        vision = {"hidden_size": vision_dim, "intermediate_size": 2 * vision_dim, "num_hidden_layers": layers,
-                  "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "vision_use_head": False}
-        config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
-                                 vocab_size=text["vocab_size"], projection_dim=hidden_size,
-                                 hidden_size=hidden_size)
-        save_tiny(PaliGemmaForConditionalGeneration(config), processor, out_dir)
 
 
 FAMILY_CLASSES = [PaliGemma]

@@ -3,7 +3,8 @@
 Image budget: the stock processor allows 1280 tokens (28*28*1280 pixels, 16384 in Qwen3-VL), so a large
 scan of a formula costs thousands of tokens and runs out of memory. texocr's default caps an image at
 256 tokens (`max_pixels = 256 * (patch*merge)^2`) and lifts tiny crops to 16 tokens; `ModelConfig.min_pixels`
-and `max_pixels` override both. Images wider than 100:1 are padded with white first (the processor refuses
+and `max_pixels` override both. The budget is saved with the processor (processor_config.json) and read back
+with it, so a model trained at 32 image tokens is read at 32. Images wider than 100:1 are padded with white first (the processor refuses
 aspect ratios above 200).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from texocr.models.base import Family
+from texocr.models.saved import IMAGE_BUDGET_KEY, keeps_budget, saved_image_budget
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,15 +54,10 @@ QWEN_SPECIALS = [
 def _no_video(processor_cls: type) -> type:
     """A subclass of a Qwen processor that needs no video processor (which needs torchvision)."""
 
-    class Processor(processor_cls):  # type: ignore[misc,valid-type]
+    class Processor(keeps_budget(processor_cls)):  # type: ignore[misc]
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             kwargs.pop("video_processor", None)
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def to_dict(self) -> dict[str, Any]:
-            out = super().to_dict()
-            out["processor_class"] = processor_cls.__name__  # loadable by stock AutoProcessor too
-            return out
 
     Processor.__name__ = Processor.__qualname__ = f"Texocr{processor_cls.__name__}"
     return Processor
@@ -83,27 +80,35 @@ class QwenVLFamily(Family):
 
     def build_processor(self, path: str, cfg: ModelConfig | None = None) -> Any:
         processor = self.processor_class().from_pretrained(path)
-        self.configure_processor(processor, cfg)
+        self.configure_processor(processor, cfg, saved=saved_image_budget(path))
         return processor
 
     def _pixels_per_token(self, processor: Any) -> int:
         ip = processor.image_processor
         return int((ip.patch_size * ip.merge_size) ** 2)
 
-    def configure_processor(self, processor: Any, cfg: ModelConfig | None) -> None:
+    def configure_processor(self, processor: Any, cfg: ModelConfig | None,
+                            saved: dict[str, int] | None = None) -> None:
+        """The budget: `cfg`'s keys where set, else the one the processor was saved with by texocr (`saved`, from
+        processor_config.json), else texocr's defaults (a stock hub processor's own budget is far too large)."""
         per_token = self._pixels_per_token(processor)
-        lo = cfg.min_pixels if cfg and cfg.min_pixels else DEFAULT_MIN_TOKENS * per_token
-        hi = cfg.max_pixels if cfg and cfg.max_pixels else DEFAULT_MAX_TOKENS * per_token
-        if lo > hi:
+        saved = saved or {}
+        given_lo, given_hi = (cfg.min_pixels, cfg.max_pixels) if cfg else (None, None)
+        lo = given_lo or saved.get("min_pixels") or DEFAULT_MIN_TOKENS * per_token
+        hi = given_hi or saved.get("max_pixels") or DEFAULT_MAX_TOKENS * per_token
+        if lo > hi and given_lo and given_hi:
             from texocr.errors import TexocrError
 
             raise TexocrError(f"model.min_pixels ({lo}) is larger than model.max_pixels ({hi})")
+        if lo > hi:  # one bound given, the other saved or default: the given one wins
+            lo, hi = (lo, lo) if given_lo else (hi, hi)
         ip = processor.image_processor
         # A fresh dict: the PIL processor's class-level `size` is shared between instances.
         ip.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
         for attr, value in (("min_pixels", lo), ("max_pixels", hi)):
             if hasattr(ip, attr):
                 setattr(ip, attr, int(value))
+        setattr(processor, IMAGE_BUDGET_KEY, {"min_pixels": int(lo), "max_pixels": int(hi)})
 
     def max_image_tokens(self, processor: Any) -> int:
         return int(processor.image_processor.size["longest_edge"]) // self._pixels_per_token(processor)
@@ -116,11 +121,6 @@ class QwenVLFamily(Family):
 
     def images_arg(self, images: list[Image.Image]) -> list[Any]:
         return [_pad_aspect(im) for im in images]
-
-    def build_tiny(self, out_dir: str, **sizes: Any) -> None:
-        from texocr.models.tiny_qwen import build_tiny_qwen
-
-        build_tiny_qwen(self, out_dir, **sizes)
 
 
 def _pad_aspect(image: Image.Image) -> Image.Image:
@@ -165,3 +165,6 @@ class Qwen3VL(QwenVLFamily):
     processor_class_name = "Qwen3VLProcessor"
     chat_template = QWEN3_VL_TEMPLATE
     patch_size = 16
+
+
+FAMILY_CLASSES = [Qwen2VL, Qwen25VL, Qwen3VL]

@@ -28,17 +28,9 @@ def register_family(family: Family) -> Family:
 
 
 def _register_builtin() -> None:
-    from texocr.models.qwen_vl import Qwen2VL, Qwen3VL, Qwen25VL
+    from texocr.models import compact, idefics3, mllama, paligemma, qwen_vl
 
-    for fam in (Qwen2VL(), Qwen25VL(), Qwen3VL()):
-        FAMILIES.setdefault(fam.name, fam)
-    for module in ("paligemma", "idefics3", "mllama", "compact"):  # optional until written
-        try:
-            mod = __import__(f"texocr.models.{module}", fromlist=["FAMILY_CLASSES"])
-        except ModuleNotFoundError as e:
-            if e.name != f"texocr.models.{module}":
-                raise
-            continue
+    for mod in (qwen_vl, paligemma, idefics3, mllama, compact):
         for cls in mod.FAMILY_CLASSES:
             fam = cls()
             FAMILIES.setdefault(fam.name, fam)

@@ -7,80 +7,48 @@
 Each model uses the real transformers config and model classes of its family with 2 small layers, and
 a character-level tokenizer (printable ASCII + common LaTeX commands as whole tokens + the family's
 special tokens) so that any LaTeX string round-trips through encode/decode exactly.
+
+The builders live beside this module (`tiny_qwen.py`, `tiny_others.py`), not in the family modules: the
+production import path (registry -> families) never reaches test-only code, and this entry point may import
+the registry without an import circle.
 """
 
 from __future__ import annotations
 
-import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Common commands get one token each so sequences stay short; anything else falls back to characters.
-LATEX_COMMANDS = (  # noqa: SIM905 -- one readable string of commands
-    r"\frac \sqrt \left \right \sum \int \prod \lim \infty \alpha \beta \gamma \delta \epsilon \theta "
-    r"\lambda \mu \pi \sigma \phi \omega \partial \cdot \times \leq \geq \neq \mathrm \mathbf \text "
-    r"\begin \end \over \hat \bar \vec \in \to \rightarrow \ldots \cdots \quad"
-).split()
-
-
-def char_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, unk: str,
-                   add_bos: bool = False, extra_tokens: list[str] | None = None, **kwargs: Any) -> Any:
-    """A character-level `PreTrainedTokenizerFast` whose vocabulary starts with `specials`.
-
-    `bos` is prepended by the post-processor when `add_bos` (Llama style); `extra_tokens` are
-    added as special tokens after the printable characters (e.g. Idefics3 row/column markers).
-    """
-    from tokenizers import (
-        AddedToken,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-    )
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for tok in specials:
-        vocab.setdefault(tok, len(vocab))
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    for tok in extra_tokens or []:
-        vocab.setdefault(tok, len(vocab))
-    for cmd in LATEX_COMMANDS:
-        vocab.setdefault(cmd, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab, unk_token=unk))
-    core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in [*specials, *(extra_tokens or [])]]
-    )
-    core.add_tokens([AddedToken(c, special=False, normalized=False) for c in LATEX_COMMANDS])
-    if bos is not None and add_bos:
-        core.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        clean_up_tokenization_spaces=False,
-        **kwargs,
-    )
-
-
-def padded_vocab_size(tokenizer: Any, multiple: int = 64) -> int:
-    """Embedding rows for `tokenizer`, rounded up (as real checkpoints do)."""
-    n = len(tokenizer)
-    return (n + multiple - 1) // multiple * multiple
-
+from texocr.errors import TexocrError
+from texocr.models.tiny_parts import (  # noqa: F401 -- re-exported for tests and bench
+    LATEX_COMMANDS,
+    char_tokenizer,
+    padded_vocab_size,
+    save_tiny,
+)
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paligemma2": ("paligemma", {"variant": "paligemma2"}),
 }
 """Tiny-model names that are a variant of a registered family."""
+
+
+def _builders() -> dict[str, Callable[..., None]]:
+    """Family name -> `builder(family, out_dir, **sizes)`."""
+    from texocr.models.compact import build_compact
+    from texocr.models.tiny_others import (
+        build_tiny_idefics3,
+        build_tiny_mllama,
+        build_tiny_paligemma,
+    )
+    from texocr.models.tiny_qwen import build_tiny_qwen
+
+    def compact(family: Any, out_dir: str, **sizes: Any) -> None:
+        build_compact(out_dir, size="tiny", **sizes)
+
+    return {"qwen2_vl": build_tiny_qwen, "qwen2_5_vl": build_tiny_qwen, "qwen3_vl": build_tiny_qwen,
+            "paligemma": build_tiny_paligemma, "idefics3": build_tiny_idefics3, "smolvlm": build_tiny_idefics3,
+            "mllama": build_tiny_mllama, "compact": compact}
 
 
 def build_tiny(family_name: str, out_dir: str | Path, **sizes: Any) -> Path:
@@ -96,15 +64,12 @@ def build_tiny(family_name: str, out_dir: str | Path, **sizes: Any) -> Path:
         family_name, extra = VARIANTS[family_name]
         sizes = {**extra, **sizes}
     family = get_family(family_name)
+    builder = _builders().get(family.name)
+    if builder is None:
+        raise TexocrError(f"no tiny builder for family {family.name!r}; tiny builders exist for "
+                          f"{', '.join(sorted(_builders()))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(sizes.pop("seed", 0))
-    family.build_tiny(str(out), **sizes)
+    builder(family, str(out), **sizes)
     return out
-
-
-def save_tiny(model: Any, processor: Any, out_dir: str) -> None:
-    """Save a freshly built model (float32, safetensors) and its processor."""
-    model.eval()
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)

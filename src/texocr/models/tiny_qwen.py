@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from texocr.models.tiny import char_tokenizer, padded_vocab_size, save_tiny
+from texocr.models.qwen_vl import QWEN_SPECIALS
+from texocr.models.tiny_parts import char_tokenizer, padded_vocab_size, save_tiny
 
 
 def build_tiny_qwen(family: Any, out_dir: str, *, hidden_size: int = 64, layers: int = 2,
                     vision_dim: int = 32, heads: int = 4) -> None:
     """Build and save a tiny model of a `QwenVLFamily` (`family.name` picks the generation)."""
     import transformers
-
-    from texocr.models.qwen_vl import QWEN_SPECIALS
 
     tok = char_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk="<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
