@@ -117,7 +117,7 @@ def crohme(shared: Path, carry: Path, val: Path) -> dict[str, int]:
     with gzip.open(carry / "crohme.jsonl.gz", "wt", encoding="utf-8") as f:
         for r, ink, target in train:
             # integer coordinates relative to the ink's corner (rasterize() rescales anyway), repeats dropped
-            strokes = [_dedupe([round(v) for v in _rel(s, ink)]) for s in ink.strokes]
+            strokes = [_dedupe([round(v) for v in flat]) for flat in _relative(ink.strokes)]
             f.write(json.dumps({"id": r["id"], "latex": target, "strokes": strokes}) + "\n")
     rows = []
     for i, (r, ink, target) in enumerate(held):
@@ -139,14 +139,14 @@ def _dedupe(flat: list[int]) -> list[int]:  # consecutive repeated points (integ
     return out
 
 
-def _rel(stroke, ink) -> list[float]:  # [N, 2] points -> flat [x0, y0, x1, y1, ...], scaled to ~500 units
+def _relative(strokes) -> list[list[float]]:  # [N, 2] point lists -> flat [x0, y0, ...], ~500 units, from the corner
     import numpy as np
 
-    allpts = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in ink.strokes])
+    arrays = [np.asarray(s, dtype=np.float64).reshape(-1, 2) for s in strokes]
+    allpts = np.concatenate(arrays)
     lo = allpts.min(axis=0)
-    span = float(max(1e-9, (allpts.max(axis=0) - lo).max()))
-    pts = (np.asarray(stroke, dtype=np.float64).reshape(-1, 2) - lo) * (500.0 / span)
-    return pts.reshape(-1).tolist()
+    scale = 500.0 / float(max(1e-9, (allpts.max(axis=0) - lo).max()))
+    return [((a - lo) * scale).reshape(-1).tolist() for a in arrays]
 
 
 def hand(shared: Path, carry: Path) -> dict[str, int]:

@@ -87,7 +87,8 @@ def rasterize_varied(strokes: list[list[float]], rng: random.Random):  # -> PIL.
     if rng.random() < 0.3:
         img = rotate_shear(img, angle=rng.uniform(-3, 3), shear=rng.uniform(-0.2, 0.1))
     if rng.random() < 0.4:  # binarized, as the CROHME test bitmaps are
-        img = img.convert("L").point(lambda v: 255 if v > rng.randint(110, 200) else 0).convert("RGB")
+        threshold = rng.randint(110, 200)  # one per image (point() calls the function once per grey level)
+        img = img.convert("L").point(lambda v: 255 if v > threshold else 0).convert("RGB")
     return img
 
 
