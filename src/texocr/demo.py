@@ -30,7 +30,6 @@ import argparse
 import html
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,12 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.errors import TexocrError
+from texocr.outdir import marker_name, prepare_output_dir
 
 if TYPE_CHECKING:
     from texocr.config import Config
     from texocr.evaluate import EvalResult
 
-MARKER = ".texocr-demo"
+MARKER = marker_name("demo")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
 SHORT_FORMULAS = [2, 1]
 """Token-length histogram in bins of 10 (`FormulaGenerator(length_hist=...)`): 3-19 tokens, two thirds under 10,
@@ -235,13 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    if (out / MARKER).is_file():  # a previous demo's output: replaced, so `make demo` can run again
-        shutil.rmtree(out)
-        print(f"texocr demo: replacing the previous demo output in {out}")
-    elif out.exists() and any(out.iterdir()):
-        raise TexocrError(f"{out} is not empty and not a previous demo's output: remove it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by python -m texocr.demo; the next demo run with this --out replaces it\n")
+    prepare_output_dir(out, "demo", overwrite=getattr(args, "overwrite", False))  # a previous demo's is replaced
     threads = cpu_threads()
     torch.set_num_threads(threads)
     p = plan(args, out)
@@ -292,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's options (also `texocr demo`)."""
-    p.add_argument("--out", default="runs/demo", help="output folder (must be empty or new; default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output folder (new, empty, or a previous demo's; default runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that the demo did not create")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     p.add_argument("--n-test", type=int, default=200, help="test images to render (default 200)")
     p.add_argument("--model", help="a compact model directory to LoRA-fine-tune instead of the default model")

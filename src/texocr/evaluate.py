@@ -4,7 +4,7 @@
     texocr eval --model BASE --adapter runs/x/adapter --compare BASE --data D --out runs/before-after
     texocr eval --config configs/tiny/cpu-lora.yaml --out runs/eval --eval.num_beams 3
 
-writes to `--out`:
+writes to `--out` (new, empty, or a previous eval's, which is replaced; another folder needs --overwrite):
     predictions.jsonl    one row per sample: id, reference, prediction, exact, edit_distance, score, time_s, error, ...
     metrics.json         the DESIGN.md keys (n, exact_match, bleu4, edit_score, cer, exprate_le1/2, valid_rate,
                          image_match when a renderer is present, images_per_s, latency_ms_p50)
@@ -196,7 +196,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "default: the config's data.val")
     p.add_argument("--split", help="split of --data (HF split, <split>/ subfolder or rows' split field); "
                                    "default: the config's data.val_split (test)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or a previous `texocr eval`'s)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that eval did not create")
     p.add_argument("--limit", type=int, help="evaluate at most this many samples")
     p.add_argument("--compare", metavar="OTHER_MODEL", help="also evaluate this model and show both side by side")
     p.add_argument("--compare-adapter", help="adapter for --compare")
@@ -227,8 +228,9 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or (cfg.data.val[0] if cfg.data.val else None)
     if not data:
         raise TexocrError("no data to evaluate: pass --data (or a config with data.val)")
-    out = Path(args.out)
+    from texocr.outdir import prepare_output_dir
 
+    out = prepare_output_dir(args.out, "eval", overwrite=args.overwrite)  # refused before minutes of work
     split = args.split or cfg.data.val_split  # like training's validation; rows without a split field all count
     source = open_source(data, cfg.data, split=split)
     samples = list(islice(source, ev.limit) if ev.limit is not None else source)
