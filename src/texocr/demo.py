@@ -191,7 +191,7 @@ def write_index(out: Path, summary: dict[str, Any], before: EvalResult, after: E
     rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{m.get(k, 0):.3f}</td>" for k in keys) + "</tr>"
                    for name, m in (("before", before.metrics), ("after", after.metrics)))
     curve = out / "train" / "loss_curve.png"
-    curve_html = f"<img alt='loss curve' src='{data_uri(curve.read_bytes())}'>" if curve.is_file() else "<p>(none)</p>"
+    curve_html = f"<img id=curve alt='loss curve' src='{data_uri(curve.read_bytes())}'>" if curve.is_file() else "<p>(none)</p>"
     samples = []
     for i, (b, a) in enumerate(zip(before.predictions[:shown], after.predictions[:shown])):
         img = f"<img src='{data_uri(after.images[i])}'>" if i < len(after.images) else ""
@@ -204,8 +204,9 @@ def write_index(out: Path, summary: dict[str, Any], before: EvalResult, after: E
     t = summary["seconds"]
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>texocr demo</title><style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} img{{max-width:360px;max-height:100px}}
-code{{white-space:pre-wrap;word-break:break-all}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} #samples{{width:100%}}
+img{{max-width:calc(100vw - 4em);height:auto}} p{{overflow-wrap:anywhere}} code{{white-space:pre-wrap;word-break:break-all}}
+</style></head><body>
 <h1>texocr demo: measure, fine-tune, measure again</h1>
 <p><b>Case: {summary['case']}</b>: {html.escape(summary['description'])}.<br>
 Test set: {summary['n_test']} handwriting-style synthetic formulas (generator seed distinct from training; test
@@ -214,7 +215,7 @@ formulas also present in training removed). Training: {summary['steps']} steps (
 <h2>Before and after</h2><table><tr><th></th>{head}</tr>{rows}</table>
 <h2>Loss curve</h2>{curve_html}
 <h2>First {len(samples)} test samples</h2>
-<table><tr><th>input</th><th>reference</th><th>before</th><th>after</th><th>after, rendered</th></tr>{''.join(samples)}</table>
+<table id=samples><tr><th>input</th><th>reference</th><th>before</th><th>after</th><th>after, rendered</th></tr>{''.join(samples)}</table>
 <p>Every sample, worst first, with token diffs: <a href="eval/report.html">eval/report.html</a>.</p>
 </body></html>
 """
@@ -267,7 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     after = evaluate(trained, adapter, test, cfg)
     times["after"] = time.perf_counter() - t
     write_outputs(out / "eval", [(trained, adapter, after), (p.model, None, before)], str(out / "test"),
-                  notes=[f"texocr demo ({p.case}): the fine-tuned model first, the starting model second."])
+                  notes=[f"texocr demo ({p.case}): the fine-tuned model first, the starting model second."],
+                  names=["after", "before"])
     times["total"] = time.perf_counter() - t0
     summary = {"case": p.case, "description": p.description, "model": p.model, "method": method,
                "trained": trained, "adapter": adapter, "steps": result.steps, "n_test": len(test),

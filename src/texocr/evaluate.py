@@ -167,9 +167,11 @@ def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_outputs(out: Path, runs: list[tuple[str, str | None, EvalResult]], data: str, *,
-                  report_limit: int = 200, notes: list[str] | None = None) -> None:
-    """predictions.jsonl + metrics.json (first run at the top, others under compare/), summary CSV, report."""
-    from texocr.report import RunView, write_report
+                  report_limit: int = 200, notes: list[str] | None = None, names: list[str] | None = None) -> None:
+    """predictions.jsonl + metrics.json (first run at the top, others under compare/), summary CSV, report.
+
+    `names`: the report's column headings (e.g. `after`, `before`); default: the models' folder names."""
+    from texocr.report import RunView, short_names, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     summary = []
@@ -180,8 +182,10 @@ def write_outputs(out: Path, runs: list[tuple[str, str | None, EvalResult]], dat
         (folder / "metrics.json").write_text(json.dumps(res.metrics, indent=2) + "\n")
         summary.append({"model": model, "adapter": adapter or "", "data": data, **res.metrics})
     write_summary_csv(summary, out / "summary_report.csv")
-    views = [RunView(model + (f" + {adapter}" if adapter else ""), res.predictions, res.metrics, res.rendered,
-                     res.confusions[:20]) for model, adapter, res in runs]
+    names = names or short_names([(model, adapter) for model, adapter, _ in runs])
+    views = [RunView(name, res.predictions, res.metrics, res.rendered, res.confusions[:20],
+                     full_name=model + (f" + {adapter}" if adapter else ""))
+             for name, (model, adapter, res) in zip(names, runs)]
     write_report(out / "report.html", views, runs[0][2].images, title=f"texocr eval: {views[0].name} on {data}",
                  limit=report_limit, notes=notes or [])
 
