@@ -36,7 +36,7 @@ def test_lengths_are_what_the_family_encodes(tiny_loaded):
     samples = [Sample(im, t, f"s{i}") for i, (im, t) in enumerate(zip(images, targets))]
     kept, fit = fit_to_length(samples, loaded.family, loaded.processor, limit)
     assert [s.id for s in kept] == ["s0", "s1", "s2", "s3"] and fit.dropped == [4, 5]
-    assert fit.longest == max(exact) and f"dropped 2 of 6 training samples" in fit.summary()
+    assert fit.longest == max(exact) and "dropped 2 of 6 training samples" in fit.summary()
     assert fit.as_metrics()["train_dropped_too_long"] == 2
 
 
