@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from texocr.cpu import cpu_threads
 from texocr.errors import TexocrError
 from texocr.outdir import marker_name, prepare_output_dir
 
@@ -153,20 +153,6 @@ def evaluate(model: str, adapter: str | None, samples: list[Any], cfg: Config) -
     loaded = load_model(replace(cfg.model, name_or_path=model, adapter=adapter), training=False, device="cpu")
     rec = Recognizer.from_loaded(loaded, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
     return score(rec, samples, cfg.eval, keep_images=True)
-
-
-def cpu_threads() -> int:
-    """Torch threads for this run: the idle cores, at least one.
-
-    On a machine whose cores are already busy, OpenMP threads spin at barriers: one thread was 2-8x faster
-    than two on a loaded 2-core machine (bench/compact.md), while on an idle machine every core helps.
-    """
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
 
 
 # ---------------------------------------------------------------- report

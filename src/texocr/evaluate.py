@@ -218,6 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from texocr.config import load_config
+    from texocr.cpu import use_idle_cores
     from texocr.data.sources import format_skipped, open_source, write_skipped
     from texocr.infer import Recognizer
 
@@ -252,6 +253,7 @@ def main(args: argparse.Namespace) -> int:
     runs = []
     for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):
         rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family, **options)
+        use_idle_cores(rec.device)
         res = score(rec, samples, ev, renderer=renderer, keep_images=not runs)
         del rec  # free the first model before loading the second
         runs.append((m, a, res))

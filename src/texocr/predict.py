@@ -143,11 +143,13 @@ def main(args: argparse.Namespace) -> int:
         raise TexocrError("--stream prints text as it comes; it cannot be combined with --json")
     items = expand_inputs(args.inputs)
     writers = _Writers(args.tex_dir, args.render_dir)
+    from texocr.cpu import use_idle_cores
     from texocr.infer import Recognizer
 
     rec = Recognizer.load(args.model, args.adapter, device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                           glyph_height=args.glyph_height)
+    use_idle_cores(rec.device)
     ok = 0
     if args.stream:
         for name, src in items:
