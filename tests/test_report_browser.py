@@ -34,20 +34,30 @@ class _Answers:
         return [Prediction(t, score=-0.2, time_s=0.01, tokens=5, stop="end") for t in out]
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def _renderer():
+    """The best installed renderer; the test is skipped without one."""
     try:
         from texocr.data.render import available_renderers, get_renderer
     except ImportError:
         pytest.skip("no renderer module")
     if not available_renderers():
         pytest.skip("no renderer installed")
-    renderer = get_renderer("auto")
-    refs = [r"\frac{a+b}{c}", r"x^{2}+y^{2}=z^{2}", r"\sum_{i=1}^{n} i", r"\sqrt{\alpha}", r"e^{i\pi}+1=0"]
-    preds = [r"\frac{a+b}{c}", r"x^{2}+y^{3}=z^{2}", r"\sum_{i=0}^{n} i^2", r"\sqrt{\alpha", r"e^{i\pi}-1=0"]
+    return get_renderer("auto")
+
+
+def _results(renderer, refs, preds_by_model):
+    """One EvalResult per list of scripted predictions, on the references drawn by `renderer`."""
     images = renderer.render_batch(refs)
     samples = [Sample(im, ref, f"eq{i}") for i, (im, ref) in enumerate(zip(images, refs))]
-    res = score(_Answers(preds), samples, EvalConfig(batch_size=2), renderer=renderer, keep_images=True)
+    return [score(_Answers(preds), samples, EvalConfig(batch_size=2), renderer=renderer, keep_images=True)
+            for preds in preds_by_model]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    refs = [r"\frac{a+b}{c}", r"x^{2}+y^{2}=z^{2}", r"\sum_{i=1}^{n} i", r"\sqrt{\alpha}", r"e^{i\pi}+1=0"]
+    preds = [r"\frac{a+b}{c}", r"x^{2}+y^{3}=z^{2}", r"\sum_{i=0}^{n} i^2", r"\sqrt{\alpha", r"e^{i\pi}-1=0"]
+    (res,) = _results(_renderer(), refs, [preds])
     out = tmp_path_factory.mktemp("report")
     write_outputs(out, [("scripted-model", None, res)], "five formulas")
     return out / "report.html"
@@ -92,26 +102,13 @@ LAYOUT = """() => {
 }"""
 
 
-def _results(renderer, refs, preds_by_model):
-    images = renderer.render_batch(refs)
-    samples = [Sample(im, ref, f"eq{i}") for i, (im, ref) in enumerate(zip(images, refs))]
-    return [score(_Answers(preds), samples, EvalConfig(batch_size=2), renderer=renderer, keep_images=True)
-            for preds in preds_by_model]
-
-
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A two-model report.html headed by long absolute paths, and the demo's index.html with its loss curve."""
-    try:
-        from texocr.data.render import available_renderers, get_renderer
-    except ImportError:
-        pytest.skip("no renderer module")
-    if not available_renderers():
-        pytest.skip("no renderer installed")
     from texocr import demo
     from texocr.train_callbacks import plot_loss
 
-    renderer = get_renderer("auto")
+    renderer = _renderer()
     # report.html: formulas up to a long line (600 px drawn); index.html: the demo's short ones (3-19 tokens)
     refs = [r"\frac{a+b}{c}", r"x^{2}+y^{2}=z^{2}", r"\sum_{i=1}^{n} i", r"\sqrt{\alpha}",
             r"f(x)=a_{0}+a_{1}x+a_{2}x^{2}+a_{3}x^{3}+\cdots+a_{n}x^{n}"]
