@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -114,7 +115,11 @@ def test_eval_command_writes_all_outputs(tiny_model_dir, eval_data, tmp_path, ca
     html = (out / "report.html").read_text()
     assert html.count("class=input") == 4 and "data:image/png;base64," in html
     assert "Most frequent token confusions" in html
-    assert html.count("<th>" + model + "</th>") == 4  # side by side: a column each in metrics and samples
+    # side by side: a column each in metrics and samples, headed by the folder's name (the same model twice:
+    # numbered), the full paths listed once above
+    name = Path(model).name
+    assert html.count(f"<th>{name}</th>") == 2 and html.count(f"<th>{name} #2</th>") == 2
+    assert f"<code>{model}</code>" in html and f"<th>{model}</th>" not in html
     assert "skipped 1" in html  # the missing image is reported, not silently dropped
     assert "exact_match" in capsys.readouterr().out
 

@@ -61,14 +61,23 @@ def messy_dir(tmp_path):
 def test_predict_folder_with_bad_files(tiny_model_dir, messy_dir, capsys, tmp_path):
     d, good, bad = messy_dir
     rc = main(["predict", "--model", str(tiny_model_dir("qwen2_vl")), str(d), "--json",
-               "--tex-dir", str(tmp_path / "tex"), *MAX_NEW])
-    assert rc == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+               "--tex-dir", str(tmp_path / "tex"), "--batch-size", "2", *MAX_NEW])
+    assert rc == 2  # some images failed: the good ones are printed, and the exit code says it was partial
+    captured = capsys.readouterr()
+    assert f"{len(bad)} of {len(good) + len(bad)} images failed" in captured.err
+    lines = [json.loads(x) for x in captured.out.splitlines()]
     by_name = {line["path"].removeprefix(str(d) + "/"): line for line in lines}
     assert set(by_name) == set(good) | set(bad)  # notes.txt is not listed
     for name in good:
         rec = by_name[name]
         assert rec["error"] is None and rec["text"] is not None and rec["tokens"] > 0 and rec["time_s"] > 0
+    # time: each image's share of its batch (3 good images in batches of 2: sizes 2 and 1), not the batch's time
+    ok = [by_name[n] for n in good]
+    assert sorted(r["batch_size"] for r in ok) == [1, 2, 2]
+    for r in ok:
+        assert r["time_s"] == pytest.approx(r["batch_time_s"] / r["batch_size"], rel=1e-3, abs=1e-6)
+    pair = [r for r in ok if r["batch_size"] == 2]
+    assert pair[0]["batch_time_s"] == pair[1]["batch_time_s"] and pair[0]["time_s"] < pair[0]["batch_time_s"]
     for name, message in bad.items():
         rec = by_name[name]
         assert rec["error"] and message in rec["error"], (name, rec["error"])
@@ -80,14 +89,17 @@ def test_predict_folder_with_bad_files(tiny_model_dir, messy_dir, capsys, tmp_pa
 def test_predict_plain_lines_and_exit_code(tiny_model_dir, messy_dir, capsys):
     d, good, _ = messy_dir
     model = str(tiny_model_dir("qwen2_vl"))
-    assert main(["predict", "--model", model, str(d / good[0]), str(d / "empty.png"), *MAX_NEW]) == 0
+    assert main(["predict", "--model", model, str(d / good[0]), str(d / good[1]), *MAX_NEW]) == 0
+    capsys.readouterr()
+    # 4 of 6 inputs bad: the 2 good ones are printed, then exit 2
+    inputs = [str(d / n) for n in (good[0], "empty.png", "text.png", good[1], "nothere.png", "huge.png")]
+    assert main(["predict", "--model", model, *inputs, *MAX_NEW]) == 2
     captured = capsys.readouterr()
     out = captured.out.splitlines()
-    assert len(out) == 1 and out[0].startswith(str(d / good[0]) + "\t")
-    assert "empty.png" in captured.err and "empty file" in captured.err
-    # every image failed: non-zero
-    assert main(["predict", "--model", model, str(d / "empty.png"), str(d / "nothere.png"), *MAX_NEW]) == 1
-    assert "all 2 images failed" in capsys.readouterr().err
+    assert [line.split("\t")[0] for line in out] == [str(d / good[0]), str(d / good[1])]
+    assert "empty.png" in captured.err and "empty file" in captured.err and "4 of 6 images failed" in captured.err
+    assert main(["predict", "--model", model, str(d / "empty.png"), str(d / "nothere.png"), *MAX_NEW]) == 2
+    assert "2 of 2 images failed" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (shutil.which("latex") and shutil.which("dvipng")), reason="latex/dvipng not installed")
@@ -129,3 +141,14 @@ def test_render_dir_writes_pngs(tmp_path):
     w.write(["a.png", "dir/a.png", "bad.png"], [r"\frac{1}{2}", "x^2", None])
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a-2.png", "a.png"]
     assert Image.open(tmp_path / "png" / "a.png").size[0] > 5
+
+
+def test_missing_model_directory_says_so(tmp_path, capsys):
+    _formula(tmp_path / "a.png")
+    missing = tmp_path / "no" / "such" / "model"
+    assert main(["predict", "--model", str(missing), str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"no such directory: {missing}" in err and "model family" not in err
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["predict", "--model", str(tmp_path / "file"), str(tmp_path / "a.png")]) == 2
+    assert "not a directory" in capsys.readouterr().err

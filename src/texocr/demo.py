@@ -29,21 +29,21 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from texocr.cpu import cpu_threads
 from texocr.errors import TexocrError
+from texocr.outdir import marker_name, prepare_output_dir
 
 if TYPE_CHECKING:
     from texocr.config import Config
     from texocr.evaluate import EvalResult
 
-MARKER = ".texocr-demo"
+MARKER = marker_name("demo")
 CONFIG_PACKAGE = ("assets", "configs", "demo")
 """Where the demo's configs live inside the installed package (package data: a wheel has them too);
 `configs/demo` in the repository links there."""
@@ -167,20 +167,6 @@ def evaluate(model: str, adapter: str | None, samples: list[Any], cfg: Config) -
     return score(rec, samples, cfg.eval, keep_images=True)
 
 
-def cpu_threads() -> int:
-    """Torch threads for this run: the idle cores, at least one.
-
-    On a machine whose cores are already busy, OpenMP threads spin at barriers: one thread was 2-8x faster
-    than two on a loaded 2-core machine (bench/compact.md), while on an idle machine every core helps.
-    """
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
-
-
 # ---------------------------------------------------------------- report
 
 
@@ -203,7 +189,7 @@ def write_index(out: Path, summary: dict[str, Any], before: EvalResult, after: E
     rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{m.get(k, 0):.3f}</td>" for k in keys) + "</tr>"
                    for name, m in (("before", before.metrics), ("after", after.metrics)))
     curve = out / "train" / "loss_curve.png"
-    curve_html = f"<img alt='loss curve' src='{data_uri(curve.read_bytes())}'>" if curve.is_file() else "<p>(none)</p>"
+    curve_html = f"<img id=curve alt='loss curve' src='{data_uri(curve.read_bytes())}'>" if curve.is_file() else "<p>(none)</p>"
     samples = []
     for i, (b, a) in enumerate(zip(before.predictions[:shown], after.predictions[:shown])):
         img = f"<img src='{data_uri(after.images[i])}'>" if i < len(after.images) else ""
@@ -216,8 +202,9 @@ def write_index(out: Path, summary: dict[str, Any], before: EvalResult, after: E
     t = summary["seconds"]
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>texocr demo</title><style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} img{{max-width:360px;max-height:100px}}
-code{{white-space:pre-wrap;word-break:break-all}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} #samples{{width:100%}}
+img{{max-width:calc(100vw - 4em);height:auto}} p{{overflow-wrap:anywhere}} code{{white-space:pre-wrap;word-break:break-all}}
+</style></head><body>
 <h1>texocr demo: measure, fine-tune, measure again</h1>
 <p><b>Case: {summary['case']}</b>: {html.escape(summary['description'])}.<br>
 Test set: {summary['n_test']} handwriting-style synthetic formulas (generator seed distinct from training; test
@@ -226,7 +213,7 @@ formulas also present in training removed). Training: {summary['steps']} steps (
 <h2>Before and after</h2><table><tr><th></th>{head}</tr>{rows}</table>
 <h2>Loss curve</h2>{curve_html}
 <h2>First {len(samples)} test samples</h2>
-<table><tr><th>input</th><th>reference</th><th>before</th><th>after</th><th>after, rendered</th></tr>{''.join(samples)}</table>
+<table id=samples><tr><th>input</th><th>reference</th><th>before</th><th>after</th><th>after, rendered</th></tr>{''.join(samples)}</table>
 <p>Every sample, worst first, with token diffs: <a href="eval/report.html">eval/report.html</a>.</p>
 </body></html>
 """
@@ -247,13 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    if (out / MARKER).is_file():  # a previous demo's output: replaced, so `make demo` can run again
-        shutil.rmtree(out)
-        print(f"texocr demo: replacing the previous demo output in {out}")
-    elif out.exists() and any(out.iterdir()):
-        raise TexocrError(f"{out} is not empty and not a previous demo's output: remove it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by python -m texocr.demo; the next demo run with this --out replaces it\n")
+    prepare_output_dir(out, "demo", overwrite=getattr(args, "overwrite", False))  # a previous demo's is replaced
     threads = cpu_threads()
     torch.set_num_threads(threads)
     p = plan(args, out)
@@ -287,7 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     after = evaluate(trained, adapter, test, cfg)
     times["after"] = time.perf_counter() - t
     write_outputs(out / "eval", [(trained, adapter, after), (p.model, None, before)], str(out / "test"),
-                  notes=[f"texocr demo ({p.case}): the fine-tuned model first, the starting model second."])
+                  notes=[f"texocr demo ({p.case}): the fine-tuned model first, the starting model second."],
+                  names=["after", "before"])
     times["total"] = time.perf_counter() - t0
     summary = {"case": p.case, "description": p.description, "model": p.model, "method": method,
                "trained": trained, "adapter": adapter, "steps": result.steps, "n_test": len(test),
@@ -306,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's options (also `texocr demo`)."""
-    p.add_argument("--out", default="runs/demo", help="output folder (must be empty or new; default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output folder (new, empty, or a previous demo's; default runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that the demo did not create")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     p.add_argument("--n-test", type=int, default=200, help="test images to render (default 200)")
     p.add_argument("--model", help="a compact model directory to LoRA-fine-tune instead of the default model")

@@ -4,7 +4,7 @@
     texocr eval --model BASE --adapter runs/x/adapter --compare BASE --data D --out runs/before-after
     texocr eval --config configs/tiny/cpu-lora.yaml --out runs/eval --eval.num_beams 3
 
-writes to `--out`:
+writes to `--out` (new, empty, or a previous eval's, which is replaced; another folder needs --overwrite):
     predictions.jsonl    one row per sample: id, reference, prediction, exact, edit_distance, score, time_s, error, ...
     metrics.json         the DESIGN.md keys (n, exact_match, bleu4, edit_score, cer, exprate_le1/2, valid_rate,
                          image_match when a renderer is present, images_per_s, latency_ms_p50)
@@ -167,9 +167,11 @@ def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_outputs(out: Path, runs: list[tuple[str, str | None, EvalResult]], data: str, *,
-                  report_limit: int = 200, notes: list[str] | None = None) -> None:
-    """predictions.jsonl + metrics.json (first run at the top, others under compare/), summary CSV, report."""
-    from texocr.report import RunView, write_report
+                  report_limit: int = 200, notes: list[str] | None = None, names: list[str] | None = None) -> None:
+    """predictions.jsonl + metrics.json (first run at the top, others under compare/), summary CSV, report.
+
+    `names`: the report's column headings (e.g. `after`, `before`); default: the models' folder names."""
+    from texocr.report import RunView, short_names, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     summary = []
@@ -180,8 +182,10 @@ def write_outputs(out: Path, runs: list[tuple[str, str | None, EvalResult]], dat
         (folder / "metrics.json").write_text(json.dumps(res.metrics, indent=2) + "\n")
         summary.append({"model": model, "adapter": adapter or "", "data": data, **res.metrics})
     write_summary_csv(summary, out / "summary_report.csv")
-    views = [RunView(model + (f" + {adapter}" if adapter else ""), res.predictions, res.metrics, res.rendered,
-                     res.confusions[:20]) for model, adapter, res in runs]
+    names = names or short_names([(model, adapter) for model, adapter, _ in runs])
+    views = [RunView(name, res.predictions, res.metrics, res.rendered, res.confusions[:20],
+                     full_name=model + (f" + {adapter}" if adapter else ""))
+             for name, (model, adapter, res) in zip(names, runs)]
     write_report(out / "report.html", views, runs[0][2].images, title=f"texocr eval: {views[0].name} on {data}",
                  limit=report_limit, notes=notes or [])
 
@@ -196,7 +200,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "default: the config's data.val")
     p.add_argument("--split", help="split of --data (HF split, <split>/ subfolder or rows' split field); "
                                    "default: the config's data.val_split (test)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or a previous `texocr eval`'s)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that eval did not create")
     p.add_argument("--limit", type=int, help="evaluate at most this many samples")
     p.add_argument("--compare", metavar="OTHER_MODEL", help="also evaluate this model and show both side by side")
     p.add_argument("--compare-adapter", help="adapter for --compare")
@@ -213,6 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from texocr.config import load_config
+    from texocr.cpu import use_idle_cores
     from texocr.data.sources import format_skipped, open_source, write_skipped
     from texocr.infer import Recognizer
     from texocr.models.saved import OPTION_KEYS, explicit_keys
@@ -228,8 +234,9 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or (cfg.data.val[0] if cfg.data.val else None)
     if not data:
         raise TexocrError("no data to evaluate: pass --data (or a config with data.val)")
-    out = Path(args.out)
+    from texocr.outdir import prepare_output_dir
 
+    out = prepare_output_dir(args.out, "eval", overwrite=args.overwrite)  # refused before minutes of work
     split = args.split or cfg.data.val_split  # like training's validation; rows without a split field all count
     source = open_source(data, cfg.data, split=split)
     samples = list(islice(source, ev.limit) if ev.limit is not None else source)
@@ -250,6 +257,7 @@ def main(args: argparse.Namespace) -> int:
     for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):
         rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family,
                               min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels, **options)
+        use_idle_cores(rec.device)
         res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs)
         del rec  # free the first model before loading the second
         runs.append((m, a, res))

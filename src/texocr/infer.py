@@ -66,6 +66,8 @@ class Prediction:
     """Mean log-probability of the generated tokens (higher is more confident); None on error."""
     time_s: float = 0.0
     """Wall time of the batch this image was generated in (what a caller waited for it)."""
+    batch_size: int = 1
+    """Images generated together in that batch: `time_s / batch_size` is this image's share of the time."""
     error: str | None = None
     source: str = ""
     """The input's name: its path, or `<bytes>`, `<Image>`."""
@@ -317,7 +319,10 @@ class Recognizer:
             if was_training:
                 self.model.train()
         elapsed = time.perf_counter() - start
-        return [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(new.tolist(), logp.float().tolist())]
+        preds = [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(new.tolist(), logp.float().tolist())]
+        for p in preds:
+            p.batch_size = len(preds)
+        return preds
 
     def _greedy_decoder(self) -> Any:
         """The family's fast greedy loop for this model (CPU only), or None."""

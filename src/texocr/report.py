@@ -3,8 +3,9 @@
     write_report("runs/eval/report.html", runs, images, title="tiny-qwen on data/synth")
 
 It shows the metrics (side by side when two models are compared), the most frequent token confusions, and
-the samples worst first: input image, reference, prediction, a token diff (deletions red and struck, insertions
-green) and the rendered prediction when a renderer was available.
+the samples worst first: the input image and reference across the table, then a column per model with its
+prediction, a token diff (deletions red and struck, insertions green) and the rendered prediction when a
+renderer was available. Columns are headed by short names; the models' full names are listed above.
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# No page may scroll sideways, and images show at their natural size wherever they fit: the samples table takes
+# the page's width in equal model columns (fixed layout: their width does not depend on what is in them), each
+# sample's input spans the table above them, and an image is shrunk only where it is wider than its column.
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
+#samples{width:100%;table-layout:fixed}
+tr.sample td{background:#fafafa;border-top:2px solid #999}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}
-th{background:#f3f3f3}
+th{background:#f3f3f3;overflow-wrap:anywhere}
 code{font-family:ui-monospace,monospace;font-size:.9em;white-space:pre-wrap;word-break:break-all}
 del{background:#fdd;color:#a00}
 ins{background:#dfd;color:#060;text-decoration:none}
-img{max-width:420px;max-height:120px;background:#fff}
+img{max-width:100%;height:auto;background:#fff}
+h1,p,li{overflow-wrap:anywhere}
 .ok{color:#060}.bad{color:#a00}.err{color:#a00;font-style:italic}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 """
@@ -36,12 +43,30 @@ class RunView:
     """One model's evaluation, as the report needs it."""
 
     name: str
+    """The column heading: short (`before`, `after`, a model folder's name); `full_name` says what it is."""
     records: list[dict[str, Any]]
     """predictions.jsonl rows, in sample order (`prediction`, `reference`, `edit_distance`, `error`, ...)."""
     metrics: dict[str, Any]
     rendered: list[Any | None] = field(default_factory=list)
     """Rendered prediction per record (PIL.Image, PNG bytes or None)."""
     confusions: list[tuple[str, str, int]] = field(default_factory=list)
+    full_name: str = ""
+    """The model (and adapter) in full, e.g. absolute paths; listed above the tables."""
+
+
+def short_names(models: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Column headings for `(model, adapter)` pairs: the last folder names (`default-model + adapter`), with
+    more of each path where two would read the same."""
+    def name(model: str, adapter: str | None, depth: int) -> str:
+        tail = lambda p: "/".join(Path(p).parts[-depth:]) if p else ""
+        return tail(model) + (f" + {tail(adapter)}" if adapter else "")
+
+    for depth in range(1, 12):
+        names = [name(m, a, depth) for m, a in models]
+        if len(set(names)) == len(names):
+            return names
+    names = [name(m, a, 1) for m, a in models]  # the same model twice: numbered
+    return [n if k == 0 or n not in names[:k] else f"{n} #{k + 1}" for k, n in enumerate(names)]
 
 
 def data_uri(image: Any) -> str:
@@ -128,24 +153,30 @@ def render_html(runs: Sequence[RunView], images: Sequence[Any | None], *, title:
     order = sample_order(main.records)
     shown = order[:limit]
     head = "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
+    cols = f"<colgroup>{'<col>' * len(runs)}</colgroup>"
     rows = []
     for i in shown:
         rec = main.records[i]
         img = images[i] if i < len(images) else None
         src = f"<img class=input alt='input' src='{data_uri(img)}'>" if img is not None else "<i>(no image)</i>"
-        rows.append(f"<tr><td><code>{html.escape(str(rec.get('id', i)))}</code><br>{src}</td>"
-                    f"<td><code>{html.escape(rec.get('reference', ''))}</code></td>"
-                    + "".join(_prediction_cell(r, i) for r in runs) + "</tr>")
+        # two rows per sample: the input across the table, then one equal column per model (see _CSS)
+        rows.append(f"<tr class=sample><td colspan={len(runs)}><code>{html.escape(str(rec.get('id', i)))}</code>"
+                    f"<br>{src}<br>reference: <code>{html.escape(rec.get('reference', ''))}</code></td></tr>"
+                    "<tr>" + "".join(_prediction_cell(r, i) for r in runs) + "</tr>")
     more = (f"<p>{len(order) - len(shown)} more samples (the best ones) are in predictions.jsonl.</p>"
             if len(order) > len(shown) else "")
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    named = [r for r in runs if r.full_name and r.full_name != r.name]
+    if named:
+        note_html += "<ul>" + "".join(
+            f"<li><b>{html.escape(r.name)}</b>: <code>{html.escape(r.full_name)}</code></li>" for r in named) + "</ul>"
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{note_html}"
             f"<h2>Metrics</h2>{_metrics_table(runs)}"
             f"<h2>Most frequent token confusions</h2>{''.join(_confusions_table(r) for r in runs)}"
             f"<h2>Samples, worst first</h2><p>Token diff: <del>reference tokens missed</del> "
             f"<ins>tokens the model added</ins>.</p>"
-            f"<table id=samples><tr><th>input</th><th>reference</th>{head}</tr>{''.join(rows)}</table>{more}"
+            f"<table id=samples>{cols}<tr>{head}</tr>{''.join(rows)}</table>{more}"
             f"</body></html>\n")
 
 

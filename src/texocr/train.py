@@ -10,7 +10,8 @@ model; data, batching, loop, evaluation and saving are shared. Output (`train.ou
 
     config.yaml      the resolved config            checkpoints/   checkpoint-N/ (resumable, marked complete)
     adapter/|model/  final weights + processor      logs/          TensorBoard events + metrics.csv
-    metrics.json     final evaluation               loss_curve.png
+    metrics.json     final evaluation, and how many training samples were longer than model.max_length
+                     (train_dropped_too_long, train_longest_sequence)   loss_curve.png
     skipped.jsonl    rows of the data that could not be used (when any)
 """
 
@@ -285,6 +286,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from texocr.config import save_config
     from texocr.data.sources import write_skipped
     from texocr.errors import TexocrError
+    from texocr.models.lengths import fit_to_length
     from texocr.models.loading import load_model, trainable_parameters
     from texocr.train_callbacks import (
         CheckpointMarker,
@@ -296,6 +298,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
 
     out = Path(cfg.train.output_dir)
     resume = resolve_resume(cfg.train.resume, out / "checkpoints")
+    if resume:
+        log.info("train.resume=%s: resuming from %s", cfg.train.resume, resume)
     out.mkdir(parents=True, exist_ok=True)
     main_process = _rank() == 0  # under torchrun / accelerate launch only rank 0 writes the run's files
     if main_process:
@@ -321,6 +325,13 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
 
     loaded = load_model(cfg.model, training=True, device=_device())
     log.info("%s (%s, %s)", trainable_parameters(loaded.model)["summary"], loaded.family.name, cfg.model.method)
+    # over-long samples are left out here, once, with one line of account (not batch by batch in Collate)
+    train_samples, length_fit = fit_to_length(train_samples, loaded.family, loaded.processor, cfg.model.max_length,
+                                              target=normalize_target)
+    (log.warning if length_fit.dropped else log.info)(length_fit.summary())
+    if not train_samples:
+        raise TexocrError(f"every training sample is longer than model.max_length={cfg.model.max_length} "
+                          f"(longest {length_fit.longest}): raise model.max_length or lower model.max_pixels")
     args = training_arguments(cfg, out, has_val=bool(val_samples))
     if args.world_size > 1:
         log.info("process %d of %d (%s, %s): effective batch %d", args.process_index, args.world_size,
@@ -351,6 +362,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     if val_samples:
         final_eval = trainer.evaluate(render=True)
         metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
+    metrics.update(length_fit.as_metrics())
     final = out / ("model" if cfg.model.method == "full" else "adapter")
     if trainer.is_fsdp_enabled:
         # checkpoints stay sharded (fast, resumable); the final weights are gathered whole, or save_model

@@ -10,7 +10,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     r = sub.add_parser("render", help="render a synthetic data set (labels.jsonl + images + montage.png)")
     r.add_argument("--n", type=int, default=1000, help="number of samples to write")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--out", required=True, help="output folder (new, empty, or a previous `data render`'s)")
+    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that data render did not create")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--style", choices=["printed", "handwritten", "mixed"], default="printed")
     r.add_argument("--formulas", help="file of real formulas (one per line, or labels.jsonl) to mix in")
@@ -45,7 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.data_command == "render":
         from texocr.data.synth import render_main
+        from texocr.outdir import prepare_output_dir
 
+        if args.n < 1:  # checked before the folder is touched
+            from texocr.errors import TexocrError
+
+            raise TexocrError("--n must be at least 1")
+        prepare_output_dir(args.out, "data render", overwrite=args.overwrite)
         return render_main(args)
     from texocr.data.inspect import overlap_main, stats_main
 

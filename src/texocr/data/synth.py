@@ -245,8 +245,7 @@ def render_main(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise TexocrError("--n must be at least 1")
     out = Path(args.out)
-    if (out / "labels.jsonl").exists():
-        raise TexocrError(f"{out}/labels.jsonl already exists: choose another --out or remove it")
+    # the folder itself is checked by `texocr data render` (texocr.outdir: the rule every --out follows)
     (out / "images").mkdir(parents=True, exist_ok=True)
     kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
               "formulas": read_formulas(args.formulas) if args.formulas else None,

@@ -120,9 +120,25 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-mo
 """texocr's own compact model, shipped as package data (its model card: README.md there)."""
 
 
+def looks_like_path(name: str) -> bool:
+    """True when `name` can only be a local path: a hub id is `name` or `owner/name`, never `/x`, `./x`,
+    `~/x`, `C:\\x` or `a/b/c`."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
+
+
 def resolve_model(name: str) -> str:
-    """The path or hub id that a model name means; `default` is texocr's shipped compact model."""
+    """The path or hub id that a model name means; `default` is texocr's shipped compact model.
+
+    A name that can only be a local path must be an existing folder: "no such directory" is then the error,
+    not a later failure to guess the family of a model that is not there."""
     if name != "default":
+        if looks_like_path(name) or Path(name).exists():
+            path = Path(name).expanduser()
+            if not path.exists():
+                raise TexocrError(f"model {name!r}: no such directory: {path.absolute()}")
+            if not path.is_dir():
+                raise TexocrError(f"model {name!r}: not a directory (a model is a folder with config.json)")
+            return str(path)
         return name
     if (DEFAULT_MODEL_DIR / "config.json").is_file():
         return str(DEFAULT_MODEL_DIR)
@@ -136,7 +152,12 @@ def load_model(cfg: ModelConfig, *, training: bool = False, device: str | None =
     base = _adapter_base(path)
     if base is not None:  # `--model ADAPTER_DIR` means its base + that adapter
         path, adapter = base, adapter or cfg.name_or_path
-    family = detect_family(path, cfg.family)
+    try:
+        family = detect_family(path, cfg.family)
+    except TexocrError as e:  # `owner/name` that is neither a known hub id nor a folder here: say both
+        if Path(path).exists():
+            raise
+        raise TexocrError(f"{e}; nor is it a directory here (no such directory: {Path(path).absolute()})") from None
     device = resolve_device(device)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg.dtype, device)}
     if cfg.attn_implementation:
