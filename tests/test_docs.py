@@ -52,13 +52,16 @@ def test_documented_command_parses(args, capsys):
     """Each documented command's subcommand exists and every option it uses is in that subcommand's --help."""
     sub = args[:2] if args[0] == "data" else args[:1]
     text = _help(capsys, sub)
-    options = [a.split("=")[0] for a in args if a.startswith("--")]
-    accepts_overrides = args[0] in ("train", "eval")  # dotted config overrides: --section.key VALUE
-    for opt in options:
+    accepts_overrides = args[0] in ("train", "eval", "serve")  # dotted config overrides: --section.key VALUE
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        opt = arg.split("=")[0]
         if accepts_overrides and "." in opt:
             from texocr.config import load_config
 
-            load_config(None, [opt, "1e-4" if opt.endswith("lr") else "x"])  # a known key, or ConfigError
+            value = arg.split("=", 1)[1] if "=" in arg else args[i + 1]
+            load_config(None, [opt, value])  # a known key taking the documented value, or ConfigError
             continue
         assert re.search(rf"(^|[\s,\[]){re.escape(opt)}\b", text), f"{' '.join(args)}: {opt} is not an option"
 
