@@ -137,7 +137,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     from texocr.config import load_config
     from texocr.models.loading import load_model
     from texocr.sample import Sample
-    from texocr.train import Collate, train
+    from texocr.data.collate import Collator
+    from texocr.train import train
 
     run = two_process_run
     _assert_ranks(run)
@@ -181,7 +182,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
 
     # the saved adapter loads on its base and gives finite logits
     reloaded = load_model(ModelConfig(name_or_path=str(out / "adapter")))
-    batch = Collate(reloaded.family, reloaded.processor, 1024)([Sample(_image(t), t, t) for t in LATEX[:2]])
+    batch = Collator(reloaded, 1024, normalize=True)([Sample(_image(t), t, t) for t in LATEX[:2]])
     reloaded.model.eval()
     with torch.no_grad():
         logits = reloaded.model(**{k: v for k, v in batch.items() if k != "labels"}).logits

@@ -17,7 +17,7 @@ def test_export_merges_every_adapter(tiny_model_dir, tmp_path):
     from texocr.cli import main as cli
     from texocr.models.loading import load_model
     from texocr.sample import Sample
-    from texocr.train import Collate
+    from texocr.data.collate import Collator
 
     base = tiny_model_dir("qwen2_vl")
     cfg = ModelConfig(name_or_path=str(base), lora_scope="vision_language", lora_r=4, lora_alpha=8)
@@ -46,7 +46,7 @@ def test_export_merges_every_adapter(tiny_model_dir, tmp_path):
         im = Image.new("RGB", (64, 32), "white")
         ImageDraw.Draw(im).text((2, 8), t, fill="black")
         images.append(Sample(im, t, t))
-    batch = Collate(with_adapter.family, with_adapter.processor, 1024)(images)
+    batch = Collator(with_adapter, 1024, normalize=True)(images)
     batch.pop("labels")
     with torch.no_grad():
         a = with_adapter.model(**batch).logits

@@ -54,9 +54,9 @@ def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 def _batch(loaded) -> dict:
     from texocr.sample import Sample
-    from texocr.train import Collate
+    from texocr.data.collate import Collator
 
-    collate = Collate(loaded.family, loaded.processor, 1024)
+    collate = Collator(loaded, 1024, normalize=True)
     return collate([Sample(_image(t), t, str(i)) for i, t in enumerate(LATEX[:2])])
 
 

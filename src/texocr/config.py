@@ -57,6 +57,14 @@ class ModelConfig:
     """Upper bound of the image budget: keeps a formula from becoming thousands of tokens."""
     max_length: int = 1024
     """Longest training sequence (prompt + image tokens + answer); longer samples are dropped, never truncated."""
+    init_size: str | None = None
+    """Start from a fresh random compact model of this size (`texocr.models.compact.SIZES`) built in
+    `<output_dir>/init`, instead of loading `name_or_path` (pretraining from scratch)."""
+    grow: str | None = None
+    """Deepen the compact model to this larger size first (`grow_compact`: new layers start as identities)."""
+    batch_vision_attention: bool = True
+    """Qwen2-VL-style vision towers (compact, Qwen2-VL): one padded attention call per layer for the whole batch
+    instead of one per image (`texocr.models.vision_attention`). Same result; off to use transformers' own."""
 
 
 @dataclass
@@ -80,12 +88,39 @@ class DataConfig:
     """Height in pixels of rasterized InkML strokes."""
     ink_pen_width: float = 2.5
     streaming: bool = False
+    """Train on a stream (`texocr.data.stream`) instead of reading every sample into memory first: endless for
+    `synthetic` and `real` parts, epoch after epoch (shuffled in a buffer) for folders and hub data sets."""
+    shuffle_buffer: int = 1000
+    """Samples a stream shuffles among (streaming only)."""
+    replay: int = 0
+    """Streaming `synthetic`: pool images yielded per new render, each augmented afresh (0: none). Rendering is
+    slower than a small model trains; replaying a per-worker pool of clean renders keeps the GPU busy."""
+    replay_pool: int = 3000
+    """Clean renders each DataLoader worker keeps for `replay`."""
+    replay_fresh_aug: float = 0.4
+    """Share of replays augmented afresh; the others reuse the item's last augmentation."""
+    printed_aug: float = 0.4
+    """Streaming `synthetic`: share of printed renders augmented (handwriting-style renders always are)."""
+    renderer: Literal["auto", "tex", "pip"] = "auto"
+    """Renderer of `synthetic` data."""
+    render_chunk: int | None = None
+    """Formulas rendered together in one TeX document (default: 64 with TeX, 1 with the pip renderer)."""
+    real: list[str] = field(default_factory=list)
+    """Real data mixed into a stream, `KIND:PATH[:WEIGHT]` each (`texocr.data.realmix`; KIND printed,
+    handwritten or ink)."""
+    real_ratio: float = 0.0
+    """Share of the stream's samples drawn from `real`."""
+    collate_in_workers: bool = True
+    """Qwen2-VL models with `train.dataloader_workers > 0`: DataLoader workers also compute M-RoPE positions and
+    keep pixels uint8 (normalized on the GPU) (`texocr.models.qwen_speed`). Same batches; off for the plain path."""
     limit: int | None = None
     """Use at most this many training samples."""
     val_limit: int | None = 64
     synthetic_n: int = 2000
     """Samples per epoch when a source is `synthetic`."""
     synthetic_style: Literal["printed", "handwritten", "mixed"] = "printed"
+    printed_ratio: float = 0.75
+    """Share of printed renders when `synthetic_style` is `mixed`."""
     formulas: str | None = None
     """A file of real formulas (one per line or labels.jsonl) mixed into synthetic data."""
     real_formula_ratio: float = 0.5
@@ -113,7 +148,15 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Warm-up as a share of the steps (below 1) or a number of steps (1 and above)."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_time"] = "linear"
+    """`cosine_time`: a cosine over `budget_minutes` of training wall time (kept across resumes), for runs
+    bounded by time on machines that come and go, where the number of steps is known only once running."""
+    budget_minutes: float = 0.0
+    """Planned training minutes of all commands together (`cosine_time`)."""
+    min_lr_ratio: float = 0.05
+    """`cosine_time` ends at this share of `lr`."""
+    adam_beta2: float = 0.999
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     max_grad_norm: float = 1.0
     seed: int = 0

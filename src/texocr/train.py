@@ -6,7 +6,13 @@
     accelerate launch --config_file configs/accelerate/ddp.yaml -m texocr train --config ...   # several GPUs
 
 The three methods differ only in how `texocr.models.load_model(cfg.model, training=True)` prepares the
-model; data, batching, loop, evaluation and saving are shared. Output (`train.output_dir`):
+model; data, batching, loop, evaluation and saving are shared. The compact model's pretraining is this same
+path (configs/compact/pretrain.yaml): `data.streaming` trains on an endless stream (`texocr.data.stream`:
+renders with a replay pool, real images mixed in) instead of a list in memory, `model.init_size`/`model.grow`
+start from a fresh or deepened compact model, `train.scheduler: cosine_time` spreads the learning rate over
+`train.budget_minutes` of wall time across resumed commands, and the Qwen2-VL speed-ups
+(`texocr.models.qwen_speed`: collation in the workers, uint8 pixels normalized on the GPU, one vision
+attention call per layer) are on where the model allows them. Output (`train.output_dir`):
 
     config.yaml      the resolved config            checkpoints/   checkpoint-N/ (resumable, marked complete)
     adapter/|model/  final weights + processor      logs/          TensorBoard events + metrics.csv
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from texocr.config import Config, DataConfig, TrainConfig
+    from texocr.config import Config, DataConfig, ModelConfig, TrainConfig
     from texocr.models.base import Family
     from texocr.models.loading import LoadedModel
     from texocr.sample import Sample, Skipped
@@ -95,40 +101,10 @@ class SampleDataset:
 
 
 def normalize_target(latex: str) -> str:
-    """Training target: the LaTeX core's canonical form, so that exact match means the same everywhere."""
-    from texocr.latex import normalize
+    """Training target (`texocr.data.collate.training_target`)."""
+    from texocr.data.collate import training_target
 
-    try:
-        out = normalize(latex)
-    except Exception:  # noqa: BLE001 - an unparsable label is still a usable target as written
-        return latex.strip()
-    return out or latex.strip()
-
-
-@dataclass
-class Collate:
-    """Samples -> a training batch through the family's encoding; over-long samples are dropped (logged).
-
-    Runs inside DataLoader workers when `train.dataloader_workers > 0`, so it holds no model.
-    """
-
-    family: Family
-    processor: Any
-    max_length: int
-
-    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        from texocr.errors import TexocrError
-
-        enc = self.family.encode(self.processor, [s.image for s in samples],
-                                 [normalize_target(s.latex) for s in samples], self.max_length)
-        if enc.dropped:
-            log.warning("dropped %d over-long sample(s) (lengths %s > model.max_length=%d)",
-                        len(enc.dropped), [n for _, n in enc.dropped], self.max_length)
-        if enc.batch is None:
-            raise TexocrError(f"every sample of a batch is longer than model.max_length={self.max_length} "
-                              f"(lengths {[n for _, n in enc.dropped]}); raise model.max_length or lower "
-                              "model.max_pixels")
-        return dict(enc.batch)
+    return training_target(latex)
 
 
 # ---------------------------------------------------------------- trainer
@@ -149,23 +125,47 @@ def resolve_precision(precision: str) -> str:
     return "no"
 
 
+UNBOUNDED_STEPS = 10**12
+"""`max_steps` of a stream bounded by time only (`train.max_minutes`): the Trainer needs a number."""
+
+
+def max_steps(cfg: Config) -> int:
+    """Optimizer steps of the run: `train.max_steps`, or, for a stream bounded by minutes, unbounded."""
+    from texocr.errors import TexocrError
+
+    t = cfg.train
+    if t.max_steps > 0 or not cfg.data.streaming:
+        return t.max_steps
+    if t.max_minutes > 0 and t.scheduler in ("cosine_time", "constant", "constant_with_warmup"):
+        return UNBOUNDED_STEPS
+    raise TexocrError("a stream has no length: set train.max_steps, or train.max_minutes with train.scheduler "
+                      "cosine_time (or constant)")
+
+
 def training_arguments(cfg: Config, out: Path, *, has_val: bool) -> Any:
     """The `TrainingArguments` that express `cfg.train` (also what `accelerate launch` / DeepSpeed configure)."""
     from transformers import TrainingArguments
 
+    from texocr.errors import TexocrError
+
     t: TrainConfig = cfg.train
+    if t.scheduler == "cosine_time" and t.budget_minutes <= 0:
+        raise TexocrError("train.scheduler cosine_time needs train.budget_minutes > 0 (all commands together)")
     precision = resolve_precision(t.precision)
     evaluate = has_val and t.eval_steps > 0
+    stream = cfg.data.streaming
+    workers = t.dataloader_workers
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
+        max_steps=max_steps(cfg),
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=t.scheduler,
+        lr_scheduler_type="constant" if t.scheduler == "cosine_time" else t.scheduler,  # cosine_time: our own
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
         bf16=precision == "bf16",
@@ -180,8 +180,14 @@ def training_arguments(cfg: Config, out: Path, *, has_val: bool) -> Any:
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps if t.save_steps > 0 else 500,
         save_total_limit=t.save_total_limit,
-        dataloader_num_workers=t.dataloader_workers,
+        dataloader_num_workers=workers,
         dataloader_pin_memory=precision != "no",
+        dataloader_prefetch_factor=8 if workers and stream else None,  # a fast model drains 2 batches at once
+        # a stream shards itself over processes (texocr.data.stream.shard): no batches dispatched from rank 0,
+        # and on resume nothing to skip over (the stream moves on by the resumed step instead)
+        accelerator_config={"dispatch_batches": False} if stream else None,
+        ignore_data_skip=stream,
+        logging_nan_inf_filter=False,  # it reads the loss back every step: a GPU sync that stalls a small model
         remove_unused_columns=False,  # the collator reads Samples, not named columns
         report_to="none",  # TensorBoard is added explicitly so that it writes to logs/
         disable_tqdm=False,
@@ -209,11 +215,38 @@ def _make_trainer_class() -> type:
     from transformers import Trainer
 
     class TexocrTrainer(Trainer):
-        """A Trainer whose evaluation generates on the validation subset and reports exact match."""
+        """A Trainer whose evaluation generates on the validation subset and reports exact match, whose
+        training step finishes what worker-side collation left (`texocr.models.qwen_speed`), and which can
+        schedule the learning rate by training time (`cosine_time`)."""
 
         texocr_loaded: LoadedModel
         texocr_val: list[Sample]
         texocr_eval_cfg: Any
+        texocr_normalizer: Any = None  # PixelNormalizer when batches carry uint8 patches
+        texocr_time_schedule: Any = None  # a factor(step) function for cosine_time
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            from texocr.models.qwen_speed import VISION_WIDTH
+
+            width = inputs.pop("vision_width", None)  # an int from the worker: no GPU read per vision layer
+            if self.texocr_normalizer is not None and inputs["pixel_values"].dtype.is_floating_point is False:
+                inputs["pixel_values"] = self.texocr_normalizer(inputs["pixel_values"])  # uint8 -> floats, on device
+            VISION_WIDTH["patches"] = width
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                VISION_WIDTH["patches"] = None  # valid for this batch only
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.texocr_time_schedule is None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            import torch
+
+            if self.lr_scheduler is None:
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                                      self.texocr_time_schedule)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                      metric_key_prefix: str = "eval", *, render: bool = False) -> dict[str, float]:
@@ -288,12 +321,16 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from texocr.errors import TexocrError
     from texocr.models.lengths import fit_to_length
     from texocr.models.loading import load_model, trainable_parameters
+    from texocr.data.collate import Collator
+    from texocr.data.stream import TrainStream
     from texocr.train_callbacks import (
         CheckpointMarker,
         CsvLogger,
         TimeLimit,
+        TrainClock,
         plot_loss,
         resolve_resume,
+        time_cosine,
     )
 
     out = Path(cfg.train.output_dir)
@@ -307,7 +344,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     set_seed(cfg.train.seed)
 
     skipped: list[Skipped] = []
-    if train_samples is None:
+    stream = cfg.data.streaming and train_samples is None
+    if train_samples is None and not stream:
         if not cfg.data.train:
             raise TexocrError("no training data: set data.train (a folder, hf:<id>, a preset or 'synthetic')")
         train_samples = read_samples(cfg.data.train, cfg.data, split=cfg.data.split, limit=cfg.data.limit,
@@ -317,27 +355,36 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
                                    skipped=skipped) if cfg.data.val else []
     if skipped and main_process:
         write_skipped(skipped, out / "skipped.jsonl")
-    if not train_samples:
+    if not stream and not train_samples:
         raise TexocrError(f"no usable training samples in {cfg.data.train} "
                           f"({len(skipped)} rows skipped; see {out / 'skipped.jsonl'})")
-    log.info("data: %d training, %d validation samples, %d rows skipped",
-             len(train_samples), len(val_samples), len(skipped))
+    log.info("data: %s training, %d validation samples, %d rows skipped",
+             "a stream of" if stream else len(train_samples or []), len(val_samples), len(skipped))
 
-    loaded = load_model(cfg.model, training=True, device=_device())
+    model_cfg = initial_model(cfg, out)
+    loaded = load_model(model_cfg, training=True, device=_device())
     log.info("%s (%s, %s)", trainable_parameters(loaded.model)["summary"], loaded.family.name, cfg.model.method)
-    # over-long samples are left out here, once, with one line of account (not batch by batch in Collate)
-    train_samples, length_fit = fit_to_length(train_samples, loaded.family, loaded.processor, cfg.model.max_length,
-                                              target=normalize_target)
-    (log.warning if length_fit.dropped else log.info)(length_fit.summary())
-    if not train_samples:
-        raise TexocrError(f"every training sample is longer than model.max_length={cfg.model.max_length} "
-                          f"(longest {length_fit.longest}): raise model.max_length or lower model.max_pixels")
+    length_fit = None
+    if stream:
+        dataset: Any = TrainStream(cfg.data, offset=_checkpoint_step(resume))
+    else:
+        # over-long samples are left out here, once, with one line of account (not batch by batch)
+        train_samples, length_fit = fit_to_length(train_samples, loaded.family, loaded.processor,
+                                                  cfg.model.max_length, target=normalize_target)
+        (log.warning if length_fit.dropped else log.info)(length_fit.summary())
+        if not train_samples:
+            raise TexocrError(f"every training sample is longer than model.max_length={cfg.model.max_length} "
+                              f"(longest {length_fit.longest}): raise model.max_length or lower model.max_pixels")
+        dataset = SampleDataset(train_samples)
     args = training_arguments(cfg, out, has_val=bool(val_samples))
+    fast = speedups(cfg, loaded)
     if args.world_size > 1:
         log.info("process %d of %d (%s, %s): effective batch %d", args.process_index, args.world_size,
                  args.parallel_mode.value, args.device,
                  args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
+    clock = TrainClock.resumed(resume)
     callbacks: list[Any] = [
+        clock,  # before CheckpointMarker: a checkpoint is complete only with its clock
         CheckpointMarker(),
         CsvLogger(out / "logs" / "metrics.csv"),
         _tensorboard(out / "logs"),
@@ -349,20 +396,30 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     trainer = _make_trainer_class()(
         model=loaded.model,
         args=args,
-        train_dataset=SampleDataset(train_samples),
+        train_dataset=dataset,
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
-        data_collator=Collate(loaded.family, loaded.processor, cfg.model.max_length),
+        data_collator=Collator(loaded, cfg.model.max_length, normalize=True, worker_side=fast),
         processing_class=loaded.processor,
         callbacks=callbacks,
     )
     trainer.texocr_loaded, trainer.texocr_val, trainer.texocr_eval_cfg = loaded, val_samples, cfg.eval
+    if fast:
+        from texocr.models.qwen_speed import PixelNormalizer
+
+        trainer.texocr_normalizer = PixelNormalizer(loaded.processor.image_processor)
+    if cfg.train.scheduler == "cosine_time":
+        warmup = int(cfg.train.warmup_ratio) if cfg.train.warmup_ratio >= 1 else 0
+        trainer.texocr_time_schedule = time_cosine(clock, budget_seconds=cfg.train.budget_minutes * 60,
+                                                   warmup_steps=warmup, min_ratio=cfg.train.min_lr_ratio)
     trainer.train(resume_from_checkpoint=resume)
 
     metrics: dict[str, float] = {"n": 0.0}
     if val_samples:
         final_eval = trainer.evaluate(render=True)
         metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
-    metrics.update(length_fit.as_metrics())
+    if length_fit is not None:
+        metrics.update(length_fit.as_metrics())
+    metrics["train_seconds"] = round(clock.seconds(), 1)
     final = out / ("model" if cfg.model.method == "full" else "adapter")
     if trainer.is_fsdp_enabled:
         # checkpoints stay sharded (fast, resumable); the final weights are gathered whole, or save_model
@@ -376,6 +433,47 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
     return TrainResult(out, trainer.state.global_step, metrics, list(trainer.state.log_history),
                        trainer.accelerator.unwrap_model(trainer.model))
+
+
+def initial_model(cfg: Config, out: Path) -> ModelConfig:
+    """The model config to load: `cfg.model`, or a fresh compact model of `model.init_size` built in
+    `<out>/init`, deepened to `model.grow` (in `<out>/grown-<size>`) when asked. Both are deterministic, so a
+    resumed command rebuilds the same architecture before loading its checkpoint."""
+    from texocr.models.compact import build_compact, grow_compact
+
+    m = cfg.model
+    path = m.name_or_path
+    if m.init_size:
+        init = out / "init"
+        if not (init / "config.json").is_file():
+            log.info("building a random %s compact model in %s", m.init_size, init)
+            build_compact(init, size=m.init_size, seed=cfg.train.seed)
+        path = str(init)
+    if m.grow:
+        from texocr.models.loading import resolve_model
+
+        path = str(grow_compact(resolve_model(path), m.grow, out / f"grown-{m.grow}"))
+        log.info("grew %s into a %s compact model: %s", m.name_or_path, m.grow, path)
+    if path == m.name_or_path:
+        return m
+    return replace(m, name_or_path=path, family=m.family or "compact")
+
+
+def speedups(cfg: Config, loaded: LoadedModel) -> bool:
+    """Turn on the Qwen2-VL speed-ups the config allows for this model; True when batches are collated
+    worker-side (uint8 patches, positions), which needs DataLoader workers to pay off."""
+    from texocr.models import qwen_speed
+
+    if not qwen_speed.supports(loaded.family.name):
+        return False
+    if cfg.model.batch_vision_attention:
+        qwen_speed.batch_vision_attention()
+    return cfg.data.collate_in_workers and cfg.train.dataloader_workers > 0
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    """The optimizer step a checkpoint was saved at (0 for none)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
 
 
 def _tensorboard(folder: Path) -> Any:

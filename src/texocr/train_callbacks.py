@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("texocr.train")
 
 COMPLETE_MARKER = "texocr_complete"
+CLOCK_FILE = "texocr_clock.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -102,12 +103,15 @@ class TimeLimit(TrainerCallback):
 
     def __init__(self, minutes: float) -> None:
         self.seconds = minutes * 60
-        self.start = time.monotonic()
+        self.start: float | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.start = time.monotonic()
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.start is None:  # the clock starts when data flows (a stream's workers may take a while)
+            self.start = time.monotonic()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.start is None:
+            self.start = time.monotonic()
         over = time.monotonic() - self.start >= self.seconds
         if args.world_size > 1:
             import torch
@@ -119,6 +123,51 @@ class TimeLimit(TrainerCallback):
         if over and not control.should_training_stop:
             log.info("train.max_minutes=%g reached at step %d: stopping", self.seconds / 60, state.global_step)
             control.should_training_stop = True
+            if getattr(args, "save_strategy", "no") not in ("no", None):  # `--train.resume latest` goes on from here
+                control.should_save = True
+
+
+class TrainClock(TrainerCallback):
+    """Seconds of training of the whole run across resumed commands (what `cosine_time` schedules by).
+
+    Each command counts from its first step (when data flows); the total is saved into every checkpoint
+    (`CLOCK_FILE`, before `CheckpointMarker` marks it complete) and read back by `resumed`.
+    """
+
+    def __init__(self, done: float = 0.0) -> None:
+        self.done = done
+        self.start: float | None = None
+
+    @classmethod
+    def resumed(cls, checkpoint: str | None) -> TrainClock:
+        path = Path(checkpoint) / CLOCK_FILE if checkpoint else None
+        if path is None or not path.is_file():
+            return cls()
+        return cls(float(json.loads(path.read_text())["train_seconds"]))
+
+    def seconds(self) -> float:
+        return self.done + (time.monotonic() - self.start if self.start is not None else 0.0)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.start is None:
+            self.start = time.monotonic()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            _atomic_write(folder / CLOCK_FILE, json.dumps({"train_seconds": round(self.seconds(), 3)}) + "\n")
+
+
+def time_cosine(clock: TrainClock, *, budget_seconds: float, warmup_steps: int, min_ratio: float) -> Any:
+    """The LR factor of `cosine_time`: a cosine from 1 to `min_ratio` over `budget_seconds` of training time,
+    times a linear warm-up over the first `warmup_steps` optimizer steps."""
+
+    def factor(step: int) -> float:
+        progress = min(max(clock.seconds() / budget_seconds, 0.0), 1.0)
+        cosine = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine * min(1.0, (step + 1) / max(1, warmup_steps))
+
+    return factor
 
 
 # ---------------------------------------------------------------- logs

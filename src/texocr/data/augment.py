@@ -8,6 +8,9 @@ and screenshotted papers (padding, resolution, ink weight, slight rotation/shear
 texture, blur, noise, JPEG); `handwritten` bends the strokes with a smooth random displacement field, makes
 the baseline wander, slants, evens the stroke width like a pen, then applies a milder printed pass. Every
 operation is bounded so the formula stays legible: output sides stay within [MIN_SIDE, MAX_SIDE].
+
+`im2markup` is not a random degradation but the published im2latex-100k pipeline (margin, bucket sizes,
+downsampling by 2 of a render at twice the resolution); `SyntheticSource(downsample_share=)` uses it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,47 @@ def handwriting(img: Image.Image, rng: random.Random, strength: float = 1.0) -> 
     img = rotate_shear(img, angle=rng.uniform(-3, 3) * p, shear=rng.uniform(-0.3, 0.15) * p)
     img = pen(img, width=rng.choice([1, 1, 2]) if h > 120 else 1)
     return _bound(img)
+
+
+# -- im2latex-100k's look ----------------------------------------------------------------------------
+
+IM2MARKUP_BUCKETS = ((120, 50), (160, 40), (200, 40), (200, 50), (240, 40), (240, 50), (280, 40), (280, 50),
+                     (320, 40), (320, 50), (360, 40), (360, 50), (360, 60), (360, 100), (400, 50), (400, 160),
+                     (500, 100), (500, 200), (600, 100), (800, 100), (800, 800))
+"""im2markup's `preprocess_images.py` buckets after its downsampling by 2 (its defaults, [[240, 100], [320, 80],
+...], halved), in its order: an image goes to the first one that holds it. These are the 17 sizes seen in the
+published im2latex-100k images (120x50, 160x40, 200x40, ... 500x100)."""
+IM2MARKUP_PAD = 4
+"""White margin before bucketing, in output pixels (im2markup pads 8 px at 200 dpi, then halves)."""
+_DOWNSAMPLE_FILTERS = ((Image.Resampling.LANCZOS, 6), (Image.Resampling.BOX, 2), (Image.Resampling.BILINEAR, 2))
+
+
+def im2markup(img: Image.Image, rng: random.Random, factor: int = 2, *, bucket_p: float = 0.8,
+              pad: int = IM2MARKUP_PAD, resample: Image.Resampling | None = None) -> Image.Image:
+    """im2latex-100k's pipeline (harvardnlp im2markup) after the renderer: `img`, a render at `factor` x the
+    wanted resolution, cropped to the ink, gets a `pad * factor` px white margin on every side; with probability
+    `bucket_p` it is instead put at the top-left (after that margin) of the first `IM2MARKUP_BUCKETS` size (x
+    `factor`) that holds it with the margins, white below and to the right, as im2markup does; then it is
+    downsampled by `factor` (sides truncated, as `int(size / ratio)`), which turns the render's edges into soft
+    grey ramps. The filter is im2markup's LANCZOS, or for variety (drawn from `rng`) a box (area) or bilinear
+    one; `resample` fixes it. Output RGB, grey values (the published images are grey)."""
+    if factor < 1:
+        raise ValueError(f"downsample factor must be >= 1, got {factor}")
+    img = img.convert("RGB")
+    w, h = img.size
+    m = pad * factor
+    need = (w + 2 * m, h + 2 * m)
+    size = need
+    if rng.random() < bucket_p:
+        size = next(((bw * factor, bh * factor) for bw, bh in IM2MARKUP_BUCKETS
+                     if need[0] <= bw * factor and need[1] <= bh * factor), need)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(img, (m, m))
+    if resample is None:
+        filters, weights = zip(*_DOWNSAMPLE_FILTERS)
+        resample = rng.choices(filters, weights=weights)[0]
+    out = (max(1, int(size[0] / factor)), max(1, int(size[1] / factor)))
+    return _bound(canvas.resize(out, resample) if factor > 1 else canvas)
 
 
 # -- geometric ----------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-augment", action="store_true", help="write clean renders")
     r.add_argument("--augment-strength", type=float, default=1.0,
                    help="augmentation strength, 0-2 (above 1: a messier handwriting distortion)")
+    r.add_argument("--downsample-share", type=float, default=0.25,
+                   help="share of printed chunks drawn like the published im2latex-100k images: rendered at 2x "
+                        "the resolution, then padded, bucketed and downsampled by 2 as im2markup does (0: none)")
 
     s = sub.add_parser("stats", help="counts, image sizes, label lengths and token vocabulary of a data set")
     s.add_argument("data", help="a data source (folder, InkML folder, hf:<id>, preset)")

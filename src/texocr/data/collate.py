@@ -5,7 +5,13 @@
     collator.dropped                   # Skipped records of over-long samples (never truncated)
 
 The family does the encoding (prompt, image budget, label mask); this only adapts Samples to it,
-normalizes targets when asked and keeps the account of what was left out.
+normalizes targets when asked and keeps the account of what was left out. It is the one collator: training
+(`texocr train`, in DataLoader workers) and the benchmarks use it.
+
+`worker_side=True` (Qwen2-VL models: `texocr.models.qwen_speed`) also does in the worker what the training
+step would otherwise do in the main process: `pixel_values` stay uint8 (normalized on the GPU by
+`PixelNormalizer`), and `position_ids` ([3, B, T] M-RoPE) and `vision_width` (most patches of one image, an
+int the patched vision attention reads instead of syncing with the GPU) are added to the batch.
 """
 
 from __future__ import annotations
@@ -21,13 +27,33 @@ if TYPE_CHECKING:
     from texocr.models.loading import LoadedModel
 
 
+def training_target(latex: str, level: str = "standard") -> str:
+    """The LaTeX core's canonical form of a label, so that exact match means the same everywhere; a label the
+    parser cannot read is still a usable target as written."""
+    from texocr.latex import normalize
+
+    try:
+        return normalize(latex, level=level) or latex.strip()
+    except Exception:  # noqa: BLE001 - an unparsable label is kept as written
+        return latex.strip()
+
+
 class Collator:
     """Callable on `list[Sample]`; over-long samples are dropped and recorded in `self.dropped`."""
 
     def __init__(self, loaded: LoadedModel, max_length: int, *, normalize: bool = False,
-                 normalize_level: str = "standard") -> None:
+                 normalize_level: str = "standard", worker_side: bool = False) -> None:
         self.family = loaded.family
         self.processor = loaded.processor
+        self.model_config = None
+        if worker_side:
+            from texocr.models import qwen_speed
+
+            if not qwen_speed.supports(loaded.family.name):
+                raise TexocrError(f"worker-side collation is for {', '.join(qwen_speed.FAMILIES)} models, "
+                                  f"not {loaded.family.name}")
+            self.processor = qwen_speed.uint8_processor(loaded.processor)
+            self.model_config = loaded.model.config
         self.max_length = max_length
         self.normalize = normalize
         self.normalize_level = normalize_level
@@ -35,11 +61,7 @@ class Collator:
         self.seen = 0
 
     def target(self, sample: Sample) -> str:
-        if not self.normalize:
-            return sample.latex
-        from texocr.latex import normalize
-
-        return normalize(sample.latex, level=self.normalize_level)
+        return training_target(sample.latex, self.normalize_level) if self.normalize else sample.latex
 
     def __call__(self, samples: list[Sample]) -> BatchFeature:
         if not samples:
@@ -58,6 +80,13 @@ class Collator:
                 f"{self.max_length} tokens (longest {max(n for _, n in enc.dropped)}): raise "
                 "model.max_length or lower model.max_pixels"
             )
+        if self.model_config is not None:
+            from texocr.models.qwen_speed import rope_positions
+
+            batch = enc.batch
+            batch["position_ids"] = rope_positions(batch, self.model_config)  # [3, B, T]
+            grid = batch["image_grid_thw"]  # [images, 3]: patches per image = t * h * w
+            batch["vision_width"] = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).max())
         return enc.batch
 
     def stats(self) -> dict[str, Any]:

@@ -78,11 +78,20 @@ class Source:
         """`(id, latex)` of every row with a usable label, without loading any image."""
         yield from self._checked(with_images=False)  # type: ignore[misc]
 
-    def _checked(self, with_images: bool) -> Iterator[Sample | tuple[str, str]]:
+    def shard(self, k: int, n: int) -> Iterator[Sample]:
+        """The Samples of rows at positions `i` with `i % n == k` (one reader of `n`): only their images are
+        loaded, and only their bad rows are recorded in `.skipped`."""
+        if not 0 <= k < n:
+            raise ValueError(f"shard {k} of {n}")
+        yield from self._checked(with_images=True, shard=(k, n))  # type: ignore[misc]
+
+    def _checked(self, with_images: bool, shard: tuple[int, int] = (0, 1)) -> Iterator[Sample | tuple[str, str]]:
         self.skipped = []  # a new pass (a new epoch) counts afresh
         n = 0
         for row in self._rows():
             n += 1
+            if (n - 1) % shard[1] != shard[0]:
+                continue
             if isinstance(row, Skipped):
                 self.skipped.append(row)
                 continue

@@ -13,7 +13,12 @@ never sees a hole.
 
 CLI: texocr data render --n 2000 --out data/synth --seed 0 [--style printed|handwritten|mixed]
      [--formulas FILE --real-ratio 0.5 --mutate-ratio 0.0] [--renderer auto|tex|pip] [--workers 0] [--no-augment]
-     [--augment-strength 1.0] [--in-order]
+     [--augment-strength 1.0] [--in-order] [--downsample-share 0.25]
+
+A `downsample_share` of printed chunks (default 0.25) imitates the published im2latex-100k images (harvardnlp
+im2markup: 10 pt Computer Modern rendered at 200 dpi, 8 px margin, bucket sizes, downsampled by 2 with LANCZOS):
+rendered at 2x their resolution and brought down by `augment.im2markup`; bench/render_realism.md measures how
+close that comes.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from texocr.data.augment import MAX_STRENGTH
+from texocr.data.augment import MAX_STRENGTH, im2markup
 from texocr.data.augment import augment as augment_image
 from texocr.data.formulas import FormulaPool, read_formulas
 from texocr.data.render import Renderer, get_renderer
@@ -38,6 +43,13 @@ from texocr.sample import Sample, Skipped
 STYLES = ("printed", "handwritten", "mixed")
 # resolutions of printed chunks; each formula is further scaled by 0.92-1.44 (`_render_chunk`)
 PRINTED_DPIS = (110, 130, 150, 170, 200, 240)
+DOWNSAMPLE_SHARE = 0.25
+"""Default share of printed chunks drawn the way the published im2latex-100k images were made (`downsample_share`)."""
+DOWNSAMPLED_DPIS = (90, 100, 100, 100, 110, 120)
+"""Output resolutions of those chunks (rendered at `downsample_factor` x this, then downsampled); im2latex-100k is
+10 pt at 100 dpi (200 dpi halved), which is what scale 0.83 (\\footnotesize of the 12 pt base) at 100 dpi gives."""
+_DOWNSAMPLED_SCALES = (0.83, 0.83, 0.83, 0.92, 1.0)
+_DOWNSAMPLED_FONTS = ("cm", "latinmodern")  # Computer Modern: im2latex's font (the first one this renderer has)
 # font weights per style and renderer (fonts missing on this machine are dropped)
 _FONTS = {
     ("tex", "printed"): {"cm": 10, "cm-bold": 1, "cm-sans": 1, "euler": 1, "times": 1, "palatino": 1},
@@ -55,7 +67,8 @@ class SyntheticSource:
     def __init__(self, n: int = 2000, seed: int = 0, style: str = "printed", *, renderer: str | Renderer = "auto",
                  formulas: str | list[str] | None = None, real_ratio: float = 0.5, mutate_ratio: float = 0.0,
                  augment: bool = True, augment_strength: float = 1.0, in_order: bool = False, chunk: int = 64,
-                 cache_chunks: int = 4, printed_dpis: Sequence[int] | None = None) -> None:
+                 cache_chunks: int = 4, printed_dpis: Sequence[int] | None = None,
+                 downsample_share: float = DOWNSAMPLE_SHARE, downsample_factor: int = 2) -> None:
         if style not in STYLES:
             raise TexocrError(f"unknown style {style!r}; choose {', '.join(STYLES)}")
         if n < 0 or chunk < 1:
@@ -63,6 +76,11 @@ class SyntheticSource:
         if not 0.0 <= augment_strength <= MAX_STRENGTH:
             raise TexocrError(f"augment_strength must be in [0, {MAX_STRENGTH}], got {augment_strength}")
         self.augment_strength = augment_strength
+        if not 0.0 <= downsample_share <= 1.0:
+            raise TexocrError(f"downsample_share must be in [0, 1], got {downsample_share}")
+        if not (isinstance(downsample_factor, int) and 2 <= downsample_factor <= 4):
+            raise TexocrError(f"downsample_factor must be an integer in [2, 4], got {downsample_factor}")
+        self.downsample_share, self.downsample_factor = downsample_share, downsample_factor
         self.printed_dpis = tuple(PRINTED_DPIS if printed_dpis is None else printed_dpis)
         if not self.printed_dpis or any(not 30 <= d <= 1200 for d in self.printed_dpis):
             raise TexocrError(f"printed_dpis must be a non-empty list of resolutions in [30, 1200], got {printed_dpis}")
@@ -156,14 +174,24 @@ class SyntheticSource:
         return out
 
     def chunk_settings(self, c: int) -> dict[str, Any]:
-        """Style, font and resolution shared by chunk `c` (deterministic)."""
+        """Style, font, resolution and downsampling shared by chunk `c` (deterministic).
+
+        `downsample` is 0, or for a `downsample_share` of printed chunks `downsample_factor`: the chunk is
+        im2latex-100k-like, Computer Modern mostly at 10 pt, rendered at `downsample` x `dpi` and brought down to
+        `dpi` (one of `DOWNSAMPLED_DPIS`) by `augment.im2markup` (its margin, bucket sizes and filter)."""
         r = random.Random(f"chunk:{self.seed}:{c}")
         style = self.style if self.style != "mixed" else r.choice(["printed", "handwritten"])
         have = set(self.renderer.fonts())
         weights = {f: w for f, w in _FONTS.get((self.renderer.name, style), {}).items() if f in have}
         font = r.choices(list(weights), weights=list(weights.values()))[0] if weights else None
         dpi = r.choice(self.printed_dpis) if style == "printed" else r.choice([130, 150, 170])
-        return {"style": style, "font": font, "dpi": dpi}
+        down = 0
+        # its own stream of draws, so the other chunks' settings are those of a source without downsampling
+        d = random.Random(f"down:{self.seed}:{c}")
+        if style == "printed" and d.random() < self.downsample_share:
+            down, dpi = self.downsample_factor, d.choice(DOWNSAMPLED_DPIS)
+            font = next((f for f in _DOWNSAMPLED_FONTS if f in have), font)
+        return {"style": style, "font": font, "dpi": dpi, "downsample": down}
 
     def _render_chunk(self, c: int) -> list[Sample | Skipped]:
         from texocr.latex import normalize
@@ -174,8 +202,11 @@ class SyntheticSource:
         scale_rng = random.Random(f"scale:{self.seed}:{c}")
         scales = [scale_rng.choice([0.92, 1.0, 1.0, 1.2, 1.44]) for _ in idx]
         display = scale_rng.random() > 0.1
-        results = self.renderer.render_detailed([f for f, _ in picks], font=settings["font"], dpi=settings["dpi"],
-                                                scales=scales, display=display)
+        down = settings["downsample"]
+        if down:  # im2latex-100k: displaymath, mostly 10 pt
+            scales, display = [scale_rng.choice(_DOWNSAMPLED_SCALES) for _ in idx], True
+        results = self.renderer.render_detailed([f for f, _ in picks], font=settings["font"],
+                                                dpi=settings["dpi"] * (down or 1), scales=scales, display=display)
         out: list[Sample | Skipped] = []
         for i, (formula, origin), res in zip(idx, picks, results):
             sid = self._id(i)
@@ -187,7 +218,9 @@ class SyntheticSource:
                 out.append(Skipped(sid, "empty_label", "formula normalizes to nothing"))
                 continue
             img = res.image
-            if self.augment:
+            if down:  # the published pipeline's look is the point: no further augmentation here
+                img = im2markup(img, random.Random(f"im2markup:{self.seed}:{i}"), down)
+            elif self.augment:
                 img = augment_image(img, random.Random(f"aug:{self.seed}:{i}"), settings["style"],
                                     self.augment_strength)
             meta = {"source": "synthetic", "origin": origin, "renderer": self.renderer.name, **settings,
@@ -250,7 +283,8 @@ def render_main(args: argparse.Namespace) -> int:
     kwargs = {"n": args.n, "seed": args.seed, "style": args.style, "renderer": args.renderer,
               "formulas": read_formulas(args.formulas) if args.formulas else None,
               "real_ratio": args.real_ratio, "mutate_ratio": args.mutate_ratio, "augment": not args.no_augment,
-              "augment_strength": args.augment_strength, "in_order": args.in_order}
+              "augment_strength": args.augment_strength, "in_order": args.in_order,
+              "downsample_share": getattr(args, "downsample_share", DOWNSAMPLE_SHARE)}
     probe = SyntheticSource(**kwargs)  # validates arguments and the renderer before any worker starts
     renderer = probe.renderer.name
     workers = args.workers or os.cpu_count() or 1
