@@ -1,81 +1,47 @@
 #!/usr/bin/env bash
-# One device command of texocr's compact pretraining (issue 6). Call it again on the warm machine to continue:
-# scripts/pretrain_compact.py resumes from $WORK/state.pt (weights + optimizer) when it is there.
+# One device command of the compact model's pretraining: `texocr train --config configs/compact/pretrain.yaml`
+# for MINUTES of training, resumed from the newest checkpoint on the warm machine (`--train.resume latest`), then
+# the model exported in bf16 (two <= 15 MB parts of a tar: $OUT takes 8 files of 16 MiB) and evaluated on the
+# carried held-out probes. Call it again on the warm machine to continue; the learning rate follows a cosine over
+# the config's train.budget_minutes of training time, kept in the checkpoints.
 #
-# Prepare on the CPU machine first (~5 minutes; TeX installed; .carry/ is git-ignored and travels by `carry`):
+# Prepare on the CPU machine first (TeX installed; .carry/ is git-ignored and travels by `carry`):
+#   .venv/bin/python scripts/real_data.py                     # .carry/real + .carry/val-real-* (+ runs/real-val)
 #   .venv/bin/python scripts/heldout.py split --out .carry/im2latex
-#   .venv/bin/python scripts/pretrain_pack.py --out .carry/pack --max-mb 52      # ~50k TeX renders, ~55 MB
-#   .venv/bin/python scripts/heldout.py render --out .carry/val-im2latex --limit 300
+#   bash scripts/tex_bundle.sh .carry/tex                     # 19.6 MB relocatable TeX (bench/tex_bundle.md)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .carry/whl rapidfuzz==3.14.6                  # metrics need it there
-# Each device call (at most 10 minutes each; the lr schedule spans BUDGET seconds of training in all):
-#   command: "BUDGET=1500 SECONDS_THIS=470 bash scripts/pretrain_gpu.sh"
-#   carry: [".carry/pack", ".carry/val-im2latex", ".carry/whl"]     (the working tree limit is 64 MiB in all)
-# Or DATA=tex: no pack; formulas rendered on the fly by a carried TeX (`bash scripts/tex_bundle.sh .carry/tex`,
-#   19.6 MB), from the real TRAIN formulas (.carry/im2latex) and the generator; carry
-#   [".carry/tex", ".carry/im2latex", ".carry/val-im2latex", ".carry/whl"].
-# A different .carry/pack in each call (render several with different --seed) grows the pool: the warm
-# machine keeps the earlier ones in $WORK/packs. INIT=src/texocr/assets/default-model continues from the
-# committed weights (new optimizer, short warm-up) instead of a random init.
-# CPU dry run (~1 minute): OUT=/tmp/pg WORK=/tmp/pgw SIZE=tiny SECONDS_THIS=15 VAL_LIMIT=4 \
-#   EXTRA_ARGS="--train.batch_size 4 --train.dataloader_workers 1" PYTHON=.venv/bin/python bash scripts/pretrain_gpu.sh
-# It writes to $OUT/w (at most 8 files): bf16 weight shards + index, curve.csv (appended per command),
-# metrics.json (steps, samples/s, and greedy-decoding metrics on the first VAL_LIMIT validation renders),
-# and $OUT/log.txt. Assemble the model here as bench/compact.md describes.
+#   tar -czf .carry/bundle/data.tgz -C .carry real im2latex val-real-im2latex val-real-crohme   # < 64 MiB in all
+# Each device call: command "MINUTES=8 bash scripts/pretrain_gpu.sh", carry [".carry/tex", ".carry/whl", ".carry/bundle"]
+# Then here: cat /work/.device/N/model.tar.* | tar -x -C runs/compact-new   (a loadable model folder)
+# EXTRA: more `--section.key value` overrides (e.g. "--train.budget_minutes 20").
+# CPU dry run (~1 minute): OUT=/tmp/pg WORK=/tmp/pgw MINUTES=0.3 PYTHON=.venv/bin/python \
+#   EXTRA="--model.init_size tiny --train.batch_size 4 --train.dataloader_workers 1 --data.val_limit 4" bash scripts/pretrain_gpu.sh
 set -u -o pipefail
 OUT=${OUT:-/tmp/pretrain-out}
 WORK=${WORK:-/tmp/pre}
-SIZE=${SIZE:-small}
-BUDGET=${BUDGET:-1500}
-SECONDS_THIS=${SECONDS_THIS:-470}
-VAL_LIMIT=${VAL_LIMIT:-300}
-mkdir -p "$OUT/w" "$WORK"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH=$PWD/src
-# rapidfuzz (texocr.metrics) is not on the GPU image: carry its cp312 wheel in .carry/whl (device README)
-if ls .carry/whl/*.whl >/dev/null 2>&1; then
-  "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .carry/whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-DATA=${DATA:-pack}   # pack: pre-rendered packs; tex: render on the fly with the carried TeX bundle
-if [ "$DATA" = tex ]; then
-  needs=(.carry/tex/tex.tar.xz .carry/im2latex/train/labels.jsonl .carry/val-im2latex/labels.jsonl)
-else
-  needs=(.carry/pack/pack.bin .carry/pack/index.jsonl.gz .carry/val-im2latex/labels.jsonl)
-fi
-for need in "${needs[@]}"; do
-  [ -f "$need" ] || { echo "missing $need: prepare it on the CPU machine (see the header) and carry .carry"; exit 2; }
-done
-DATA_ARGS=()
-if [ "$DATA" = tex ]; then  # scripts/tex_bundle.sh: latex + dvipng + fonts, relocatable (bench/tex_bundle.md)
-  [ -x /tmp/texbundle/bin/latex ] || tar -xJf .carry/tex/tex.tar.xz -C /tmp || exit 2
-  # shellcheck disable=SC1091
-  source /tmp/texbundle/activate.sh && latex --version | head -1 || exit 2
-  DATA_ARGS=(--renderer tex)
-else
-  # the warm machine keeps every pack carried so far (one per call at most: 64 MiB): train on all of them
-  PACK_ID=$(sha256sum .carry/pack/index.jsonl.gz | cut -c1-12)
-  [ -d "$WORK/packs/$PACK_ID" ] || { mkdir -p "$WORK/packs" && cp -r .carry/pack "$WORK/packs/$PACK_ID.part" \
-    && mv "$WORK/packs/$PACK_ID.part" "$WORK/packs/$PACK_ID"; }
-  for d in "$WORK"/packs/*/; do [[ "$d" == *.part/ ]] || DATA_ARGS+=(--pack "${d%/}"); done
-fi
-# .carry/val-train (optional: `scripts/heldout.py render --part train --limit 300 --out .carry/val-train`): the same
-# evaluation on formulas trained on, beside the TEST one; the gap between the two is what the model memorized
-[ -f .carry/val-train/labels.jsonl ] && DATA_ARGS+=(--val .carry/val-train)
-# INIT: a compact model folder to start from on a fresh machine (e.g. the committed default model)
-INIT_ARGS=()
-[ -n "${INIT:-}" ] && INIT_ARGS=(--model "$INIT")
-# GROW: deepen INIT to a deeper compact size first (e.g. GROW=small-v7; the new layers start as identities).
-# Assemble the weights that come back with --size "$GROW".
-[ -n "${GROW:-}" ] && INIT_ARGS+=(--grow "$GROW")
+MINUTES=${MINUTES:-8}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$WORK"
+source scripts/gpu_env.sh || exit 2   # wheels, carried data, the TeX bundle
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc; date -u; } | tee -a "$OUT/log.txt"
-# the process stops itself after SECONDS_THIS of training; timeout is only a guard against a hang
-timeout -k 10 "$((SECONDS_THIS + 100))" "${PYTHON:-python3}" scripts/pretrain_compact.py --config configs/compact/pretrain.yaml \
-  --out "$WORK" --size "$SIZE" "${DATA_ARGS[@]}" "${INIT_ARGS[@]}" --seconds "$SECONDS_THIS" --budget-seconds "$BUDGET" \
-  --warmup-steps 300 --save-every 120 --export "$OUT/w" --val .carry/val-im2latex --val-limit "$VAL_LIMIT" \
-  ${EXTRA_ARGS:-} 2>&1 \
-  | grep --line-buffered -v -E "Writing model shards|Loading weights" | tee -a "$OUT/log.txt"
+RUN=$WORK/run
+# shellcheck disable=SC2086
+timeout -k 10 "$(awk "BEGIN{print int($MINUTES*60+240)}")" "$PY" -m texocr train --config configs/compact/pretrain.yaml \
+  --train.output_dir "$RUN" --train.max_minutes "$MINUTES" --train.resume latest ${EXTRA:-} 2>&1 \
+  | grep --line-buffered -v -E "Writing model shards|Loading weights|it/s\]$" | tee -a "$OUT/log.txt"
 rc=${PIPESTATUS[0]}
-# curve.csv lives in the export folder, which $OUT empties before every command: keep the whole curve in $WORK
-cat "$OUT/w/curve.csv" >> "$WORK/curve_all.csv" 2>/dev/null && cp "$WORK/curve_all.csv" "$OUT/w/curve.csv"
-echo "pretrain_compact exit $rc"
+echo "texocr train exit $rc" | tee -a "$OUT/log.txt"
+cp "$RUN/logs/metrics.csv" "$RUN/metrics.json" "$OUT/" 2>/dev/null
+if [ -f "$RUN/model/config.json" ]; then
+  rm -rf "$WORK/bf16"
+  "$PY" -m texocr export --model "$RUN/model" --dtype bfloat16 --out "$WORK/bf16" 2>&1 | tail -2
+  tar -cf - -C "$WORK/bf16" . | split -b 15m - "$OUT/model.tar."
+  for val in .carry/val-real-im2latex .carry/val-real-crohme; do
+    [ -f "$val/labels.jsonl" ] || continue
+    rm -rf "$WORK/eval-$(basename "$val")"
+    "$PY" -m texocr eval --model "$WORK/bf16" --data "$val" --out "$WORK/eval-$(basename "$val")" --no-render \
+      --batch-size 128 2>&1 | tail -3 | tee -a "$OUT/log.txt"
+  done
+fi
 exit "$rc"

@@ -54,7 +54,7 @@ def test_export_merges_every_adapter(tiny_model_dir, tmp_path):
     torch.testing.assert_close(m, a, atol=1e-5, rtol=1e-5)
 
 
-def test_export_refuses_a_non_empty_out_and_no_adapter(tiny_model_dir, tmp_path, capsys):
+def test_export_refuses_a_non_empty_out(tiny_model_dir, tmp_path, capsys):
     from texocr.cli import main as cli
 
     (tmp_path / "busy").mkdir()
@@ -62,8 +62,26 @@ def test_export_refuses_a_non_empty_out_and_no_adapter(tiny_model_dir, tmp_path,
     base = str(tiny_model_dir("qwen2_vl"))
     assert cli(["export", "--model", base, "--out", str(tmp_path / "busy")]) == 2
     assert "not an empty directory" in capsys.readouterr().err
-    assert cli(["export", "--model", base, "--out", str(tmp_path / "o")]) == 2
-    assert "no LoRA adapter" in capsys.readouterr().err
+
+
+def test_export_saves_a_full_model_in_another_dtype(tiny_model_dir, tmp_path):
+    """No adapter: the model is saved again in --dtype (a pretraining run's float32 model/ -> bfloat16)."""
+    import torch
+    from safetensors import safe_open
+
+    from texocr.cli import main as cli
+    from texocr.config import ModelConfig
+    from texocr.models.loading import load_model
+
+    base = str(tiny_model_dir("qwen2_vl"))
+    assert cli(["export", "--model", base, "--dtype", "bfloat16", "--out", str(tmp_path / "o")]) == 0
+    for f in (tmp_path / "o").glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            assert all(st.get_tensor(k).dtype == torch.bfloat16 for k in st.keys())  # noqa: SIM118 -- not a dict
+    a = load_model(ModelConfig(name_or_path=base, dtype="float32"), device="cpu").model.state_dict()
+    b = load_model(ModelConfig(name_or_path=str(tmp_path / "o"), dtype="float32"), device="cpu").model.state_dict()
+    for k, v in a.items():
+        torch.testing.assert_close(v.to(torch.bfloat16).float(), b[k], msg=k)
 
 
 @pytest.mark.parametrize("argv", [["export", "--help"], ["train", "--help"]])

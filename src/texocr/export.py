@@ -5,7 +5,9 @@
 
 Every LoRA layer is merged (`merge_and_unload`), vision-tower adapters included; the result and its
 processor load with `from_pretrained` and need neither peft nor texocr. A QLoRA adapter is merged into
-the unquantized base (loaded in `--dtype`), which is what its 4-bit training approximated.
+the unquantized base (loaded in `--dtype`), which is what its 4-bit training approximated. A model without
+an adapter (a full fine-tune, a pretraining run's `model/`) is saved again in `--dtype`, e.g. bfloat16 to halve
+a float32 checkpoint.
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: st
         raise TexocrError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cfg = ModelConfig(name_or_path=model, adapter=adapter, dtype=dtype)  # type: ignore[arg-type]
     loaded = load_model(cfg, training=False, device=device)  # merges an adapter into the weights
-    if loaded.adapter is None:
-        raise TexocrError("this model carries no LoRA adapter: nothing to merge")
     merged = loaded.model
     merged.config.use_cache = True
     out.mkdir(parents=True, exist_ok=True)

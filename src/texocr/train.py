@@ -190,7 +190,7 @@ def training_arguments(cfg: Config, out: Path, *, has_val: bool) -> Any:
         logging_nan_inf_filter=False,  # it reads the loss back every step: a GPU sync that stalls a small model
         remove_unused_columns=False,  # the collator reads Samples, not named columns
         report_to="none",  # TensorBoard is added explicitly so that it writes to logs/
-        disable_tqdm=False,
+        disable_tqdm=max_steps(cfg) == UNBOUNDED_STEPS,  # a bar over 10**12 steps says nothing; logs still print
         ddp_find_unused_parameters=False,
         use_cpu=_cpu_launch(),
     )

@@ -93,32 +93,46 @@ IM2MARKUP_PAD = 4
 _DOWNSAMPLE_FILTERS = ((Image.Resampling.LANCZOS, 6), (Image.Resampling.BOX, 2), (Image.Resampling.BILINEAR, 2))
 
 
-def im2markup(img: Image.Image, rng: random.Random, factor: int = 2, *, bucket_p: float = 0.8,
+def im2markup(img: Image.Image, rng: random.Random, factor: int = 2, *, solid_p: float = 0.85, bucket_p: float = 0.8,
               pad: int = IM2MARKUP_PAD, resample: Image.Resampling | None = None) -> Image.Image:
-    """im2latex-100k's pipeline (harvardnlp im2markup) after the renderer: `img`, a render at `factor` x the
-    wanted resolution, cropped to the ink, gets a `pad * factor` px white margin on every side; with probability
-    `bucket_p` it is instead put at the top-left (after that margin) of the first `IM2MARKUP_BUCKETS` size (x
-    `factor`) that holds it with the margins, white below and to the right, as im2markup does; then it is
-    downsampled by `factor` (sides truncated, as `int(size / ratio)`), which turns the render's edges into soft
-    grey ramps. The filter is im2markup's LANCZOS, or for variety (drawn from `rng`) a box (area) or bilinear
-    one; `resample` fixes it. Output RGB, grey values (the published images are grey)."""
+    """im2latex-100k's pipeline (harvardnlp im2markup) after the renderer, for `img`, a render at `factor` x the
+    wanted resolution:
+
+    1. solid ink (probability `solid_p`): every pixel the render's anti-aliasing touched becomes black. The
+       published images were made by ImageMagick (`convert -density 200 f.pdf f.png`: an RGBA PNG whose edge
+       pixels are black with partial alpha) and read by PIL's `convert('L')`, which drops the alpha: their
+       strokes are about one 200-dpi pixel bolder than any anti-aliased render (bench/render_realism.md);
+    2. crop to the ink (im2markup's `crop_image`: every pixel that is not pure white);
+    3. a `pad * factor` px white margin on every side; with probability `bucket_p` the image instead goes at the
+       top-left (after that margin) of the first `IM2MARKUP_BUCKETS` size (x `factor`) that holds it with the
+       margins, white below and to the right (`pad_group_image`);
+    4. downsampled by `factor`, sides truncated as `int(size / ratio)` (`downsample_image`): soft grey edges.
+       The filter is im2markup's LANCZOS, or for variety (drawn from `rng`) a box (area) or bilinear one;
+       `resample` fixes it.
+
+    Output RGB with grey values (the published images are grey or grey-valued RGB)."""
     if factor < 1:
         raise ValueError(f"downsample factor must be >= 1, got {factor}")
-    img = img.convert("RGB")
-    w, h = img.size
+    gray = img.convert("L")
+    if rng.random() < solid_p:
+        gray = gray.point(lambda v: 255 if v == 255 else 0)
+    box = ImageOps.invert(gray).getbbox()
+    if box:
+        gray = gray.crop(box)
+    w, h = gray.size
     m = pad * factor
     need = (w + 2 * m, h + 2 * m)
     size = need
     if rng.random() < bucket_p:
         size = next(((bw * factor, bh * factor) for bw, bh in IM2MARKUP_BUCKETS
                      if need[0] <= bw * factor and need[1] <= bh * factor), need)
-    canvas = Image.new("RGB", size, (255, 255, 255))
-    canvas.paste(img, (m, m))
+    canvas = Image.new("L", size, 255)
+    canvas.paste(gray, (m, m))
     if resample is None:
         filters, weights = zip(*_DOWNSAMPLE_FILTERS)
         resample = rng.choices(filters, weights=weights)[0]
     out = (max(1, int(size[0] / factor)), max(1, int(size[1] / factor)))
-    return _bound(canvas.resize(out, resample) if factor > 1 else canvas)
+    return _bound((canvas.resize(out, resample) if factor > 1 else canvas).convert("RGB"))
 
 
 # -- geometric ----------------------------------------------------------------------------------------
