@@ -15,31 +15,40 @@ variants are written under `--out` with the published ids and labels, so predict
 - `synth-im2markup`  `SyntheticSource(downsample_share=1)`: every chunk drawn the im2latex-100k way;
 - `im2markup-exact`  im2markup's recipe with texocr's renderer: 10 pt CM at 200 dpi, solid ink (the alpha that
                      ImageMagick wrote and PIL dropped), crop, margin, bucket, LANCZOS halving;
+- `im2markup-bold`   the same with the solid ink one 200-dpi pixel bolder to the right (`bold_p=1`);
+- `im2markup-400pool` solid ink from a 400 dpi render, pooled to 200 dpi (a pixel is ink when any of its four
+                     is), then the same: a finer "any coverage" than dvipng's 200 dpi one;
 - `im2markup-aa`     the same without solid ink (dvipng's anti-aliased edges kept): lighter strokes;
 - `small-no-downsample`  the same size (10 pt at 100 dpi) rendered directly (anti-aliased), same margin and
-                     bucket, no halving.
+                     bucket, no halving;
+- `gs-reference`     (`build --gs`; needs pdflatex and gs) im2markup's own chain without ImageMagick: pdflatex of
+                     a 10 pt article with the formula in displaymath, ghostscript's pngalpha at 200 dpi with
+                     anti-aliasing, the alpha dropped, then crop, margin, bucket and LANCZOS halving.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import sys
+import subprocess
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from texocr.data.augment import IM2MARKUP_BUCKETS, im2markup
+from texocr.data.images import glyph_height
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-from texocr.data.augment import IM2MARKUP_BUCKETS, im2markup  # noqa: E402
-from texocr.data.images import glyph_height  # noqa: E402
-
-VARIANTS = ("cm-default-dpis", "synth-default", "synth-im2markup", "im2markup-exact", "im2markup-aa",
-            "small-no-downsample")
+VARIANTS = ("cm-default-dpis", "synth-default", "synth-im2markup", "im2markup-exact", "im2markup-bold",
+            "im2markup-400pool", "im2markup-aa", "small-no-downsample", "gs-reference")
+_ARTICLE = ("\\documentclass{article}\n\\pagestyle{empty}\n\\usepackage{amsmath}\n\\begin{document}\n"
+            "\\begin{displaymath}\n%s\n\\end{displaymath}\n\\end{document}\n")
 
 
 def read_rows(folder: Path, limit: int | None = None) -> list[dict]:
@@ -90,15 +99,66 @@ def build(args: argparse.Namespace) -> None:
         made[name] = imgs
 
     hi = r.render_batch(formulas, font="cm", dpi=200, scales=[0.83] * len(rows))  # 10 pt, as im2latex-100k
-    for name, solid in (("im2markup-exact", 1.0), ("im2markup-aa", 0.0)):
-        made[name] = [im2markup(im, random.Random(0), 2, solid_p=solid, bucket_p=1.0,
+    for name, solid, bold in (("im2markup-exact", 1.0, 0.0), ("im2markup-bold", 1.0, 1.0), ("im2markup-aa", 0.0, 0.0)):
+        made[name] = [im2markup(im, random.Random(0), 2, solid_p=solid, bold_p=bold, bucket_p=1.0,
                                 resample=Image.Resampling.LANCZOS) if im is not None else None for im in hi]
+    hi4 = r.render_batch(formulas, font="cm", dpi=400, scales=[0.83] * len(rows))
+    made["im2markup-400pool"] = [im2markup(_any_pool(im), random.Random(0), 2, solid_p=0.0, bucket_p=1.0,
+                                           resample=Image.Resampling.LANCZOS) if im is not None else None
+                                 for im in hi4]
     lo = r.render_batch(formulas, font="cm", dpi=100, scales=[0.83] * len(rows))
     made["small-no-downsample"] = [_bucket_only(im) if im is not None else None for im in lo]
 
+    if args.gs:
+        made["gs-reference"] = [_gs_render(f) for f in formulas]
+
     for name, imgs in made.items():
+        if args.variants and name not in args.variants:
+            continue
         n = write_set(out / name, rows, imgs)
         print(f"{name}: {n} of {len(rows)} rendered -> {out / name}")
+
+
+def _gs_render(latex: str) -> Image.Image | None:
+    """im2markup's chain with ghostscript in ImageMagick's place (see the module docstring); None on failure."""
+    from texocr.data.render import check_formula
+
+    if check_formula(latex):
+        return None
+    with tempfile.TemporaryDirectory(prefix="realism-") as d:
+        Path(d, "f.tex").write_text(_ARTICLE % latex, encoding="utf-8")
+        env = dict(os.environ, openin_any="p", openout_any="p", shell_escape="f")
+        try:
+            subprocess.run(["pdflatex", "-no-shell-escape", "-interaction=nonstopmode", "f.tex"], cwd=d, env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30, check=False)
+            if not Path(d, "f.pdf").exists():
+                return None
+            subprocess.run(["gs", "-q", "-dSAFER", "-dNOPAUSE", "-dBATCH", "-sDEVICE=pngalpha", "-r200",
+                            "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4", "-sOutputFile=f.png", "f.pdf"],
+                           cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+            with Image.open(Path(d, "f.png")) as im:
+                rgba = np.asarray(im.convert("RGBA"))
+        except (subprocess.TimeoutExpired, OSError):
+            return None
+    gray = Image.fromarray(rgba[..., :3]).convert("L")  # what PIL's convert('L') of that RGBA file keeps
+    if _ink_box(gray) is None:
+        return None
+    return im2markup(gray, random.Random(0), 2, solid_p=0.0, bucket_p=1.0, resample=Image.Resampling.LANCZOS)
+
+
+def _ink_box(gray: Image.Image) -> tuple | None:
+    from PIL import ImageOps
+
+    return ImageOps.invert(gray).getbbox()
+
+
+def _any_pool(img: Image.Image) -> Image.Image:
+    """Black where any of a 2x2 block has ink, white elsewhere: half the size."""
+    ink = np.asarray(img.convert("L")) < 255
+    h, w = ink.shape[0] // 2 * 2, ink.shape[1] // 2 * 2
+    ink = ink[:h, :w].reshape(h // 2, 2, w // 2, 2).any(axis=(1, 3))
+    return Image.fromarray(np.where(ink, 0, 255).astype(np.uint8), mode="L")
 
 
 def _bucket_only(img: Image.Image) -> Image.Image:
@@ -194,18 +254,26 @@ def stats(args: argparse.Namespace) -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
-    """Exact match of each eval folder, on all its rows and on the ids every folder has."""
+    """Exact match of each eval folder on the ids every folder has, and how each agrees with the first folder
+    (the published images) formula by formula: same verdict (both exact or both not), same prediction."""
     preds = {}
     for d in args.evals:
         with open(Path(d) / "predictions.jsonl", encoding="utf-8") as f:
-            preds[Path(d).name] = {r["id"]: bool(r.get("exact")) for r in map(json.loads, f)}
-    common = set.intersection(*(set(p) for p in preds.values()))
-    print(f"{len(common)} ids in every folder")
-    print("| set | n | exact match | n (shared) | exact match (shared) |\n|---|---:|---:|---:|---:|")
+            preds[Path(d).name] = {r["id"]: r for r in map(json.loads, f)}
+    common = sorted(set.intersection(*(set(p) for p in preds.values())))
+    base = preds[Path(args.evals[0]).name]
+    print(f"{len(common)} ids in every folder; agreement with {Path(args.evals[0]).name}\n")
+    print("| set | n | exact match | same verdict | same prediction | exact here only | exact there only |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, p in preds.items():
-        shared = [p[i] for i in common]
-        print(f"| {name} | {len(p)} | {100 * sum(p.values()) / len(p):.1f} % | {len(shared)} | "
-              f"{100 * sum(shared) / max(1, len(shared)):.1f} % |")
+        ex = [bool(p[i].get("exact")) for i in common]
+        bx = [bool(base[i].get("exact")) for i in common]
+        same = sum(a == b for a, b in zip(ex, bx))
+        same_pred = sum(p[i].get("prediction") == base[i].get("prediction") for i in common)
+        n = max(1, len(common))
+        print(f"| {name} | {len(common)} | {100 * sum(ex) / n:.1f} % | {100 * same / n:.1f} % | "
+              f"{100 * same_pred / n:.1f} % | {sum(a and not b for a, b in zip(ex, bx))} | "
+              f"{sum(b and not a for a, b in zip(ex, bx))} |")
 
 
 def main() -> None:
@@ -217,6 +285,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="stats: JSON instead of a markdown table")
+    p.add_argument("--gs", action="store_true", help="build: also the pdflatex + ghostscript reference")
+    p.add_argument("--variants", nargs="*", choices=VARIANTS, help="build: write only these")
     args = p.parse_args()
     {"build": build, "stats": stats, "compare": compare}[args.command](args)
 

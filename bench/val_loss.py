@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from texocr.config import ModelConfig
     from texocr.data.collate import Collator
     from texocr.data.sources import open_source
-    from texocr.models.loading import load_model
+    from texocr.models.loading import load_model, resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -31,15 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_model(ModelConfig(name_or_path=a.model, family="compact", dtype="float32"), device=device)
-    if a.weights:
-        from safetensors.torch import load_file
-
-        state = {}
-        for f in sorted(Path(a.weights).glob("model*.safetensors")):
-            state.update(load_file(str(f)))
-        missing, unexpected = loaded.model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    model = resolve_model(a.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.weights:  # shards saved in the checkpoint's original key layout: loading a folder converts them
+            model = str(Path(tmp) / "m")
+            shutil.copytree(resolve_model(a.model), model,
+                            ignore=shutil.ignore_patterns("model*.safetensors*", "*.md"))
+            for f in Path(a.weights).glob("model*.safetensors*"):
+                shutil.copy(f, Path(model) / f.name)
+        loaded = load_model(ModelConfig(name_or_path=model, family="compact", dtype="float32"), device=device)
     loaded.model.eval()
     collate = Collator(loaded, 512, normalize=True)
     out = {}

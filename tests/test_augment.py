@@ -9,11 +9,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from texocr.data.augment import (
+    IM2MARKUP_BUCKETS,
     MAX_SIDE,
     MAX_STRENGTH,
     MIN_SIDE,
     augment,
     handwriting,
+    im2markup,
     jpeg,
     printed,
     remap,
@@ -96,3 +98,45 @@ def test_jpeg_changes_pixels_keeps_size() -> None:
     src = _formula()
     out = jpeg(src, 30)
     assert out.size == src.size and not np.array_equal(np.asarray(out), np.asarray(src))
+
+
+def _hires_strokes() -> Image.Image:
+    """A 2x render stand-in, cropped to the ink: black bars of odd widths at odd offsets, with a grey
+    anti-aliased fringe (value 200) on their left side."""
+    im = Image.new("L", (181, 47), 255)
+    d = ImageDraw.Draw(im)
+    for x in range(1, 176, 13):
+        d.rectangle((x, 0, x + 4, 46), fill=0)
+        d.line((x - 1, 0, x - 1, 46), fill=200)
+    return im.convert("RGB")
+
+
+def test_im2markup_halves_pads_buckets_and_softens_edges() -> None:
+    src = _hires_strokes()
+    out = im2markup(src, random.Random(0), 2, solid_p=1.0, bucket_p=1.0, resample=Image.Resampling.LANCZOS)
+    # (181 + 16, 47 + 16) fits im2markup's first bucket, 240x100 before halving
+    assert out.size == (120, 50) and out.size in IM2MARKUP_BUCKETS and out.mode == "RGB"
+    g = np.asarray(out.convert("L"))
+    cols, rows = np.nonzero((g < 128).any(0))[0], np.nonzero((g < 128).any(1))[0]
+    assert 3 <= cols[0] <= 5 and 3 <= rows[0] <= 5  # the 8 px margin at 2x is 4 px
+    src_cols = np.nonzero((np.asarray(src.convert("L")) < 255).any(0))[0]
+    assert abs((cols[-1] - cols[0] + 1) - (src_cols[-1] - src_cols[0] + 1) / 2) <= 1  # half as wide
+    assert abs((rows[-1] - rows[0] + 1) - 47 / 2) <= 2
+    # the input has only 0, 200 and 255; halving 5 px bars at odd offsets leaves soft grey edges
+    ink = g[g < 235]
+    assert ((ink > 40) & (ink < 215)).mean() > 0.2
+    assert (g[:, 100:] == 255).all()  # the bucket's white right-hand side
+    # solid ink: the grey fringe counts as ink (ImageMagick's alpha dropped); without it the ink is lighter
+    aa = np.asarray(im2markup(src, random.Random(0), 2, solid_p=0.0, bucket_p=1.0,
+                              resample=Image.Resampling.LANCZOS).convert("L"))
+    assert aa.shape == g.shape and aa.astype(int).sum() > g.astype(int).sum()
+
+
+def test_im2markup_without_bucket_and_deterministic() -> None:
+    src = _hires_strokes()
+    out = im2markup(src, random.Random(3), 2, bucket_p=0.0)
+    left, top, right, bottom = src.convert("L").point(lambda v: 255 - v).getbbox()  # im2markup crops to the ink
+    assert out.size == ((right - left + 16) // 2, (bottom - top + 16) // 2)
+    assert np.array_equal(np.asarray(out), np.asarray(im2markup(src, random.Random(3), 2, bucket_p=0.0)))
+    big = Image.new("RGB", (1700, 30), "black")  # wider than every bucket: margins only
+    assert im2markup(big, random.Random(0), 2, bucket_p=1.0).size == ((1700 + 16) // 2, (30 + 16) // 2)

@@ -215,19 +215,17 @@ def test_base_size_fits_the_shipping_budget() -> None:
 
 
 @pytest.mark.slow
-def test_pretrain_script_smoke_run_and_checkpoints(tmp_path: Path) -> None:
-    """scripts/pretrain_compact.py: two optimizer steps of the tiny model on rendered synthetic data (~1 min)."""
-    import importlib.util
+def test_pretrain_config_on_rendered_synthetic_data(tmp_path: Path) -> None:
+    """configs/compact/pretrain.yaml through `texocr train` on the synthetic render stream (pip renderer, as on a
+    machine without TeX): two optimizer steps of a fresh tiny model, a checkpoint, the model folder (~1 min)."""
+    from texocr.cli import main as cli
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_compact.py"
-    spec = importlib.util.spec_from_file_location("pretrain_compact", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "run"
-    rc = mod.main(["--config", str(script.parents[1] / "configs" / "compact" / "pretrain.yaml"), "--size", "tiny",
-                   "--train.output_dir", str(out), "--train.max_steps", "2", "--train.batch_size", "2",
-                   "--train.save_steps", "1", "--train.eval_steps", "0", "--train.dataloader_workers", "0",
-                   "--data.val_limit", "2"])
+    rc = cli(["train", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "compact" / "pretrain.yaml"),
+              "--model.init_size", "tiny", "--data.renderer", "pip", "--data.formulas", "null", "--data.real", "[]",
+              "--data.real_ratio", "0", "--data.val", "[]", "--train.output_dir", str(out), "--train.max_steps", "2",
+              "--train.batch_size", "2", "--train.save_steps", "1", "--train.dataloader_workers", "0",
+              "--train.warmup_ratio", "0"])
     assert rc == 0
     assert (out / "init" / "config.json").is_file() and (out / "model" / "config.json").is_file()
     assert (out / "checkpoints" / "checkpoint-2").is_dir()

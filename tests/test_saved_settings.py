@@ -144,3 +144,21 @@ def test_one_given_bound_wins_over_a_saved_or_default_other(tiny_model_dir: Call
     with pytest.raises(TexocrError, match="min_pixels .* is larger than model.max_pixels"):
         fam.build_processor(str(tiny_model_dir("qwen2_vl")), ModelConfig(min_pixels=9 * PER_TOKEN,
                                                                           max_pixels=8 * PER_TOKEN))
+
+
+def test_a_model_folder_carries_its_reading_settings(tiny_model_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    """`texocr_options.json` in a model folder (the shipped model's glyph height): used by `Recognizer.load`,
+    a given setting wins (0 turns enlarging off), and a malformed file is refused with its path."""
+    from texocr.errors import TexocrError
+    from texocr.models.saved import OPTIONS_FILE, read_saved
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), folder)
+    (folder / OPTIONS_FILE).write_text(json.dumps({"glyph_height": 16, "max_new_tokens": 9}))
+    assert read_saved(str(folder)).options == {"glyph_height": 16, "max_new_tokens": 9}
+    rec = Recognizer.load(str(folder), device="cpu")
+    assert (rec.glyph_height, rec.max_new_tokens) == (16, 9)
+    assert Recognizer.load(str(folder), device="cpu", glyph_height=0).glyph_height == 0
+    (folder / OPTIONS_FILE).write_text(json.dumps({"glyph_hieght": 16}))
+    with pytest.raises(TexocrError, match=OPTIONS_FILE):
+        read_saved(str(folder))

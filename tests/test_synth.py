@@ -10,8 +10,14 @@ import pytest
 from PIL import Image
 
 from texocr.cli import main
+from texocr.data.augment import IM2MARKUP_BUCKETS
 from texocr.data.render import available_renderers
-from texocr.data.synth import PRINTED_DPIS, SyntheticSource
+from texocr.data.synth import (
+    DOWNSAMPLE_SHARE,
+    DOWNSAMPLED_DPIS,
+    PRINTED_DPIS,
+    SyntheticSource,
+)
 from texocr.errors import TexocrError
 from texocr.latex import normalize
 
@@ -57,13 +63,62 @@ def test_bad_arguments() -> None:
 
 def test_printed_dpis_set_the_resolution_of_printed_chunks() -> None:
     src = SyntheticSource(n=64, seed=2, renderer="pip", chunk=1, printed_dpis=[90])
-    assert {src.chunk_settings(c)["dpi"] for c in range(20)} == {90}
-    default = SyntheticSource(n=64, seed=2, renderer="pip", chunk=1)
+    assert {s["dpi"] for s in map(src.chunk_settings, range(40)) if not s["downsample"]} == {90}
+    default = SyntheticSource(n=64, seed=2, renderer="pip", chunk=1, downsample_share=0.0)
     assert {default.chunk_settings(c)["dpi"] for c in range(200)} == set(PRINTED_DPIS)
     # the resolution reaches the pixels: the same formula at 90 dpi is smaller than at 240
-    low = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[90], augment=False)[0].image
-    high = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[240], augment=False)[0].image
-    assert low.height < high.height and low.width < high.width
+    low = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[90], augment=False, downsample_share=0.0)[0]
+    high = SyntheticSource(n=1, seed=2, renderer="pip", printed_dpis=[240], augment=False, downsample_share=0.0)[0]
+    assert low.image.height < high.image.height and low.image.width < high.image.width
+
+
+def test_downsample_share_picks_printed_chunks_and_leaves_the_others_alone() -> None:
+    plain = SyntheticSource(n=64, seed=2, style="mixed", renderer="pip", chunk=1, downsample_share=0.0)
+    default = SyntheticSource(n=64, seed=2, style="mixed", renderer="pip", chunk=1)
+    every = SyntheticSource(n=64, seed=2, style="mixed", renderer="pip", chunk=1, downsample_share=1.0)
+    assert default.downsample_share == DOWNSAMPLE_SHARE and 0 < DOWNSAMPLE_SHARE < 1
+    p, d, e = ([s.chunk_settings(c) for c in range(400)] for s in (plain, default, every))
+    printed = [c for c in range(400) if p[c]["style"] == "printed"]
+    assert all(p[c]["downsample"] == 0 for c in range(400))
+    assert all(e[c]["downsample"] == (2 if c in printed else 0) for c in range(400))
+    assert {e[c]["dpi"] for c in printed} <= set(DOWNSAMPLED_DPIS)
+    down = [c for c in printed if d[c]["downsample"]]
+    assert 0.15 < len(down) / len(printed) < 0.35
+    assert all(d[c] == p[c] for c in range(400) if c not in down)  # the other chunks: as without the option
+    with pytest.raises(TexocrError, match="downsample_share"):
+        SyntheticSource(downsample_share=1.5)
+    with pytest.raises(TexocrError, match="downsample_factor"):
+        SyntheticSource(downsample_factor=1)
+
+
+@pytest.mark.parametrize("renderer", [pytest.param("tex", marks=[pytest.mark.tex, needs_tex]), "pip"])
+def test_downsampled_renders_are_half_size_with_soft_grey_edges(renderer: str) -> None:
+    """`downsample_share=1`: rendered at 2x the chunk's dpi, then im2markup's margin, bucket and halving."""
+    if renderer not in available_renderers():
+        pytest.skip(f"{renderer} renderer not installed")
+    src = SyntheticSource(n=8, seed=3, renderer=renderer, chunk=8, augment=False, downsample_share=1.0,
+                          formulas=[r"\frac{a+b}{c} = \sum_{i=1}^{n} x_i^2"], real_ratio=1.0)
+    sample = src[0]
+    dpi, scale, font = sample.meta["dpi"], sample.meta["scale"], sample.meta["font"]
+    assert sample.meta["downsample"] == 2 and dpi in DOWNSAMPLED_DPIS
+    hi = src.renderer.render_batch([sample.meta["formula"]], font=font, dpi=2 * dpi, scales=[scale])[0]
+    same = src.renderer.render_batch([sample.meta["formula"]], font=font, dpi=dpi, scales=[scale])[0]
+    g = np.asarray(sample.image.convert("L"))
+    cols, rows = np.nonzero((g < 128).any(0))[0], np.nonzero((g < 128).any(1))[0]
+    width, height = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+    hi_g = np.asarray(hi.convert("L"))
+    hi_w = np.ptp(np.nonzero((hi_g < 255).any(0))[0]) + 1
+    assert abs(width - hi_w / 2) <= 3  # half the 2x render's ink width
+    assert 2 <= cols[0] <= 5 and 2 <= rows[0] <= 5  # im2markup's margin (8 px at 2x)
+    assert sample.image.size in IM2MARKUP_BUCKETS or sample.image.size == (
+        (hi.width + 16) // 2, (hi.height + 16) // 2) or abs(sample.image.width - width - 8) <= 3
+    assert height < hi.height * 0.6
+    # soft grey edges: many ink pixels are neither paper nor black
+    ink = g[g < 250]
+    assert ((ink > 40) & (ink < 215)).mean() > 0.25
+    # and it is not the 1x render: the emulation is bolder (more dark pixels per formula) at the same size
+    direct = np.asarray(same.convert("L"))
+    assert (g < 128).sum() > (direct < 128).sum()
 
 
 def test_data_config_printed_dpis_reach_the_synthetic_source() -> None:

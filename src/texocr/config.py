@@ -121,6 +121,9 @@ class DataConfig:
     synthetic_style: Literal["printed", "handwritten", "mixed"] = "printed"
     printed_ratio: float = 0.75
     """Share of printed renders when `synthetic_style` is `mixed`."""
+    downsample_share: float = 0.25
+    """Share of printed synthetic chunks drawn the way the published im2latex-100k images were made (10 pt at
+    2x the resolution, bucket padding, halved: `texocr.data.augment.im2markup`; bench/render_realism.md)."""
     formulas: str | None = None
     """A file of real formulas (one per line or labels.jsonl) mixed into synthetic data."""
     real_formula_ratio: float = 0.5

@@ -300,4 +300,4 @@ def _synthetic(cfg: Any, split: str | None) -> Any:
     return SyntheticSource(n=cfg.synthetic_n, seed=cfg.seed + offset, style=cfg.synthetic_style,
                            formulas=cfg.formulas, real_ratio=cfg.real_formula_ratio,
                            mutate_ratio=cfg.mutate_ratio, augment=cfg.augment, augment_strength=cfg.augment_strength,
-                           printed_dpis=cfg.printed_dpis)
+                           printed_dpis=cfg.printed_dpis, downsample_share=cfg.downsample_share)

@@ -143,7 +143,8 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
         styles = ["printed", "handwritten"] if d.synthetic_style == "mixed" else [d.synthetic_style]
         sources = {s: SyntheticSource(n=2**40, seed=d.seed, style=s, renderer=d.renderer, formulas=d.formulas,
                                       real_ratio=d.real_formula_ratio, mutate_ratio=d.mutate_ratio, augment=False,
-                                      chunk=chunk, cache_chunks=1, printed_dpis=d.printed_dpis) for s in styles}
+                                      chunk=chunk, cache_chunks=1, printed_dpis=d.printed_dpis,
+                                      downsample_share=d.downsample_share) for s in styles}
         pool: list[list[Any]] = []  # [clean grey render, target, style, id, last augmentation]
         c = 10_000_000 * (1 + self.offset) // chunk + k  # chunk number; a resumed run starts on unseen chunks
         failed = 0

@@ -16,9 +16,9 @@ CLI: texocr data render --n 2000 --out data/synth --seed 0 [--style printed|hand
      [--augment-strength 1.0] [--in-order] [--downsample-share 0.25]
 
 A `downsample_share` of printed chunks (default 0.25) imitates the published im2latex-100k images (harvardnlp
-im2markup: 10 pt Computer Modern rendered at 200 dpi, 8 px margin, bucket sizes, downsampled by 2 with LANCZOS):
-rendered at 2x their resolution and brought down by `augment.im2markup`; bench/render_realism.md measures how
-close that comes.
+im2markup: 10 pt Computer Modern at 200 dpi with solid ink, 8 px margin, bucket sizes, downsampled by 2 with
+LANCZOS): rendered at 2x their resolution and brought down by `augment.im2markup`, not further augmented here;
+bench/render_realism.md measures how close that comes (the model reads them as it reads the published images).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
     saved.options                         # {"batch_size": 32, "max_new_tokens": 128}: Recognizer settings
 
 A model folder that is not part of a run still carries its image budget: texocr's processors write it to
-processor_config.json (`IMAGE_BUDGET_KEY`, read by the family when the processor is built). Settings given by
-the caller (a CLI flag, a config key) win over saved ones; saved ones win over the defaults.
+processor_config.json (`IMAGE_BUDGET_KEY`, read by the family when the processor is built), and may carry
+Recognizer settings in `OPTIONS_FILE` (the shipped model's `{"glyph_height": 16}`: how it reads best). Settings
+given by the caller (a CLI flag, a config key) win over saved ones; saved ones win over the defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ MODEL_KEYS = ("family", "min_pixels", "max_pixels")
 """ModelConfig keys a run's config gives the model it saved (how its images were sized, which family)."""
 OPTION_KEYS = ("batch_size", "max_new_tokens", "num_beams", "glyph_height")
 """EvalConfig keys that are Recognizer settings (`Recognizer(batch_size=...)`)."""
+OPTIONS_FILE = "texocr_options.json"
+"""A model folder's Recognizer settings (`OPTION_KEYS`), for a folder that is not part of a run."""
 IMAGE_BUDGET_KEY = "texocr_image_budget"
 """processor_config.json key: `{"min_pixels": n, "max_pixels": n}`, the budget the processor was saved with."""
 
@@ -62,7 +65,7 @@ def read_saved(model: str, adapter: str | None = None) -> Saved:
     if run is None and adapter and Path(adapter).is_dir():
         run = _run_of(Path(adapter))
     if run is None:
-        return Saved(model, adapter)
+        return Saved(model, adapter, options=folder_options(path) if path.is_dir() else {})
     try:
         cfg = load_config(run / RUN_CONFIG)
     except ConfigError as e:  # another tool's config.yaml beside a `model/` folder, or a damaged one: say so, go on
@@ -76,6 +79,20 @@ def read_saved(model: str, adapter: str | None = None) -> Saved:
     model_options = {k: getattr(cfg.model, k) for k in MODEL_KEYS if getattr(cfg.model, k) is not None}
     options = {k: getattr(cfg.eval, k) for k in OPTION_KEYS if getattr(cfg.eval, k) is not None}
     return Saved(model, adapter, model_options, options, run / RUN_CONFIG)
+
+
+def folder_options(folder: Path) -> dict[str, Any]:
+    """The Recognizer settings a model folder's `OPTIONS_FILE` gives (`{}` without one); unknown keys refused."""
+    file = folder / OPTIONS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        options = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TexocrError(f"{file}: not readable JSON ({e})") from None
+    if not isinstance(options, dict) or set(options) - set(OPTION_KEYS):
+        raise TexocrError(f"{file}: expected an object with keys among {', '.join(OPTION_KEYS)}, got {options!r}")
+    return options
 
 
 def with_image_budget(out: dict[str, Any], processor: Any) -> dict[str, Any]:
