@@ -135,3 +135,55 @@ def test_a_stream_needs_a_bound(tmp_path: Path) -> None:
     cfg = _pretrain_cfg(tmp_path, tmp_path, "--train.max_steps", "-1", "--train.max_minutes", "0")
     with pytest.raises(TexocrError, match="no length"):
         max_steps(cfg)
+
+
+def test_kill_9_mid_run_then_resume_latest(tmp_path: Path) -> None:
+    """A training process killed with SIGKILL (at the moment a checkpoint is being written, when the test catches
+    one) leaves no checkpoint that `--train.resume latest` would pick half-written, and the resumed run's loss
+    curve goes on from the checkpoint's step."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from texocr.config import save_config
+    from texocr.train import train
+    from texocr.train_callbacks import COMPLETE_MARKER, complete_checkpoints, read_csv_log, resolve_resume
+
+    data = _folder(tmp_path / "d", 24)
+    out = tmp_path / "run"
+    cfg = _pretrain_cfg(out, data, "--train.max_steps", "100000", "--train.save_steps", "3",
+                        "--train.save_total_limit", "3", "--train.max_minutes", "10")
+    save_config(cfg, tmp_path / "c.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "texocr", "train", "--config", str(tmp_path / "c.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    caught = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = complete_checkpoints(out / "checkpoints")
+            writing = [p for p in (out / "checkpoints").glob("checkpoint-*") if not (p / COMPLETE_MARKER).exists()] \
+                if (out / "checkpoints").is_dir() else []
+            if len(done) >= 2 and (writing or len(done) >= 3):
+                caught = bool(writing)
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.kill()  # SIGKILL: no handler, no cleanup
+    finally:
+        proc.kill()
+        proc.wait()
+    picked = resolve_resume("latest", out / "checkpoints")
+    assert picked is not None and (Path(picked) / COMPLETE_MARKER).is_file()
+    for name in ("model.safetensors", "optimizer.pt", "trainer_state.json"):
+        assert (Path(picked) / name).is_file(), name
+    step = int(Path(picked).name.split("-")[1])
+    logged = read_csv_log(out / "logs" / "metrics.csv", "loss")
+    assert max(logged) >= step
+    second = train(_pretrain_cfg(out, data, "--train.max_steps", str(step + 3), "--train.resume", "latest",
+                                 "--train.save_steps", "3"))
+    assert second.steps == step + 3
+    after = read_csv_log(out / "logs" / "metrics.csv", "loss")
+    assert {step + 1, step + 2, step + 3} <= set(after)
+    print(f"killed {'while a checkpoint was being written' if caught else 'between checkpoints'}; resumed at {step}")
