@@ -175,6 +175,32 @@ class TrainConfig:
     """`latest` or a checkpoint directory to resume from."""
     optim: str = "adamw_torch"
     dataloader_workers: int = 0
+    method: Literal["sft", "grpo"] = "sft"
+    """`sft`: supervised training on the labels (the Trainer). `grpo`: reinforcement fine-tuning from a reward
+    (`texocr.grpo`): sample `grpo_generations` answers per image, score them against the label
+    (`reward_parts`), push up the better ones of each group. Same output layout."""
+    grpo_generations: int = 8
+    """GRPO: answers sampled per image (the group whose rewards are compared); `batch_size` images a step."""
+    grpo_temperature: float = 1.0
+    """GRPO: sampling temperature (the loss uses the same temperature, so it is the sampled policy's gradient)."""
+    grpo_max_new_tokens: int | None = None
+    """GRPO: longest sampled answer in tokens (unset: `eval.max_new_tokens`)."""
+    grpo_beta: float = 0.0
+    """GRPO: weight of the KL penalty to the starting model (0: none, and no reference model is kept)."""
+    grpo_scale_rewards: bool = True
+    """GRPO: divide each group's advantages by its reward standard deviation (off: only subtract the mean)."""
+    grpo_micro_batch: int = 0
+    """GRPO: sequences per forward/backward pass (0: all `batch_size x grpo_generations` at once); lower it when
+    the loss pass runs out of memory. The same update either way."""
+    reward_parts: list[str] = field(default_factory=lambda: ["image:1.0", "valid:0.25", "edit:0.5", "length:0.25"])
+    """GRPO: the reward, `NAME[:WEIGHT]` each (`texocr.rewards`): `image` (the prediction's rendering matches the
+    label's: ink IoU), `valid` (valid LaTeX), `edit` (token edit score), `length` (penalty for excess tokens)."""
+    reward_renderer: Literal["auto", "tex", "pip"] = "auto"
+    """GRPO: renderer of the `image` reward part."""
+    reward_timeout_s: float = 5.0
+    """GRPO: seconds one formula may take to render for the `image` reward part; slower ones score 0."""
+    reward_workers: int = 0
+    """GRPO: render threads for the `image` reward part (0: one per CPU core, at most 8)."""
 
 
 @dataclass

@@ -314,6 +314,13 @@ def _device() -> str | None:
 def train(cfg: Config, *, train_samples: list[Sample] | None = None,
           val_samples: list[Sample] | None = None) -> TrainResult:
     """Run one training job; `train_samples`/`val_samples` replace `cfg.data` sources when given (tests, API)."""
+    if cfg.train.method == "grpo":  # reinforcement fine-tuning from a reward: its own loop (texocr.grpo says why)
+        from texocr.grpo import train_grpo
+
+        # this module's data reading and model start are passed in: texocr.grpo importing them would be a circle
+        run = train_grpo(cfg, train_samples=train_samples, val_samples=val_samples, read_samples=read_samples,
+                         initial_model=initial_model)
+        return TrainResult(**vars(run))
     from transformers import EarlyStoppingCallback, set_seed
 
     from texocr.config import save_config
