@@ -34,12 +34,15 @@ def make_folder(root: Path, n: int) -> Path:
     return root
 
 
-def run(n: int, work: Path, batch: int) -> dict[str, float]:
-    data = make_folder(work / f"d{n}", n)
+def run(n: int, work: Path, batch: int, steps: int | None = None) -> dict[str, float]:
+    data = work / f"d{n}"
+    if not data.is_dir():
+        make_folder(data, n)
+    steps = steps or max(1, n // batch)
     cmd = [sys.executable, "-m", "texocr", "train", "--config", str(ROOT / "configs/compact/pretrain.yaml"),
            "--model.init_size", "tiny", "--data.train", str(data), "--data.formulas", "null", "--data.real", "[]",
-           "--data.real_ratio", "0", "--data.val", "[]", "--train.output_dir", str(work / f"run{n}"),
-           "--train.max_steps", str(max(1, n // batch)), "--train.batch_size", str(batch),
+           "--data.real_ratio", "0", "--data.val", "[]", "--train.output_dir", str(work / f"run{n}-{steps}"),
+           "--train.max_steps", str(steps), "--train.batch_size", str(batch),
            "--train.dataloader_workers", "0", "--train.save_steps", "0", "--train.logging_steps", "50",
            "--train.warmup_ratio", "0"]
     t0 = time.perf_counter()
@@ -50,7 +53,7 @@ def run(n: int, work: Path, batch: int) -> dict[str, float]:
     got = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     peak = int(got.stdout.split()[-1])  # KiB
-    return {"samples": n, "steps": max(1, n // batch), "peak_rss_mib": round(peak / 1024, 1),
+    return {"folder_rows": n, "samples": steps * batch, "steps": steps, "peak_rss_mib": round(peak / 1024, 1),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -58,15 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 50000])
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, nargs="*", default=[],
+                   help="also run every size for these many steps (the folder read again and again): peak memory "
+                        "at equal work, so that the folder's size is the only difference")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="texocr-rss-") as tmp:
         for n in sorted(a.sizes):
-            rows.append(run(n, Path(tmp), a.batch))
-            print(json.dumps(rows[-1]), flush=True)
+            for steps in [None, *(s for s in a.steps if s != max(1, n // a.batch))]:
+                rows.append(run(n, Path(tmp), a.batch, steps))
+                print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["peak_rss_mib"]
+    print("| folder rows | samples streamed | steps | peak RSS | vs first | wall |")
     for r in rows:
-        print(f"| {r['samples']:,} | {r['steps']} | {r['peak_rss_mib']} MiB | {r['peak_rss_mib'] / base:.3f} | {r['seconds']} s |")
+        print(f"| {r['folder_rows']:,} | {r['samples']:,} | {r['steps']} | {r['peak_rss_mib']} MiB | "
+              f"{r['peak_rss_mib'] / base:.3f} | {r['seconds']} s |")
     return 0
 
 

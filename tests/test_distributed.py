@@ -135,9 +135,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     from transformers import set_seed
 
     from texocr.config import load_config
+    from texocr.data.collate import Collator
     from texocr.models.loading import load_model
     from texocr.sample import Sample
-    from texocr.data.collate import Collator
     from texocr.train import train
 
     run = two_process_run

@@ -15,9 +15,9 @@ def test_export_merges_every_adapter(tiny_model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from texocr.cli import main as cli
+    from texocr.data.collate import Collator
     from texocr.models.loading import load_model
     from texocr.sample import Sample
-    from texocr.data.collate import Collator
 
     base = tiny_model_dir("qwen2_vl")
     cfg = ModelConfig(name_or_path=str(base), lora_scope="vision_language", lora_r=4, lora_alpha=8)

@@ -148,7 +148,12 @@ def test_kill_9_mid_run_then_resume_latest(tmp_path: Path) -> None:
 
     from texocr.config import save_config
     from texocr.train import train
-    from texocr.train_callbacks import COMPLETE_MARKER, complete_checkpoints, read_csv_log, resolve_resume
+    from texocr.train_callbacks import (
+        COMPLETE_MARKER,
+        complete_checkpoints,
+        read_csv_log,
+        resolve_resume,
+    )
 
     data = _folder(tmp_path / "d", 24)
     out = tmp_path / "run"

@@ -53,8 +53,8 @@ def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 def _batch(loaded) -> dict:
-    from texocr.sample import Sample
     from texocr.data.collate import Collator
+    from texocr.sample import Sample
 
     collate = Collator(loaded, 1024, normalize=True)
     return collate([Sample(_image(t), t, str(i)) for i, t in enumerate(LATEX[:2])])

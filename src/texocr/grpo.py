@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from texocr.config import Config, ModelConfig, TrainConfig
     from texocr.models.loading import LoadedModel
     from texocr.rewards import Reward
-    from texocr.sample import Sample, Skipped
+    from texocr.sample import Sample
 
 log = logging.getLogger("texocr.grpo")
 
@@ -481,11 +481,12 @@ class GrpoRun:
 
 
 def train_grpo(cfg: Config, *, train_samples: list[Sample] | None, val_samples: list[Sample] | None,
-               read_samples: Callable[..., list[Sample]], initial_model: Callable[[Config, Path], ModelConfig],
+               read_data: Callable[..., tuple[bool, list[Sample] | None, list[Sample]]],
+               initial_model: Callable[[Config, Path], ModelConfig],
                ) -> GrpoRun:
     """`texocr train` with `train.method: grpo` (see the module docstring), called by `texocr.train.train`.
 
-    `train_samples` / `val_samples` replace the `cfg.data` sources when given. `read_samples` and
+    `train_samples` / `val_samples` replace the `cfg.data` sources when given. `read_data` and
     `initial_model` are `texocr.train`'s data reading and model start (a fresh or grown compact model), passed
     in so that both methods share them: importing `texocr.train` from here would close an import circle.
     """
@@ -494,7 +495,6 @@ def train_grpo(cfg: Config, *, train_samples: list[Sample] | None, val_samples: 
 
     from texocr.config import save_config
     from texocr.data.collate import training_target
-    from texocr.data.sources import write_skipped
     from texocr.models import qwen_speed
     from texocr.models.lengths import fit_to_length
     from texocr.models.loading import load_model, trainable_parameters
@@ -509,20 +509,7 @@ def train_grpo(cfg: Config, *, train_samples: list[Sample] | None, val_samples: 
     save_config(cfg, out / "config.yaml")
     set_seed(t.seed)
 
-    skipped: list[Skipped] = []
-    stream = cfg.data.streaming and train_samples is None
-    if train_samples is None and not stream:
-        if not cfg.data.train:
-            raise TexocrError("no training data: set data.train (a folder, hf:<id>, a preset or 'synthetic')")
-        train_samples = read_samples(cfg.data.train, cfg.data, split=cfg.data.split, limit=cfg.data.limit,
-                                     skipped=skipped)
-    if val_samples is None:
-        val_samples = read_samples(cfg.data.val, cfg.data, split=cfg.data.val_split, limit=cfg.data.val_limit,
-                                   skipped=skipped) if cfg.data.val else []
-    if skipped:
-        write_skipped(skipped, out / "skipped.jsonl")
-    if not stream and not train_samples:
-        raise TexocrError(f"no usable training samples in {cfg.data.train} ({len(skipped)} rows skipped)")
+    stream, train_samples, val_samples = read_data(cfg, out, train_samples, val_samples)
 
     loaded = load_model(initial_model(cfg, out), training=True)
     log.info("%s (%s, %s)", trainable_parameters(loaded.model)["summary"], loaded.family.name,

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from texocr.errors import TexocrError
 
@@ -223,7 +223,7 @@ class RenderPool:
         """Stop the workers (a chunk still running finishes in the background)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> RenderPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,10 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
 
     from texocr.config import Config, DataConfig, ModelConfig, TrainConfig
-    from texocr.models.base import Family
     from texocr.models.loading import LoadedModel
     from texocr.sample import Sample, Skipped
 
@@ -85,6 +83,34 @@ def read_samples(specs: list[str], data_cfg: DataConfig, *, split: str | None, l
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def read_data(cfg: Config, out: Path, train_samples: list[Sample] | None, val_samples: list[Sample] | None, *,
+              write: bool = True) -> tuple[bool, list[Sample] | None, list[Sample]]:
+    """`(stream, train_samples, val_samples)` of a run: samples given by the caller win over `cfg.data`; with
+    `data.streaming` the training samples are None (a `TrainStream` reads them as training goes). Rows that fail
+    go to `<out>/skipped.jsonl` (when `write`). Shared by both training methods (`texocr.grpo` too)."""
+    from texocr.data.sources import write_skipped
+    from texocr.errors import TexocrError
+
+    skipped: list[Skipped] = []
+    stream = cfg.data.streaming and train_samples is None
+    if train_samples is None and not stream:
+        if not cfg.data.train:
+            raise TexocrError("no training data: set data.train (a folder, hf:<id>, a preset or 'synthetic')")
+        train_samples = read_samples(cfg.data.train, cfg.data, split=cfg.data.split, limit=cfg.data.limit,
+                                     skipped=skipped)
+    if val_samples is None:
+        val_samples = read_samples(cfg.data.val, cfg.data, split=cfg.data.val_split, limit=cfg.data.val_limit,
+                                   skipped=skipped) if cfg.data.val else []
+    if skipped and write:
+        write_skipped(skipped, out / "skipped.jsonl")
+    if not stream and not train_samples:
+        raise TexocrError(f"no usable training samples in {cfg.data.train} "
+                          f"({len(skipped)} rows skipped; see {out / 'skipped.jsonl'})")
+    log.info("data: %s training, %d validation samples, %d rows skipped",
+             "a stream of" if stream else len(train_samples or []), len(val_samples), len(skipped))
+    return stream, train_samples, val_samples
 
 
 class SampleDataset:
@@ -318,21 +344,21 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         from texocr.grpo import train_grpo
 
         # this module's data reading and model start are passed in: texocr.grpo importing them would be a circle
-        run = train_grpo(cfg, train_samples=train_samples, val_samples=val_samples, read_samples=read_samples,
+        run = train_grpo(cfg, train_samples=train_samples, val_samples=val_samples, read_data=read_data,
                          initial_model=initial_model)
         return TrainResult(**vars(run))
     from transformers import EarlyStoppingCallback, set_seed
 
     from texocr.config import save_config
-    from texocr.data.sources import write_skipped
+    from texocr.data.collate import Collator
+    from texocr.data.stream import TrainStream
     from texocr.errors import TexocrError
     from texocr.models.lengths import fit_to_length
     from texocr.models.loading import load_model, trainable_parameters
-    from texocr.data.collate import Collator
-    from texocr.data.stream import TrainStream
     from texocr.train_callbacks import (
         CheckpointMarker,
         CsvLogger,
+        MemoryTrim,
         TimeLimit,
         TrainClock,
         plot_loss,
@@ -350,23 +376,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         save_config(cfg, out / "config.yaml")
     set_seed(cfg.train.seed)
 
-    skipped: list[Skipped] = []
-    stream = cfg.data.streaming and train_samples is None
-    if train_samples is None and not stream:
-        if not cfg.data.train:
-            raise TexocrError("no training data: set data.train (a folder, hf:<id>, a preset or 'synthetic')")
-        train_samples = read_samples(cfg.data.train, cfg.data, split=cfg.data.split, limit=cfg.data.limit,
-                                     skipped=skipped)
-    if val_samples is None:
-        val_samples = read_samples(cfg.data.val, cfg.data, split=cfg.data.val_split, limit=cfg.data.val_limit,
-                                   skipped=skipped) if cfg.data.val else []
-    if skipped and main_process:
-        write_skipped(skipped, out / "skipped.jsonl")
-    if not stream and not train_samples:
-        raise TexocrError(f"no usable training samples in {cfg.data.train} "
-                          f"({len(skipped)} rows skipped; see {out / 'skipped.jsonl'})")
-    log.info("data: %s training, %d validation samples, %d rows skipped",
-             "a stream of" if stream else len(train_samples or []), len(val_samples), len(skipped))
+    stream, train_samples, val_samples = read_data(cfg, out, train_samples, val_samples, write=main_process)
 
     model_cfg = initial_model(cfg, out)
     loaded = load_model(model_cfg, training=True, device=_device())
@@ -396,6 +406,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         CsvLogger(out / "logs" / "metrics.csv"),
         _tensorboard(out / "logs"),
     ]
+    if stream:
+        callbacks.append(MemoryTrim())
     if cfg.train.max_minutes > 0:
         callbacks.append(TimeLimit(cfg.train.max_minutes))
     if cfg.train.early_stopping_patience > 0 and args.eval_strategy != "no":
