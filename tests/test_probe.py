@@ -88,11 +88,14 @@ def test_data_render_falls_back_to_the_pip_renderer_with_one_warning(fake_tex: P
     assert stats["renderer"] == "pip" and stats["written"] == 4
 
 
-def test_train_on_the_synthetic_stream_stops(fake_tex: Path, no_pip_renderer: Path, tmp_path: Path,
+@pytest.mark.parametrize("data", ["{train: [synthetic], synthetic_n: 64}",
+                                  "{train: [synthetic], streaming: true, replay: 2, renderer: tex, render_chunk: 8}"],
+                         ids=["in-memory", "streaming"])
+def test_train_on_the_synthetic_stream_stops(fake_tex: Path, no_pip_renderer: Path, tmp_path: Path, data: str,
                                               tiny_model_dir: Callable[[str], Path]) -> None:
     config = tmp_path / "synthetic.yaml"
     config.write_text(f"model: {{name_or_path: {tiny_model_dir('qwen2_vl')}}}\n"
-                      f"data: {{train: [synthetic], synthetic_n: 64}}\n"
+                      f"data: {data}\n"
                       f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 2}}\n")
     done = _texocr(["train", "--config", str(config)], fake_tex, no_pip_renderer, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
