@@ -58,6 +58,20 @@ def test_stream_of_only_bad_rows_stops_with_an_error(tmp_path: Path, monkeypatch
         _read(TrainStream(DataConfig(train=[str(data)], streaming=True)), 1, monkeypatch)
 
 
+def test_a_reader_without_rows_of_its_own_reads_every_row(tmp_path: Path, monkeypatch) -> None:
+    """More readers than rows, or a reader whose rows are all bad: it reads the whole folder instead of stopping
+    the run (duplicates between readers beat a failed training)."""
+    few = _folder(tmp_path / "few", 3)
+    got = _read(TrainStream(DataConfig(train=[str(few)], streaming=True)), 6, monkeypatch, rank=3, world=4)
+    assert {s.id for s in got} == {"r0", "r1", "r2"}
+    bad_half = _folder(tmp_path / "bad", 2, bad=2)  # rows r0 r1 bad0 bad1: reader 1 of 2 holds r1 and bad1
+    got = _read(TrainStream(DataConfig(train=[str(bad_half)], streaming=True)), 4, monkeypatch, rank=0, world=2)
+    assert {s.id for s in got} == {"r0"}
+    only_bad = _folder(tmp_path / "only-bad", 1, bad=3)  # rows r0 bad0 bad1 bad2: reader 1 of 2 has bad0, bad2
+    got = _read(TrainStream(DataConfig(train=[str(only_bad)], streaming=True)), 3, monkeypatch, rank=1, world=2)
+    assert {s.id for s in got} == {"r0"}
+
+
 def test_real_parts_take_their_share(tmp_path: Path, monkeypatch) -> None:
     main = _folder(tmp_path / "main", 20)
     real = _folder(tmp_path / "real", 5)

@@ -40,9 +40,6 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("texocr.data")
 
-EMPTY_PASSES = 3
-"""A stream stops with an error after this many passes over its sources in a row gave no sample."""
-
 
 def shard() -> tuple[int, int]:
     """(this reader's index, how many readers): processes of a launch x DataLoader workers of a process."""
@@ -106,11 +103,14 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
                 yield next(main)
 
     def _epochs(self, spec: str, k: int, n: int, rng: random.Random) -> Iterator[Sample]:
-        """Rows of shard k of n, epoch after epoch, shuffled in a buffer."""
+        """Rows of shard k of n, epoch after epoch, shuffled in a buffer.
+
+        A shard that yields nothing (a folder with fewer rows than readers, or whose rows of this shard are all
+        bad) reads every row instead: duplicates between readers beat a reader that stops the whole run. Only a
+        source with no usable row at all is an error."""
         from texocr.data.sources import open_source
 
         buffer: list[Sample] = []
-        empty = 0
         epoch = 0
         while True:
             source = open_source(spec, self.cfg, split=self.cfg.split)
@@ -124,12 +124,14 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
                 buffer[j], sample = sample, buffer[j]
                 yield sample
             epoch += 1
-            empty = 0 if got else empty + 1
-            if empty >= EMPTY_PASSES and not buffer:
-                raise TexocrError(f"{spec}: {empty} passes in a row gave no usable sample to reader {k} of {n} "
-                                  f"({len(source.skipped)} rows skipped); check the data")
-            if got:
-                log.debug("%s: epoch %d done on reader %d of %d", spec, epoch, k, n)
+            if not got and not buffer:
+                if n == 1:
+                    raise TexocrError(f"{spec}: no usable sample ({len(source.skipped)} rows skipped); check the "
+                                      "data")
+                log.warning("%s: reader %d of %d has no usable row of its own; it reads every row", spec, k, n)
+                k, n = 0, 1
+                continue
+            log.debug("%s: epoch %d done on reader %d of %d", spec, epoch, k, n)
             rng.shuffle(buffer)
             while buffer:  # every epoch ends whole: each row once per epoch
                 yield buffer.pop()
