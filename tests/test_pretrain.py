@@ -184,6 +184,23 @@ def test_worker_side_collation_gives_the_models_own_loss(tiny) -> None:
         assert tiny.model(**worker).loss.item() == pytest.approx(tiny.model(**batch).loss.item(), rel=1e-5)
 
 
+def test_collator_says_when_it_drops_over_long_samples(tiny, caplog: pytest.LogCaptureFixture) -> None:
+    """A stream is not measured before training: the collator warns at the 1st, 2nd, 4th... drop, not per batch."""
+    import logging
+
+    from texocr.data.collate import Collator
+
+    collate = Collator(tiny, 24)  # shorter than any image + answer here
+    samples = _samples()
+    with caplog.at_level(logging.WARNING, logger="texocr.data"), pytest.raises(Exception, match="longer than"):
+        collate(samples)  # 3 drops: the 1st-2nd power of two crossed once -> one warning
+    assert len(collate.dropped) == 3
+    with caplog.at_level(logging.WARNING, logger="texocr.data"), pytest.raises(Exception, match="longer than"):
+        collate(samples)  # 6 drops: crosses 4 -> a second warning
+    warned = [r.getMessage() for r in caplog.records if "dropped as longer than" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].startswith("3 of 3") and warned[1].startswith("6 of 6")
+
+
 def test_worker_side_collation_refuses_other_families() -> None:
     from types import SimpleNamespace
 

@@ -16,10 +16,13 @@ int the patched vision attention reads instead of syncing with the GPU) are adde
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from texocr.errors import TexocrError
 from texocr.sample import Sample, Skipped
+
+log = logging.getLogger("texocr.data")
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
@@ -70,10 +73,15 @@ class Collator:
         images = [s.image.convert("RGB") if s.image.mode != "RGB" else s.image for s in samples]
         targets = [self.target(s) for s in samples]
         enc = self.family.encode(self.processor, images, targets, self.max_length)
+        before = len(self.dropped)
         for i, n in enc.dropped:
             self.dropped.append(
                 Skipped(samples[i].id, "too_long", f"{n} tokens > model.max_length={self.max_length}")
             )
+        # a stream is not measured before training (texocr.models.lengths): say so at the 1st, 2nd, 4th... drop
+        if len(self.dropped) > before and 1 << (len(self.dropped).bit_length() - 1) > before:
+            log.warning("%d of %d samples so far dropped as longer than model.max_length=%d (this batch: %s tokens)",
+                        len(self.dropped), self.seen, self.max_length, [n for _, n in enc.dropped])
         if enc.batch is None:
             raise TexocrError(
                 f"every sample of a batch of {len(samples)} is longer than model.max_length="
