@@ -74,6 +74,21 @@ def test_real_samples_mix_parts_by_weight_and_drop_bad_rows(tmp_path: Path) -> N
     assert {s.latex for s in got if s.meta["style"] == "printed"} == {"x ^ { 0 }", "x ^ { 1 }", "x ^ { 2 }"}
 
 
+def test_a_real_part_never_reads_outside_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    folder = _folder(tmp_path / "d")
+    Image.new("L", (60, 20), 0).save(tmp_path / "outside.png")  # a real image beside the folder
+    with open(folder / "labels.jsonl", "a") as f:
+        f.write(json.dumps({"image": "../outside.png", "latex": "z", "id": "escape"}) + "\n")
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    got = [s for _, s in zip(range(200), real_samples([RealPart.parse(f"printed:{folder}")], random.Random(0)))]
+    assert "escape" not in {s.id for s in got} and {s.id for s in got} == {"p0", "p1", "p2"}
+    assert not any("outside" in p for p in opened)  # refused by name, never opened
+
+
 def test_real_part_spec_errors_name_the_problem(tmp_path: Path) -> None:
     assert RealPart.parse("ink:a/b.jsonl.gz") == RealPart("ink", "a/b.jsonl.gz", 1.0)
     with pytest.raises(TexocrError, match="kind must be one of"):

@@ -96,11 +96,15 @@ def _sample(part: RealPart, row: dict[str, Any], rng: random.Random) -> Sample:
     from PIL import Image
 
     from texocr.data.augment import augment
+    from texocr.data.sources import inside
 
     if part.kind == "ink":
         img = rasterize_varied(row["strokes"], rng)
     else:
-        with Image.open(Path(part.path) / row["image"]) as im:
+        path = inside(Path(part.path), str(row["image"]))  # a data set must not make texocr read outside its folder
+        if isinstance(path, str):
+            raise TexocrError(path)
+        with Image.open(path) as im:
             img = im.convert("RGB")
         if rng.random() < (0.5 if part.kind == "printed" else 0.7):
             img = augment(img, random.Random(rng.random()), "printed", strength=0.5)
