@@ -124,6 +124,9 @@ class DataConfig:
     downsample_share: float = 0.25
     """Share of printed synthetic chunks drawn the way the published im2latex-100k images were made (10 pt at
     2x the resolution, bucket padding, halved: `texocr.data.augment.im2markup`; bench/render_realism.md)."""
+    downsample_aug: float = 0.0
+    """Streaming `synthetic`: share of those im2markup-style renders also given `printed_aug`'s augmentation
+    (their look is the point; run 9 used the printed share, 0.25)."""
     formulas: str | None = None
     """A file of real formulas (one per line or labels.jsonl) mixed into synthetic data."""
     real_formula_ratio: float = 0.5
@@ -133,6 +136,14 @@ class DataConfig:
     """Resolutions printed synthetic chunks draw from (default `texocr.data.synth.PRINTED_DPIS`)."""
     augment: bool = True
     augment_strength: float = 1.0
+    glyph_height: float | None = None
+    """Training images whose glyphs are smaller than this many pixels are enlarged as the Recognizer enlarges
+    them when it reads (`texocr.data.images.rescale_to_glyph_height`), in the collator: the model trains on what
+    it will see. None: `eval.glyph_height`, else the starting model's own setting (its `texocr_options.json`);
+    0: off. The value used is written to the run's config (`eval.glyph_height` too, when that is unset)."""
+    glyph_jitter: float = 0.0
+    """Relative spread of that target per image (0.1: uniform in +-10 %), so a model reads well a little
+    either side of its setting."""
     """Synthetic augmentation strength, 0-2 (`texocr.data.augment`; above 1: a messier handwriting)."""
     seed: int = 0
     num_workers: int = 0

@@ -7,7 +7,8 @@ Every LoRA layer is merged (`merge_and_unload`), vision-tower adapters included;
 processor load with `from_pretrained` and need neither peft nor texocr. A QLoRA adapter is merged into
 the unquantized base (loaded in `--dtype`), which is what its 4-bit training approximated. A model without
 an adapter (a full fine-tune, a pretraining run's `model/`) is saved again in `--dtype`, e.g. bfloat16 to halve
-a float32 checkpoint.
+a float32 checkpoint. The Recognizer settings the run was saved with (`eval` keys such as `glyph_height`) go into
+the folder's `texocr_options.json`, so the exported model reads as the run did.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: st
     from texocr.config import ModelConfig
     from texocr.errors import TexocrError
     from texocr.models.loading import load_model
+    from texocr.models.saved import OPTIONS_FILE, read_saved
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -53,6 +55,9 @@ def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: st
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     loaded.processor.save_pretrained(str(out))
+    options = read_saved(model, adapter).options  # e.g. the glyph height the run trained and read at
+    if options:
+        (out / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
     (out / "texocr_export.json").write_text(json.dumps(
         {"base": model, "adapter": adapter, "family": loaded.family.name, "dtype": str(loaded.dtype)}, indent=2) + "\n")
     return out

@@ -126,6 +126,23 @@ class SampleDataset:
         return self.samples[i]
 
 
+def training_glyph_height(cfg: Config) -> float:
+    """The glyph height training images are enlarged to (0: off): `data.glyph_height`, else `eval.glyph_height`,
+    else the setting the starting model reads with (a run's config, a model folder's `texocr_options.json`)."""
+    from texocr.errors import TexocrError
+    from texocr.models.loading import resolve_model
+    from texocr.models.saved import read_saved
+
+    for given in (cfg.data.glyph_height, cfg.eval.glyph_height):
+        if given is not None:
+            return float(given)
+    try:
+        saved = read_saved(resolve_model(cfg.model.name_or_path))
+    except TexocrError:  # not a local model (a hub id, or missing: loading says so later)
+        return 0.0
+    return float(saved.options.get("glyph_height") or 0.0)
+
+
 def normalize_target(latex: str) -> str:
     """Training target (`texocr.data.collate.training_target`)."""
     from texocr.data.collate import training_target
@@ -372,6 +389,9 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         log.info("train.resume=%s: resuming from %s", cfg.train.resume, resume)
     out.mkdir(parents=True, exist_ok=True)
     main_process = _rank() == 0  # under torchrun / accelerate launch only rank 0 writes the run's files
+    cfg.data.glyph_height = training_glyph_height(cfg)
+    if cfg.data.glyph_height and cfg.eval.glyph_height is None:  # the run then reads as it trained
+        cfg.eval.glyph_height = cfg.data.glyph_height
     if main_process:
         save_config(cfg, out / "config.yaml")
     set_seed(cfg.train.seed)
@@ -417,7 +437,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         args=args,
         train_dataset=dataset,
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
-        data_collator=Collator(loaded, cfg.model.max_length, normalize=True, worker_side=fast),
+        data_collator=Collator(loaded, cfg.model.max_length, normalize=True, worker_side=fast,
+                               glyph_height=cfg.data.glyph_height, glyph_jitter=cfg.data.glyph_jitter),
         processing_class=loaded.processor,
         callbacks=callbacks,
     )

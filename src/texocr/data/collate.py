@@ -8,6 +8,9 @@ The family does the encoding (prompt, image budget, label mask); this only adapt
 normalizes targets when asked and keeps the account of what was left out. It is the one collator: training
 (`texocr train`, in DataLoader workers) and the benchmarks use it.
 
+`glyph_height=G` enlarges images whose glyphs are smaller than G pixels, as `Recognizer(glyph_height=G)` does before
+it reads (`glyph_jitter` spreads G per image): what a model trains on is then what it is shown at inference.
+
 `worker_side=True` (Qwen2-VL models: `texocr.models.qwen_speed`) also does in the worker what the training
 step would otherwise do in the main process: `pixel_values` stay uint8 (normalized on the GPU by
 `PixelNormalizer`), and `position_ids` ([3, B, T] M-RoPE) and `vision_width` (most patches of one image, an
@@ -17,6 +20,8 @@ int the patched vision attention reads instead of syncing with the GPU) are adde
 from __future__ import annotations
 
 import logging
+import random
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from texocr.errors import TexocrError
@@ -45,7 +50,12 @@ class Collator:
     """Callable on `list[Sample]`; over-long samples are dropped and recorded in `self.dropped`."""
 
     def __init__(self, loaded: LoadedModel, max_length: int, *, normalize: bool = False,
-                 normalize_level: str = "standard", worker_side: bool = False) -> None:
+                 normalize_level: str = "standard", worker_side: bool = False,
+                 glyph_height: float | None = None, glyph_jitter: float = 0.0) -> None:
+        if glyph_height is not None and glyph_height < 0 or not 0 <= glyph_jitter < 1:
+            raise TexocrError(f"glyph_height must be >= 0 (0: off) and glyph_jitter in [0, 1), got {glyph_height} "
+                              f"and {glyph_jitter}")
+        self.glyph_height, self.glyph_jitter = glyph_height or None, glyph_jitter
         self.family = loaded.family
         self.processor = loaded.processor
         self.model_config = None
@@ -66,11 +76,23 @@ class Collator:
     def target(self, sample: Sample) -> str:
         return training_target(sample.latex, self.normalize_level) if self.normalize else sample.latex
 
+    def image(self, sample: Sample) -> Any:  # -> PIL.Image (RGB), sized as the Recognizer would size it
+        img = sample.image.convert("RGB") if sample.image.mode != "RGB" else sample.image
+        if not self.glyph_height:
+            return img
+        from texocr.data.images import rescale_to_glyph_height
+
+        target = self.glyph_height
+        if self.glyph_jitter:  # seeded by the sample and the count: workers hold copies of one collator
+            rng = random.Random(zlib.crc32(f"{sample.id}:{self.seen}".encode()))
+            target *= 1 + rng.uniform(-self.glyph_jitter, self.glyph_jitter)
+        return rescale_to_glyph_height(img, target)
+
     def __call__(self, samples: list[Sample]) -> BatchFeature:
         if not samples:
             raise TexocrError("empty batch: the data source yielded no samples")
         self.seen += len(samples)
-        images = [s.image.convert("RGB") if s.image.mode != "RGB" else s.image for s in samples]
+        images = [self.image(s) for s in samples]
         targets = [self.target(s) for s in samples]
         enc = self.family.encode(self.processor, images, targets, self.max_length)
         before = len(self.dropped)

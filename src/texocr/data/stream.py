@@ -51,12 +51,13 @@ def shard() -> tuple[int, int]:
     return rank * nw + wid, world * nw
 
 
-def augment_by_style(img: Any, style: str, rng: random.Random, printed_aug: float) -> Any:
-    """Handwriting-style renders are always augmented (the distortion is what makes them handwriting-like),
-    printed ones with probability `printed_aug` (test sets are mostly clean renders)."""
+def augment_by_style(img: Any, style: str, rng: random.Random, share: float) -> Any:
+    """`img` augmented in its style's way with probability `share` (the stream passes 1 for handwriting-style
+    renders, whose distortion is what makes them handwriting-like, and `printed_aug` for printed ones: test sets
+    are mostly clean renders)."""
     from texocr.data.augment import augment
 
-    if style == "handwritten" or rng.random() < printed_aug:
+    if rng.random() < share:
         return augment(img, random.Random(rng.random()), style)
     return img
 
@@ -147,7 +148,7 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
                                       real_ratio=d.real_formula_ratio, mutate_ratio=d.mutate_ratio, augment=False,
                                       chunk=chunk, cache_chunks=1, printed_dpis=d.printed_dpis,
                                       downsample_share=d.downsample_share) for s in styles}
-        pool: list[list[Any]] = []  # [clean grey render, target, style, id, last augmentation]
+        pool: list[list[Any]] = []  # [clean grey render, target, style, id, last augmentation, augmented share]
         c = 10_000_000 * (1 + self.offset) // chunk + k  # chunk number; a resumed run starts on unseen chunks
         failed = 0
         while True:
@@ -162,7 +163,10 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
                 raise TexocrError(f"synthetic stream: {failed} formulas in a row failed to render "
                                   f"({last.reason}: {last.detail[:120]}); stopping instead of waiting for a sample")
             for got in fresh:
-                item = [got.image.convert("L"), got.latex, style, got.id, None]
+                aug = d.printed_aug if style == "printed" else 1.0
+                if got.meta.get("downsample"):  # im2markup-style: its look is the point
+                    aug = d.downsample_aug
+                item = [got.image.convert("L"), got.latex, style, got.id, None, aug]
                 if d.replay <= 0:
                     yield self._augmented(item, rng, fresh=True)
                     continue
@@ -175,6 +179,6 @@ class TrainStream(IterableDataset):  # type: ignore[misc]
 
     def _augmented(self, item: list[Any], rng: random.Random, *, fresh: bool) -> Sample:
         if fresh:
-            item[4] = augment_by_style(item[0].convert("RGB"), item[2], rng, self.cfg.printed_aug) \
+            item[4] = augment_by_style(item[0].convert("RGB"), item[2], rng, item[5]) \
                 if self.cfg.augment else item[0].convert("RGB")
         return Sample(image=item[4], latex=item[1], id=item[3], meta={"style": item[2]})
