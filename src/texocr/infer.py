@@ -9,8 +9,9 @@
 
 A batch is grouped by image shape (similar aspect ratio and area generate together, less padding) and put
 back in input order. Decoding is greedy unless `num_beams > 1`; greedy decoding of a family that has a fast
-exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop on a CPU instead of
-`generate` (same tokens, several times less overhead per token; `fast_decode=False` turns it off). Generation stops at the end token, at
+exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop instead of `generate`
+on a CPU, and on a CUDA GPU in its static-shape CUDA-graph mode (same tokens, far less overhead per token;
+`fast_decode=False` turns it off). `predict(..., workers=N)` reads, rescales and encodes images in N processes. Generation stops at the end token, at
 `max_new_tokens`, or when the output has fallen into a loop (`RepetitionStopper`); the looping tail is cut.
 The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
 `texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
@@ -35,6 +36,7 @@ from texocr.config import EvalConfig
 from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
+from texocr.repeats import RepeatRule, find_repeat  # noqa: F401 -- re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -80,28 +82,6 @@ class Prediction:
 
 
 # ---------------------------------------------------------------- loops
-
-
-def find_repeat(ids: Sequence[int], *, max_ngram: int = 48, min_repeats: int = 3,
-                min_span: int = 32) -> tuple[int, int] | None:
-    """`(start, n)` if `ids` ends in a loop of period `n` (a block repeated back to back), else None.
-
-    The periodic tail `ids[start:]` must span at least `max(min_repeats, ceil(min_span / n))` copies of the
-    block, so a single token must repeat `min_span` times but a 16-token block only `min_repeats` times.
-    `start` is the earliest position from which the rest is periodic, so `ids[:start + n]` keeps exactly one
-    copy, aligned where the loop began (not wherever generation happened to stop inside it).
-    """
-    length = len(ids)
-    for n in range(1, min(max_ngram, length // min_repeats) + 1):
-        need = max(min_repeats, math.ceil(min_span / n)) * n
-        if need > length:
-            continue
-        start = length - n
-        while start > 0 and ids[start - 1] == ids[start - 1 + n]:
-            start -= 1
-        if length - start >= need:
-            return start, n
-    return None
 
 
 def _stopping_criterion(prompt_len: int, **repeat_kw: Any) -> Any:
@@ -325,8 +305,8 @@ class Recognizer:
         return preds
 
     def _greedy_decoder(self) -> Any:
-        """The family's fast greedy loop for this model (CPU only), or None."""
-        if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith("cpu"):
+        """The family's fast greedy loop for this model (CPU, or CUDA in its static CUDA-graph mode), or None."""
+        if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith(("cpu", "cuda")):
             return None
         if self._greedy is None or self._greedy[0] is not self.model:  # (model, its decoder or None)
             self._greedy = (self.model, self.family.greedy_decoder(self.model))
@@ -347,8 +327,7 @@ class Recognizer:
         fast = self._greedy_decoder() if beams == 1 else None
         if fast is not None:
             out = fast.generate(enc, max_new_tokens=kwargs["max_new_tokens"], eos_ids=kwargs["eos_token_id"],
-                                pad_id=kwargs["pad_token_id"], stop_row=lambda ids: find_repeat(ids) is not None,
-                                streamer=streamer)
+                                pad_id=kwargs["pad_token_id"], repeat=RepeatRule(), streamer=streamer)
             return out.tokens, out.logprobs
         with torch.inference_mode():
             out = self.model.generate(
