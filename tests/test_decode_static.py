@@ -160,3 +160,45 @@ def test_recognizer_static_mode_agrees_with_generate(compact_loaded, compact_mod
         assert fast._greedy[1]._shapes
         assert [(p.text, p.tokens, p.stop) for p in a] == [(p.text, p.tokens, p.stop) for p in b]
         assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-4)
+
+
+# ------------------------------------------------------------------ worker processes (texocr.prep)
+
+
+def test_encodings_joined_from_pieces_equal_one_batch_encoding(compact_loaded) -> None:
+    import torch
+
+    from texocr.prep import Prep, concat_encodings
+
+    proc, fam = compact_loaded.processor, compact_loaded.family
+    prep = Prep(proc, fam, 10**8, 4096, None)
+    images = _images() + [_images()[0]]
+    whole = prep.encode(images)
+    joined = concat_encodings([prep.encode(images[:1]), prep.encode(images[1:3]), prep.encode(images[3:])],
+                              prep.pad_id())
+    assert (whole["attention_mask"] == 0).any() and whole.keys() == joined.keys()
+    for k in whole:
+        assert torch.equal(whole[k], joined[k]), k
+
+
+def test_predict_with_workers_gives_the_same_predictions(compact_loaded, tmp_path) -> None:
+    """Files read, glyph-rescaled and encoded in 2 worker processes: same predictions, same per-image errors."""
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    paths = []
+    for i, im in enumerate(_images() * 2):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    inputs = [str(p) for p in paths[:3]] + [str(tmp_path / "bad.png")] + [str(p) for p in paths[3:]]
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24)
+    pooled = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24, workers=2)
+    try:
+        a, b = plain(inputs, return_details=True), pooled(inputs, return_details=True)
+        assert pooled._pool is not None  # the workers really ran
+    finally:
+        pooled.close()
+    assert [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in a] == \
+        [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in b]
+    assert a[3].error and b[3].error and "bad.png" in b[3].error

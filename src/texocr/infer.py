@@ -144,7 +144,7 @@ class Recognizer:
                  batch_size: int = DEFAULTS.batch_size, max_new_tokens: int = DEFAULTS.max_new_tokens,
                  num_beams: int = DEFAULTS.num_beams, repetition_penalty: float = 1.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, fast_decode: bool = True,
-                 glyph_height: float | None = DEFAULTS.glyph_height) -> None:
+                 glyph_height: float | None = DEFAULTS.glyph_height, workers: int = 0) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
         # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
         # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
@@ -158,6 +158,10 @@ class Recognizer:
         self.num_beams = num_beams
         self.repetition_penalty = repetition_penalty
         self.max_pixels, self.max_side = max_pixels, max_side
+        # processes that read, rescale and encode images for `predict` calls of several images (texocr.prep);
+        # 0: all in this process. `texocr eval` on a GPU sets it, so the GPU does not wait for one CPU core.
+        self.workers = workers
+        self._pool: Any = None  # (Prep, PrepPool) once used
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
@@ -213,23 +217,47 @@ class Recognizer:
 
     def predict(self, images: Sequence[Any], *, batch_size: int | None = None, num_beams: int | None = None,
                 max_new_tokens: int | None = None) -> list[Prediction]:
-        """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated."""
+        """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated.
+        With `workers` (and more than one image), images are read and encoded in worker processes."""
         results: list[Prediction | None] = [None] * len(images)
+        pool = self._prep_pool() if self.workers > 0 and len(images) > 1 else None
         loaded: list[tuple[int, Any]] = []
-        for i, src in enumerate(images):
+        for i, (src, img) in enumerate(zip(images, pool.load(images) if pool else images)):
             try:
-                loaded.append((i, self._load(src)))
+                img = img if pool else self._load(src)
+                if isinstance(img, TexocrError):
+                    raise img
+                loaded.append((i, img))
             except TexocrError as e:
                 results[i] = Prediction("", error=str(e), source=_source_name(src))
         # similar shapes together: less padding, and one odd image does not slow the others
         loaded.sort(key=lambda it: (round(it[1].width / it[1].height, 1), it[1].width * it[1].height))
         size = max(1, batch_size or self.batch_size)
-        for start in range(0, len(loaded), size):
-            chunk = loaded[start: start + size]
-            for (i, _), pred in zip(chunk, self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens)):
+        chunks = [loaded[start: start + size] for start in range(0, len(loaded), size)]
+        encodings = pool.encode([[im for _, im in c] for c in chunks]) if pool else iter([None] * len(chunks))
+        for chunk, enc in zip(chunks, encodings):
+            preds = self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens, enc)
+            for (i, _), pred in zip(chunk, preds):
                 pred.source = _source_name(images[i])
                 results[i] = pred
         return [r for r in results if r is not None]
+
+    def _prep_pool(self) -> Any:
+        """The worker pool for this recognizer's current image settings (re-made when they changed)."""
+        from texocr.prep import Prep, PrepPool
+
+        prep = Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height)
+        key = (self.max_pixels, self.max_side, self.glyph_height, self.workers, id(self.processor))
+        if self._pool is None or self._pool[0] != key:
+            self.close()
+            self._pool = (key, PrepPool(prep, self.workers))
+        return self._pool[1]
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also end with this process)."""
+        if self._pool is not None:
+            self._pool[1].close()
+            self._pool = None
 
     def stream(self, image: Any, *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (raw model text: not cleaned or repaired)."""
@@ -257,39 +285,36 @@ class Recognizer:
     # ------------------------------------------------------------ internals
 
     def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
-        import numpy as np
+        from texocr.prep import Prep
 
-        from texocr.data.images import load_image, rescale_to_glyph_height
+        return Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height).load(src)
 
-        img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
-        gray = np.asarray(img.convert("L"))
-        if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
-            raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
-        return rescale_to_glyph_height(img, self.glyph_height) if self.glyph_height else img
-
-    def _encode(self, images: list[Any]) -> Any:
-        enc = self.family.encode_for_generation(self.processor, images).to(self.device)
+    def _encode(self, images: list[Any], enc: dict[str, Any] | None = None) -> Any:
+        """The generation batch of `images` (or its CPU encoding `enc`, made by a worker) on the model's device."""
+        if enc is None:
+            enc = self.family.encode_for_generation(self.processor, images)
         dtype = next(self.model.parameters()).dtype
-        return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in enc.items()}
+        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in enc.items()}
 
     def _generate_kwargs(self, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
         return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,
                     repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
 
-    def _generate_safely(self, images: list[Any], num_beams: int | None,
-                         max_new_tokens: int | None) -> list[Prediction]:
+    def _generate_safely(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
+                         enc: dict[str, Any] | None = None) -> list[Prediction]:
         """Generate a batch; if the batch fails, retry image by image so only the culprit fails."""
         try:
-            return self._generate(images, num_beams, max_new_tokens)
+            return self._generate(images, num_beams, max_new_tokens, enc)
         except Exception as e:  # noqa: BLE001 - processor/model errors on odd inputs; retried one by one below
             if len(images) == 1:
                 return [Prediction("", error=f"generation failed: {type(e).__name__}: {e}")]
         return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
 
-    def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None) -> list[Prediction]:
+    def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
+                  enc: dict[str, Any] | None = None) -> list[Prediction]:
         beams = num_beams or self.num_beams
         start = time.perf_counter()
-        enc = self._encode(images)
+        enc = self._encode(images, enc)
         kwargs = self._generate_kwargs(beams, max_new_tokens)
         was_training = self.model.training
         self.model.eval()

@@ -33,6 +33,7 @@ Two modes share the vision pass, the prefill and the layer code (`_prompt`, `_pr
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -159,7 +160,7 @@ class GreedyDecoder:
         `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
         padded one-call-per-layer attention of `qwen_speed`).
         `static`: the static-shape mode (module docstring); None: on CUDA only. `graphs`: capture its step in a
-        CUDA graph (None: when on CUDA). `sync_every`: steps between host checks of "all rows done".
+        CUDA graph (None: on CUDA, unless the environment sets TEXOCR_CUDA_GRAPHS=0). `sync_every`: steps between host checks of "all rows done".
         `max_shapes`: static shapes (buffers + graph) kept; the least recently used beyond it are freed."""
         text = model.model.language_model
         cfg = text.config
@@ -173,7 +174,8 @@ class GreedyDecoder:
         cuda = model.device.type == "cuda"
         self.vision_batch = max(1, vision_batch) if vision_batch else (1 << 30 if cuda else 4)
         self.static = cuda if static is None else static
-        self.graphs = cuda if graphs is None else graphs
+        # TEXOCR_CUDA_GRAPHS=0: the static mode without graph capture (to tell a capture problem from others)
+        self.graphs = (cuda and os.environ.get("TEXOCR_CUDA_GRAPHS", "1") != "0") if graphs is None else graphs
         self.sync_every = max(1, sync_every)
         self.max_shapes = max(1, max_shapes)
         self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
