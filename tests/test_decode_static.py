@@ -2,6 +2,7 @@
 dynamic loop (and so as `generate`), incl. rows finishing at different steps on device and loop cutting; and
 `RepeatTracker` saying what `find_repeat` says at every step."""
 
+# ruff: noqa: F811 -- the fixtures imported from test_compact are the tests' parameters of the same names
 from __future__ import annotations
 
 import random
@@ -11,8 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_compact import _images, _scramble, compact_dir, compact_loaded, compact_models  # noqa: E402,F401
-
+from test_compact import _images, compact_dir, compact_loaded, compact_models  # noqa: F401 -- fixtures
 
 # ------------------------------------------------------------------ RepeatTracker
 

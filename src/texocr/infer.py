@@ -36,7 +36,7 @@ from texocr.config import EvalConfig
 from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
-from texocr.repeats import RepeatRule, find_repeat  # noqa: F401 -- re-exported
+from texocr.repeats import RepeatRule, find_repeat  # find_repeat: also re-exported
 
 if TYPE_CHECKING:
     import torch

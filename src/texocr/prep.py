@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from texocr.errors import TexocrError
 
@@ -139,8 +139,8 @@ class PrepPool:
         self.pool.terminate()
         self.pool.join()
 
-    def __enter__(self) -> PrepPool:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -270,7 +270,7 @@ class GreedyDecoder:
                 return self._generate_static(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, repeat)
             if repeat is not None:
                 rule, other = asdict(repeat), stop_row
-                stop_row = lambda ids: find_repeat(ids, **rule) is not None or (  # noqa: E731
+                stop_row = lambda ids: find_repeat(ids, **rule) is not None or (
                     other is not None and other(ids))
             return self._generate(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, stop_row, streamer)
 
@@ -341,7 +341,7 @@ class GreedyDecoder:
         """The prompt through the text tower into cache slots 0..T-1: hidden states [B, T, D]."""
         import torch
 
-        attn, (batch, prompt_len) = p["attn"], p["attn"].shape
+        attn, prompt_len = p["attn"], p["attn"].shape[1]
         mask = None
         if p["padded"]:  # causal and padding; a padding query sees itself (no empty rows, no NaN)
             causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=attn.device).tril()
