@@ -1,4 +1,4 @@
-"""Recognizer speed: throughput (images/s) and latency (p50/p95) at batch 1 and batch 32.
+"""Recognizer speed: throughput (images/s) and latency (p50/p95) at batch 1 and batch 32 (or any batch sizes).
 
     # this CPU, texocr's tiny random Qwen2-VL (built locally):
     PYTHONPATH=src .venv/bin/python bench/infer.py --model tiny
@@ -8,18 +8,28 @@
     PYTHONPATH=src python3 bench/infer.py --model runs/x/model --batches 1 8 32
     # the shipped default model on TeX renders of real formulas (scripts/heldout.py render --out runs/im2latex-test):
     PYTHONPATH=src .venv/bin/python bench/infer.py --model default --data runs/im2latex-test --max-new-tokens 256
+    # a GPU: `generate` (plain) and the static CUDA-graph loop (fast) side by side, same images, outputs compared:
+    PYTHONPATH=src python3 bench/infer.py --model default --data runs/real-val/im2latex --paths plain,fast \
+        --batches 1 32 128 512 1024 --max-new-tokens 256 --workers 8
+    # a random model of Qwen2-VL-7B's published shape (bf16, CUDA only):
+    PYTHONPATH=src python3 bench/infer.py --model qwen2-vl-7b --batches 32 128 --images 128 --paths plain,fast
 
 Each batch size generates `--images` formula-shaped images (448x112 and 300..600 x 60..140, PIL-drawn text) through
 `Recognizer.predict`, after one warm-up batch. Latency is the wall time of one `predict` call for one batch
 (CUDA-synchronized); throughput is images / total time. Random models do not emit the end token, so every
 image generates up to `--max-new-tokens` unless the repetition stopper cuts a loop: the table reports the mean
-generated tokens per image too. Prints a markdown table; writes the rows as JSON to $OUT/infer_bench.json when
-OUT is set (and to --json if given).
+generated tokens per image too. `--paths plain,fast` runs each batch size through `generate` (plain:
+`fast_decode=False`) and through texocr's greedy loop (fast: the static CUDA-graph mode on a GPU, the dynamic
+loop on a CPU) in the same process on the same images, and reports, per fast row, how many predictions differ
+from the plain path's (`differ`). `--workers N` reads and encodes images in N processes (`Recognizer.workers`);
+images are then handed over as PNG bytes, so that decoding them is part of the measured work. Prints a markdown
+table; writes the rows as JSON to $OUT/infer_bench.json when OUT is set (and to --json if given).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -32,15 +42,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a bare checkout too
 
-def build_qwen2_vl_2b(device: str):  # -> (model, processor, family)
-    """A random-weight Qwen2-VL of the 2B shape (bench/seeds_gpu.py's published dimensions), built in memory on
+RANDOM = {"qwen2-vl-2b": "qwen2_vl-2b", "qwen2-vl-7b": "qwen2_vl-7b"}
+"""--model names of random-weight models of published shapes (bench/seeds_gpu.py's ARCHS)."""
+
+
+def build_random_qwen2_vl(device: str, arch: str = "qwen2_vl-2b"):  # -> (model, processor, family)
+    """A random-weight Qwen2-VL of a published shape (bench/seeds_gpu.py's dimensions), built in memory on
     `device` (bf16 on CUDA; no hub, no disk), with texocr's character tokenizer and Qwen2-VL's PIL processor."""
     sys.path.insert(0, str(Path(__file__).parent))
     from seeds_gpu import build_random
 
     from texocr.models.registry import get_family
 
-    model, processor = build_random("qwen2_vl-2b", device)
+    model, processor = build_random(arch, device)
     return model.eval(), processor, get_family("qwen2_vl")
 
 
@@ -48,8 +62,8 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
     from texocr.infer import Recognizer, pick_device
 
     device = pick_device(device)
-    if model == "qwen2-vl-2b":
-        m, proc, fam = build_qwen2_vl_2b(device)
+    if model in RANDOM:
+        m, proc, fam = build_random_qwen2_vl(device, RANDOM[model])
         return Recognizer(m, proc, fam, device=device, max_new_tokens=max_new_tokens, glyph_height=glyph_height), device
     if model == "tiny":
         from texocr.models.tiny import build_tiny
@@ -88,17 +102,30 @@ def folder_images(folder: str, n: int) -> list:
     return [images[i % len(images)] for i in range(n)]
 
 
-def bench(rec, device: str, batch: int, n_images: int, data: str | None = None) -> dict:
+def as_png(images: list) -> list:
+    """PNG bytes of each image (what a caller with files hands over: decoding is then part of the work)."""
+    import io
+
+    out = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def bench(rec, device: str, batch: int, images: list) -> tuple[dict, list[str]]:
+    """One batch size through `rec.predict`: the row, and every prediction's text (input order)."""
     import torch
 
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    images = folder_images(data, n_images) if data else formula_images(n_images)
-    rec.predict(images[:batch], batch_size=batch)  # warm-up (kernels, allocator, caches)
+    n_images = len(images)
+    rec.predict(images[:batch], batch_size=batch)  # warm-up (kernels, allocator, caches, CUDA graphs)
     sync()
-    latencies, tokens = [], 0
+    latencies, tokens, texts = [], 0, []
     start = time.perf_counter()
     for i in range(0, n_images, batch):
         t0 = time.perf_counter()
@@ -106,6 +133,7 @@ def bench(rec, device: str, batch: int, n_images: int, data: str | None = None) 
         sync()
         latencies.append(time.perf_counter() - t0)
         tokens += sum(p.tokens for p in preds)
+        texts += [p.text for p in preds]
         errors = [p.error for p in preds if p.error]
         if errors:
             raise SystemExit(f"bench images failed: {errors[:3]}")
@@ -113,12 +141,13 @@ def bench(rec, device: str, batch: int, n_images: int, data: str | None = None) 
     q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) > 1 else latencies * 19
     return {"batch": batch, "images": n_images, "images_per_s": n_images / total,
             "latency_ms_p50": statistics.median(latencies) * 1000, "latency_ms_p95": q[18] * 1000,
-            "tokens_per_image": tokens / n_images, "tokens_per_s": tokens / total}
+            "tokens_per_image": tokens / n_images, "tokens_per_s": tokens / total}, texts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", help="tiny, qwen2-vl-2b, or a local model directory")
+    ap.add_argument("--model", default="tiny", help="tiny, default, qwen2-vl-2b, qwen2-vl-7b (random weights), or a "
+                                                    "local model directory")
     ap.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--images", type=int, default=None, help="images per batch size (default: max(16, 4 x batch))")
@@ -129,7 +158,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--glyph-height", type=float, default=None, metavar="PX",
                     help="Recognizer(glyph_height=PX): enlarge small inputs (the time counts)")
+    ap.add_argument("--paths", default="fast", help="comma-separated: plain (generate), fast (texocr's greedy loop; "
+                                                     "static CUDA graphs on a GPU); each batch size runs through each")
+    ap.add_argument("--workers", type=int, default=0, help="Recognizer.workers: processes that read and encode "
+                                                         "images (then images are passed as PNG bytes)")
     args = ap.parse_args()
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not set(paths) <= {"plain", "fast"}:
+        raise SystemExit(f"--paths: plain and/or fast, not {args.paths}")
 
     import torch
     import transformers
@@ -146,22 +182,50 @@ def main() -> None:
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
             "max_new_tokens": args.max_new_tokens, "data": args.data, "load_s": round(load_s, 1),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    meta["workers"] = rec.workers = args.workers
     print(json.dumps(meta), flush=True)
     rows = []
     for b in args.batches:
-        row = {**meta, **bench(rec, device, b, args.images or max(16, 4 * b), args.data)}
-        if device.startswith("cuda"):
-            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        rows.append(row)
-        print(json.dumps({k: row[k] for k in row if k not in meta}), flush=True)
+        n = args.images or max(16, 4 * b)
+        images = folder_images(args.data, n) if args.data else formula_images(n)
+        images = as_png(images) if args.workers else images
+        first: list[str] | None = None
+        for path in paths:
+            rec.fast_decode = path == "fast"
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                result, texts = bench(rec, device, b, images)
+            except Exception as e:  # noqa: BLE001 - one path failing must not lose the other's numbers
+                row = {**meta, "path": path, "batch": b, "error": f"{type(e).__name__}: {e}"}
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in row if k not in meta}), flush=True)
+                continue
+            row = {**meta, "path": path, **result}
+            if first is None:
+                first = texts
+                row["texts_sha1"] = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
+            else:
+                row["differ"] = sum(a != c for a, c in zip(first, texts))
+                row["texts_sha1"] = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
+            if device.startswith("cuda"):
+                row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            rows.append(row)
+            print(json.dumps({k: row[k] for k in row if k not in meta}), flush=True)
+    rec.close()
 
     print(f"\n{args.model} ({params / 1e6:.1f}M params, {meta['dtype']}) on {gpu or device}, "
           f"max_new_tokens {args.max_new_tokens}\n")
-    print("| batch | images | images/s | latency p50 (ms) | latency p95 (ms) | tokens/image | tokens/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| path | batch | images | images/s | latency p50 (ms) | latency p95 (ms) | tokens/image | tokens/s | "
+          "differ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['batch']} | {r['images']} | {r['images_per_s']:.2f} | {r['latency_ms_p50']:.0f} | "
-              f"{r['latency_ms_p95']:.0f} | {r['tokens_per_image']:.1f} | {r['tokens_per_s']:.0f} |")
+        if "error" in r:
+            print(f"| {r['path']} | {r['batch']} | error: {r['error'][:200]} |")
+            continue
+        print(f"| {r['path']} | {r['batch']} | {r['images']} | {r['images_per_s']:.2f} | {r['latency_ms_p50']:.1f} | "
+              f"{r['latency_ms_p95']:.1f} | {r['tokens_per_image']:.1f} | {r['tokens_per_s']:.0f} | "
+              f"{r.get('differ', '')} |")
     for path in [args.json, os.path.join(os.environ["OUT"], "infer_bench.json") if os.environ.get("OUT") else None]:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,14 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs))
 
 
+def default_workers(device: str) -> int:
+    """Image-preparing processes for a run on `device`: on a GPU one per spare core (at most 8), so that the
+    decoder never waits for images; on a CPU none (the cores decode)."""
+    import os
+
+    return min(8, (os.cpu_count() or 1) - 1) if str(device).startswith("cuda") else 0
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -211,6 +219,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--workers", type=int, help="processes that read, rescale and encode images while the model "
+                                               "decodes (default: on a GPU min(8, cores - 1), on a CPU 0)")
     p.add_argument("--no-render", action="store_true", help="skip rendering (no image_match, no rendered predictions)")
     p.add_argument("--report-limit", type=int, default=200, help="samples shown in report.html (worst first)")
     p.set_defaults(_accepts_overrides=True)
@@ -258,7 +268,11 @@ def main(args: argparse.Namespace) -> int:
         rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family,
                               min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels, **options)
         use_idle_cores(rec.device)
-        res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs)
+        rec.workers = args.workers if args.workers is not None else default_workers(rec.device)
+        try:
+            res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs)
+        finally:
+            rec.close()
         del rec  # free the first model before loading the second
         runs.append((m, a, res))
         line = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.metrics.items())

@@ -9,8 +9,9 @@
 
 A batch is grouped by image shape (similar aspect ratio and area generate together, less padding) and put
 back in input order. Decoding is greedy unless `num_beams > 1`; greedy decoding of a family that has a fast
-exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop on a CPU instead of
-`generate` (same tokens, several times less overhead per token; `fast_decode=False` turns it off). Generation stops at the end token, at
+exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop instead of `generate`
+on a CPU, and on a CUDA GPU in its static-shape CUDA-graph mode (same tokens, far less overhead per token;
+`fast_decode=False` turns it off). `predict(..., workers=N)` reads, rescales and encodes images in N processes. Generation stops at the end token, at
 `max_new_tokens`, or when the output has fallen into a loop (`RepetitionStopper`); the looping tail is cut.
 The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
 `texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
@@ -35,6 +36,7 @@ from texocr.config import EvalConfig
 from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
+from texocr.repeats import RepeatRule, find_repeat  # find_repeat: also re-exported
 
 if TYPE_CHECKING:
     import torch
@@ -80,28 +82,6 @@ class Prediction:
 
 
 # ---------------------------------------------------------------- loops
-
-
-def find_repeat(ids: Sequence[int], *, max_ngram: int = 48, min_repeats: int = 3,
-                min_span: int = 32) -> tuple[int, int] | None:
-    """`(start, n)` if `ids` ends in a loop of period `n` (a block repeated back to back), else None.
-
-    The periodic tail `ids[start:]` must span at least `max(min_repeats, ceil(min_span / n))` copies of the
-    block, so a single token must repeat `min_span` times but a 16-token block only `min_repeats` times.
-    `start` is the earliest position from which the rest is periodic, so `ids[:start + n]` keeps exactly one
-    copy, aligned where the loop began (not wherever generation happened to stop inside it).
-    """
-    length = len(ids)
-    for n in range(1, min(max_ngram, length // min_repeats) + 1):
-        need = max(min_repeats, math.ceil(min_span / n)) * n
-        if need > length:
-            continue
-        start = length - n
-        while start > 0 and ids[start - 1] == ids[start - 1 + n]:
-            start -= 1
-        if length - start >= need:
-            return start, n
-    return None
 
 
 def _stopping_criterion(prompt_len: int, **repeat_kw: Any) -> Any:
@@ -164,7 +144,7 @@ class Recognizer:
                  batch_size: int = DEFAULTS.batch_size, max_new_tokens: int = DEFAULTS.max_new_tokens,
                  num_beams: int = DEFAULTS.num_beams, repetition_penalty: float = 1.0,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE, fast_decode: bool = True,
-                 glyph_height: float | None = DEFAULTS.glyph_height) -> None:
+                 glyph_height: float | None = DEFAULTS.glyph_height, workers: int = 0) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
         # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
         # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
@@ -178,6 +158,10 @@ class Recognizer:
         self.num_beams = num_beams
         self.repetition_penalty = repetition_penalty
         self.max_pixels, self.max_side = max_pixels, max_side
+        # processes that read, rescale and encode images for `predict` calls of several images (texocr.prep);
+        # 0: all in this process. `texocr eval` on a GPU sets it, so the GPU does not wait for one CPU core.
+        self.workers = workers
+        self._pool: Any = None  # (Prep, PrepPool) once used
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
@@ -233,23 +217,47 @@ class Recognizer:
 
     def predict(self, images: Sequence[Any], *, batch_size: int | None = None, num_beams: int | None = None,
                 max_new_tokens: int | None = None) -> list[Prediction]:
-        """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated."""
+        """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated.
+        With `workers` (and more than one image), images are read and encoded in worker processes."""
         results: list[Prediction | None] = [None] * len(images)
+        pool = self._prep_pool() if self.workers > 0 and len(images) > 1 else None
         loaded: list[tuple[int, Any]] = []
-        for i, src in enumerate(images):
+        for i, (src, img) in enumerate(zip(images, pool.load(images) if pool else images)):
             try:
-                loaded.append((i, self._load(src)))
+                img = img if pool else self._load(src)
+                if isinstance(img, TexocrError):
+                    raise img
+                loaded.append((i, img))
             except TexocrError as e:
                 results[i] = Prediction("", error=str(e), source=_source_name(src))
         # similar shapes together: less padding, and one odd image does not slow the others
         loaded.sort(key=lambda it: (round(it[1].width / it[1].height, 1), it[1].width * it[1].height))
         size = max(1, batch_size or self.batch_size)
-        for start in range(0, len(loaded), size):
-            chunk = loaded[start: start + size]
-            for (i, _), pred in zip(chunk, self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens)):
+        chunks = [loaded[start: start + size] for start in range(0, len(loaded), size)]
+        encodings = pool.encode([[im for _, im in c] for c in chunks]) if pool else iter([None] * len(chunks))
+        for chunk, enc in zip(chunks, encodings):
+            preds = self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens, enc)
+            for (i, _), pred in zip(chunk, preds):
                 pred.source = _source_name(images[i])
                 results[i] = pred
         return [r for r in results if r is not None]
+
+    def _prep_pool(self) -> Any:
+        """The worker pool for this recognizer's current image settings (re-made when they changed)."""
+        from texocr.prep import Prep, PrepPool
+
+        prep = Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height)
+        key = (self.max_pixels, self.max_side, self.glyph_height, self.workers, id(self.processor))
+        if self._pool is None or self._pool[0] != key:
+            self.close()
+            self._pool = (key, PrepPool(prep, self.workers))
+        return self._pool[1]
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also end with this process)."""
+        if self._pool is not None:
+            self._pool[1].close()
+            self._pool = None
 
     def stream(self, image: Any, *, max_new_tokens: int | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (raw model text: not cleaned or repaired)."""
@@ -277,39 +285,36 @@ class Recognizer:
     # ------------------------------------------------------------ internals
 
     def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
-        import numpy as np
+        from texocr.prep import Prep
 
-        from texocr.data.images import load_image, rescale_to_glyph_height
+        return Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height).load(src)
 
-        img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
-        gray = np.asarray(img.convert("L"))
-        if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
-            raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
-        return rescale_to_glyph_height(img, self.glyph_height) if self.glyph_height else img
-
-    def _encode(self, images: list[Any]) -> Any:
-        enc = self.family.encode_for_generation(self.processor, images).to(self.device)
+    def _encode(self, images: list[Any], enc: dict[str, Any] | None = None) -> Any:
+        """The generation batch of `images` (or its CPU encoding `enc`, made by a worker) on the model's device."""
+        if enc is None:
+            enc = self.family.encode_for_generation(self.processor, images)
         dtype = next(self.model.parameters()).dtype
-        return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in enc.items()}
+        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in enc.items()}
 
     def _generate_kwargs(self, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
         return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,
                     repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
 
-    def _generate_safely(self, images: list[Any], num_beams: int | None,
-                         max_new_tokens: int | None) -> list[Prediction]:
+    def _generate_safely(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
+                         enc: dict[str, Any] | None = None) -> list[Prediction]:
         """Generate a batch; if the batch fails, retry image by image so only the culprit fails."""
         try:
-            return self._generate(images, num_beams, max_new_tokens)
+            return self._generate(images, num_beams, max_new_tokens, enc)
         except Exception as e:  # noqa: BLE001 - processor/model errors on odd inputs; retried one by one below
             if len(images) == 1:
                 return [Prediction("", error=f"generation failed: {type(e).__name__}: {e}")]
         return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
 
-    def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None) -> list[Prediction]:
+    def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
+                  enc: dict[str, Any] | None = None) -> list[Prediction]:
         beams = num_beams or self.num_beams
         start = time.perf_counter()
-        enc = self._encode(images)
+        enc = self._encode(images, enc)
         kwargs = self._generate_kwargs(beams, max_new_tokens)
         was_training = self.model.training
         self.model.eval()
@@ -325,8 +330,8 @@ class Recognizer:
         return preds
 
     def _greedy_decoder(self) -> Any:
-        """The family's fast greedy loop for this model (CPU only), or None."""
-        if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith("cpu"):
+        """The family's fast greedy loop for this model (CPU, or CUDA in its static CUDA-graph mode), or None."""
+        if not self.fast_decode or self.repetition_penalty != 1.0 or not str(self.device).startswith(("cpu", "cuda")):
             return None
         if self._greedy is None or self._greedy[0] is not self.model:  # (model, its decoder or None)
             self._greedy = (self.model, self.family.greedy_decoder(self.model))
@@ -347,8 +352,7 @@ class Recognizer:
         fast = self._greedy_decoder() if beams == 1 else None
         if fast is not None:
             out = fast.generate(enc, max_new_tokens=kwargs["max_new_tokens"], eos_ids=kwargs["eos_token_id"],
-                                pad_id=kwargs["pad_token_id"], stop_row=lambda ids: find_repeat(ids) is not None,
-                                streamer=streamer)
+                                pad_id=kwargs["pad_token_id"], repeat=RepeatRule(), streamer=streamer)
             return out.tokens, out.logprobs
         with torch.inference_mode():
             out = self.model.generate(

@@ -1,7 +1,7 @@
-"""Fast greedy decoding for Qwen2-VL-shaped models (texocr's compact model) on a CPU.
+"""Fast greedy decoding for Qwen2-VL-shaped models (texocr's compact model) on a CPU or a CUDA GPU.
 
     decoder = GreedyDecoder.for_model(model)          # None when the model is not a plain Qwen2-VL
-    out = decoder.generate(enc, max_new_tokens=256, eos_ids=[eos], pad_id=pad)
+    out = decoder.generate(enc, max_new_tokens=256, eos_ids=[eos], pad_id=pad, repeat=RepeatRule())
     out.tokens      # [B, N] generated ids, `pad_id` after a row stopped (what `generate` returns, prompt cut)
     out.logprobs    # [B, N] log-probability of each chosen token (what `compute_transition_scores` gives)
 
@@ -18,13 +18,28 @@ It computes what `model.generate(do_sample=False)` computes, with the same kerne
 grouped-query attention packed as HF packs it), and gives the same tokens (tests/test_compact.py checks it
 on random models, batch 1 and left-padded batches). Anything else (beams, sampling, LoRA layers that are not
 merged, another architecture) stays with `generate`: `for_model` returns None for it.
+
+Two modes share the vision pass, the prefill and the layer code (`_prompt`, `_prefill`, `_forward`):
+- dynamic (CPU default): finished rows leave the batch, a row's loop check runs in Python after every token;
+  right for a CPU, where a step costs milliseconds.
+- static (CUDA default, `static=True`): a GPU step of this model costs microseconds, so per-step Python,
+  launches and host syncs are what limit it. Shapes are fixed per (batch bucket, cache-length bucket): the
+  batch is padded to a power of two, the KV cache preallocated to a multiple of 64 slots; the decode step
+  (embed, layers, choose, loop check) reads and writes only those buffers, with device-side counters, so it
+  is captured once in a CUDA graph (`graphs`) and replayed. Finished rows stay in the batch and emit `pad_id`
+  (on device); the host reads "all rows done?" every `sync_every` steps. Loops are found on device by
+  `RepeatTracker` (the same test as `find_repeat`). Same tokens as the dynamic mode (tests/test_decode_static.py).
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from texocr.repeats import RepeatRule, RepeatTracker, find_repeat
 
 if TYPE_CHECKING:
     import torch
@@ -101,13 +116,52 @@ def _signed(sin: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _bucket_rows(n: int) -> int:
+    """Rows of the static batch that holds `n` rows: the next power of two (few graphs, at most 2x padding)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _bucket_slots(n: int) -> int:
+    """KV-cache slots of the static batch for prompt + new tokens `n`: the next multiple of 64."""
+    return -(-n // 64) * 64
+
+
+@dataclass
+class _Static:
+    """The buffers of one static decoding shape (B rows, L cache slots) and, on CUDA, its captured step.
+
+    Every tensor is allocated once and updated in place, so the captured graph's addresses stay valid."""
+
+    cache: list[tuple[torch.Tensor, torch.Tensor]]  # [B, KV, L, hd] per layer
+    valid: torch.Tensor  # [B, L] bool: cache slots a row attends to (its prompt, then each fed token)
+    cos: torch.Tensor  # [B, L, hd]: rotary of the k-th chosen token (fed at slot T + k); sin likewise, signed
+    sin: torch.Tensor
+    eos: torch.Tensor  # [E] long
+    pad: torch.Tensor  # [] long
+    min_new: torch.Tensor  # [] long: the end tokens are forbidden while count < min_new
+    nxt: torch.Tensor  # [B] long: the last chosen token, fed next
+    count: torch.Tensor  # [1] long: tokens chosen so far (the next one goes to tokens[:, count])
+    slot: torch.Tensor  # [1] long: cache slot of the token fed next
+    done: torch.Tensor  # [B] bool
+    tokens: torch.Tensor  # [B, L] long
+    logprobs: torch.Tensor  # [B, L] float32
+    repeats: RepeatTracker | None
+    graph: Any = field(default=None)  # torch.cuda.CUDAGraph of one `_step`
+
+
 class GreedyDecoder:
     """Greedy decoding of a `Qwen2VLForConditionalGeneration` with plain torch ops (see the module docstring)."""
 
-    def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int = 4) -> None:
+    def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int | None = None,
+                 static: bool | None = None, graphs: bool | None = None, sync_every: int = 8,
+                 max_shapes: int = 6) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
-        `vision_batch`: images per vision-tower call."""
+        `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
+        padded one-call-per-layer attention of `qwen_speed`).
+        `static`: the static-shape mode (module docstring); None: on CUDA only. `graphs`: capture its step in a
+        CUDA graph (None: on CUDA, unless the environment sets TEXOCR_CUDA_GRAPHS=0). `sync_every`: steps between host checks of "all rows done".
+        `max_shapes`: static shapes (buffers + graph) kept; the least recently used beyond it are freed."""
         text = model.model.language_model
         cfg = text.config
         self.model = model
@@ -117,7 +171,14 @@ class GreedyDecoder:
         self.scaling = self.head_dim**-0.5
         self.image_token_id = model.config.image_token_id
         self.half_option = half
-        self.vision_batch = max(1, vision_batch)
+        cuda = model.device.type == "cuda"
+        self.vision_batch = max(1, vision_batch) if vision_batch else (1 << 30 if cuda else 4)
+        self.static = cuda if static is None else static
+        # TEXOCR_CUDA_GRAPHS=0: the static mode without graph capture (to tell a capture problem from others)
+        self.graphs = (cuda and os.environ.get("TEXOCR_CUDA_GRAPHS", "1") != "0") if graphs is None else graphs
+        self.sync_every = max(1, sync_every)
+        self.max_shapes = max(1, max_shapes)
+        self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -152,6 +213,7 @@ class GreedyDecoder:
                     down=_linear(mlp.down_proj.weight, None, self.half),
                 ))
         self._stamp = stamp
+        self._shapes.clear()  # captured graphs read the old tensors' addresses
 
     # ------------------------------------------------------------ eligibility
 
@@ -188,20 +250,28 @@ class GreedyDecoder:
         eos_ids: Sequence[int],
         pad_id: int,
         min_new_tokens: int = 0,
+        repeat: RepeatRule | None = None,
         stop_row: Callable[[list[int]], bool] | None = None,
         streamer: Any = None,
     ) -> GreedyOutput:
         """Greedy tokens for a left-padded generation batch `enc` (a family's `encode_for_generation`).
 
-        A row stops at an id of `eos_ids` (kept), when `stop_row(its generated ids)` is true (checked after
-        every token, like a `StoppingCriteria`), or after `max_new_tokens`. `min_new_tokens` forbids the end
-        tokens before that many tokens (as `generate` does). `streamer` gets `put(ids)` / `end()` like
-        `generate`'s (batch 1).
+        A row stops at an id of `eos_ids` (kept), when its ids so far end in a loop by `repeat`
+        (`find_repeat`), when `stop_row(its generated ids)` is true (both checked after every token, like a
+        `StoppingCriteria`), or after `max_new_tokens`. `min_new_tokens` forbids the end tokens before that
+        many tokens (as `generate` does). `streamer` gets `put(ids)` / `end()` like `generate`'s (batch 1).
+        `stop_row` and `streamer` need the host every step: they run in the dynamic mode.
         """
         import torch
 
         with torch.inference_mode():
             self._prepare()
+            if self.static and stop_row is None and streamer is None:
+                return self._generate_static(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, repeat)
+            if repeat is not None:
+                rule, other = asdict(repeat), stop_row
+                stop_row = lambda ids: find_repeat(ids, **rule) is not None or (
+                    other is not None and other(ids))
             return self._generate(enc, max_new_tokens, list(eos_ids), pad_id, min_new_tokens, stop_row, streamer)
 
     def _prompt_embeddings(self, enc: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,15 +303,51 @@ class GreedyDecoder:
         slower per image than a few images at a time (bench/compact.md)."""
         import torch
 
+        from texocr.models.qwen_speed import batched_vision_attention
+
         core = self.model.model
         patches = grid.prod(-1).tolist()  # patches per image
         feats, offset = [], 0
         for i in range(0, len(patches), self.vision_batch):
             n = sum(patches[i: i + self.vision_batch])
-            out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
+            if pixels.device.type == "cuda":  # one padded attention call per layer, not one per image
+                with batched_vision_attention(max(patches[i: i + self.vision_batch])):
+                    out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
+            else:
+                out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
             feats.extend(out.pooler_output)
             offset += n
         return torch.cat(feats, dim=0)  # [image tokens of all images, D]
+
+    def _prompt(self, enc: dict[str, Any], max_new: int) -> dict[str, Any]:
+        """What prefill and decoding need of a prompt batch: embeddings `x` [B, T, D], rotary `cos`/`sin`
+        [B, T, hd] of the prompt and `dec_cos`/`dec_sin` [B, N, hd] of the N new tokens (sin signed),
+        `attn` [B, T] and `padded` (any left padding)."""
+        import torch
+
+        ids = enc["input_ids"]
+        attn = enc.get("attention_mask")
+        attn = torch.ones_like(ids) if attn is None else attn
+        x, positions = self._prompt_embeddings(enc)  # [B, T, D], [3, B, T]
+        rotary = self.model.model.language_model.rotary_emb
+        cos, sin = rotary(x, positions)  # [B, T, hd] each
+        # Decode step s sits at the prompt's last position + 1 + s on every axis (generate's rule).
+        steps = torch.arange(1, max_new + 1, device=ids.device)
+        dec_cos, dec_sin = rotary(x, positions[:, :, -1:] + steps)  # [B, N, hd]
+        return {"x": x, "cos": cos, "sin": _signed(sin), "dec_cos": dec_cos, "dec_sin": _signed(dec_sin),
+                "attn": attn, "padded": bool((attn == 0).any())}
+
+    def _prefill(self, p: dict[str, Any], cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The prompt through the text tower into cache slots 0..T-1: hidden states [B, T, D]."""
+        import torch
+
+        attn, prompt_len = p["attn"], p["attn"].shape[1]
+        mask = None
+        if p["padded"]:  # causal and padding; a padding query sees itself (no empty rows, no NaN)
+            causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=attn.device).tril()
+            mask = causal & attn.bool()[:, None, None, :]
+            mask |= torch.eye(prompt_len, dtype=torch.bool, device=attn.device)
+        return self._forward(p["x"], p["cos"].unsqueeze(1), p["sin"].unsqueeze(1), cache, 0, mask)  # [B, T, D]
 
     def _generate(self, enc: dict[str, Any], max_new: int, eos_ids: list[int], pad_id: int, min_new: int,
                   stop_row: Callable[[list[int]], bool] | None, streamer: Any) -> GreedyOutput:
@@ -250,29 +356,14 @@ class GreedyDecoder:
 
         ids = enc["input_ids"]
         batch, prompt_len = ids.shape
-        attn = enc.get("attention_mask")
-        attn = torch.ones_like(ids) if attn is None else attn
-        x, positions = self._prompt_embeddings(enc)  # [B, T, D], [3, B, T]
-        rotary = self.model.model.language_model.rotary_emb
-        cos, sin = rotary(x, positions)  # [B, T, hd] each
-        sin = _signed(sin)
-        # Decode step s sits at the prompt's last position + 1 + s on every axis (generate's rule).
-        steps = torch.arange(1, max_new + 1, device=ids.device)
-        dec_cos, dec_sin = rotary(x, positions[:, :, -1:] + steps)  # [B, N, hd]
-        dec_sin = _signed(dec_sin)
-
+        p = self._prompt(enc, max_new)
+        x, dec_cos, dec_sin, padded = p["x"], p["dec_cos"], p["dec_sin"], p["padded"]
         total = prompt_len + max_new
         shape = (batch, self.kv_heads, total, self.head_dim)
         cache = [(x.new_zeros(shape), x.new_zeros(shape)) for _ in self.layers]  # [B, KV, T + N, hd] each
-        padded = bool((attn == 0).any())
         valid = torch.ones((batch, total), dtype=torch.bool, device=ids.device)
-        valid[:, :prompt_len] = attn.bool()
-        mask = None
-        if padded:  # causal and padding; a padding query sees itself (no empty rows, no NaN)
-            causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=ids.device).tril()
-            mask = causal & valid[:, None, None, :prompt_len]
-            mask |= torch.eye(prompt_len, dtype=torch.bool, device=ids.device)
-        h = self._forward(x, cos.unsqueeze(1), sin.unsqueeze(1), cache, 0, mask)  # [B, T, D]
+        valid[:, :prompt_len] = p["attn"].bool()
+        h = self._prefill(p, cache)  # [B, T, D]
 
         tokens = torch.full((batch, max_new), pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=ids.device)
@@ -285,7 +376,7 @@ class GreedyDecoder:
         if streamer is not None:
             streamer.put(ids.cpu())
         for step in range(max_new):
-            logits = self.lm_head(_rms(h[:, -1], self.norm, self.eps)).float()  # [b, V]
+            logits = self._logits(h[:, -1])  # [b, V]
             if step < min_new:
                 logits[:, eos] = float("-inf")
             best, nxt = logits.max(dim=-1)  # [b] each; the first maximum, as argmax
@@ -322,23 +413,153 @@ class GreedyDecoder:
                 torch.cat([lg for _, _, _, lg in scored]), dim=-1)
         return GreedyOutput(tokens, logprobs)
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, D] -> float32 logits [B, V] (what `generate` scores)."""
+        return self.lm_head(_rms(h, self.norm, self.eps)).float()
+
+    # ------------------------------------------------------------ static mode (CUDA graphs)
+
+    def _generate_static(self, enc: dict[str, Any], max_new: int, eos_ids: list[int], pad_id: int, min_new: int,
+                         repeat: RepeatRule | None) -> GreedyOutput:
+        """The static-shape loop (module docstring): prefill eagerly, then one `_step` (a graph replay on
+        CUDA) per token, the host reading `done` every `sync_every` steps."""
+        ids = enc["input_ids"]
+        batch, prompt_len = ids.shape
+        p = self._prompt(enc, max_new)
+        s = self._static_state(_bucket_rows(batch), _bucket_slots(prompt_len + max_new), len(eos_ids), repeat,
+                               p["x"])
+        self._reset(s, p, batch, eos_ids, pad_id, min_new)
+        h = self._prefill(p, [(k[:batch], v[:batch]) for k, v in s.cache])  # [b, T, D]
+        last = h.new_zeros((s.nxt.shape[0], h.shape[-1]))  # [B, D]; padded rows stay zero (and done)
+        last[:batch] = h[:, -1]
+        self._choose(s, last)
+        for step in range(1, max_new):
+            if s.graph is not None:
+                s.graph.replay()
+            else:
+                self._step(s)
+            if step % self.sync_every == 0 and bool(s.done[:batch].all()):  # the one host sync
+                break
+        return GreedyOutput(s.tokens[:batch, :max_new].clone(), s.logprobs[:batch, :max_new].clone())
+
+    def _static_state(self, rows: int, slots: int, n_eos: int, repeat: RepeatRule | None,
+                      like: torch.Tensor) -> _Static:
+        """The buffers (and captured step) of this shape, made on first use; least recently used freed."""
+        import torch
+
+        key = (rows, slots, n_eos, repeat, like.dtype, like.device)
+        if key in self._shapes:
+            self._shapes.move_to_end(key)
+            return self._shapes[key]
+        while len(self._shapes) >= self.max_shapes:
+            self._shapes.popitem(last=False)
+        dev, long = like.device, torch.long
+        shape = (rows, self.kv_heads, slots, self.head_dim)
+        s = _Static(
+            cache=[(like.new_zeros(shape), like.new_zeros(shape)) for _ in self.layers],
+            valid=torch.zeros((rows, slots), dtype=torch.bool, device=dev),
+            cos=like.new_zeros((rows, slots, self.head_dim)), sin=like.new_zeros((rows, slots, self.head_dim)),
+            eos=torch.zeros(n_eos, dtype=long, device=dev), pad=torch.zeros((), dtype=long, device=dev),
+            min_new=torch.zeros((), dtype=long, device=dev), nxt=torch.zeros(rows, dtype=long, device=dev),
+            count=torch.ones(1, dtype=long, device=dev), slot=torch.zeros(1, dtype=long, device=dev),
+            done=torch.ones(rows, dtype=torch.bool, device=dev),
+            tokens=torch.zeros((rows, slots), dtype=long, device=dev),
+            logprobs=torch.zeros((rows, slots), dtype=torch.float32, device=dev),
+            repeats=RepeatTracker(rows, dev, repeat) if repeat is not None else None,
+        )
+        if self.graphs and dev.type == "cuda":
+            s.valid[:, 0] = True  # a harmless state for the warm-up steps (count 1, slot 0, all rows done)
+            s.graph = _capture(lambda: self._step(s))
+        self._shapes[key] = s
+        return s
+
+    def _reset(self, s: _Static, p: dict[str, Any], batch: int, eos_ids: list[int], pad_id: int,
+               min_new: int) -> None:
+        """Load a new batch (`batch` real rows of prompt length T) into the buffers, in place."""
+        import torch
+
+        prompt_len = p["attn"].shape[1]
+        for k, v in s.cache:  # stale values under a mask weigh 0, but 0 x inf is NaN: start from zeros
+            k.zero_()
+            v.zero_()
+        s.valid.zero_()
+        s.valid[:batch, :prompt_len] = p["attn"].bool()
+        s.valid[batch:, 0] = True  # padded rows attend to one (zero) slot: no empty softmax, no NaN
+        n = p["dec_cos"].shape[1]
+        s.cos.zero_()
+        s.sin.zero_()
+        s.cos[:batch, :n] = p["dec_cos"]
+        s.sin[:batch, :n] = p["dec_sin"]
+        s.eos.copy_(torch.tensor(eos_ids))
+        s.pad.fill_(pad_id)
+        s.min_new.fill_(min_new)
+        s.count.zero_()
+        s.slot.fill_(prompt_len)
+        s.done.fill_(True)
+        s.done[:batch] = False
+        s.tokens.fill_(pad_id)
+        s.logprobs.zero_()
+        if s.repeats is not None:
+            s.repeats.reset()
+
+    def _step(self, s: _Static) -> None:
+        """Feed each row's last chosen token at cache slot `slot` and choose the next. Only in-place updates of
+        `s`, no host reads: captured as a CUDA graph."""
+        import torch.nn.functional as F
+
+        x = F.embedding(s.nxt[:, None], self.embed)  # [B, 1, D]
+        k = s.count - 1  # [1]: the fed token's index among the new tokens
+        cos = s.cos.index_select(1, k)[:, None]  # [B, 1, 1, hd]
+        sin = s.sin.index_select(1, k)[:, None]
+        s.valid.index_fill_(1, s.slot, True)
+        h = self._forward(x, cos, sin, s.cache, s.slot, s.valid[:, None, None, :])  # [B, 1, D]
+        s.slot += 1
+        self._choose(s, h[:, -1])
+
+    def _choose(self, s: _Static, h: torch.Tensor) -> None:
+        """The greedy token of each row from its last hidden state `h` [B, D] into `tokens[:, count]` (`pad` for
+        finished rows), its log-probability, and the rows it finishes (end token, loop)."""
+        import torch
+
+        logits = self._logits(h)  # [B, V]
+        forbid = s.count < s.min_new  # [1]: the end tokens are not allowed yet
+        logits.index_copy_(1, s.eos, torch.where(forbid, float("-inf"), logits.index_select(1, s.eos)))
+        best, nxt = logits.max(dim=-1)  # [B] each; the first maximum, as argmax
+        logp = best - torch.logsumexp(logits, dim=-1)
+        nxt = torch.where(s.done, s.pad, nxt)
+        s.tokens.index_copy_(1, s.count, nxt[:, None])
+        s.logprobs.index_copy_(1, s.count, torch.where(s.done, 0.0, logp)[:, None])
+        ended = (nxt[:, None] == s.eos).any(dim=-1)  # [B]
+        if s.repeats is not None:
+            ended |= s.repeats.push(nxt)
+        s.done |= ended
+        s.nxt.copy_(nxt)
+        s.count += 1
+
     def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 cache: list[tuple[torch.Tensor, torch.Tensor]], start: int, mask: torch.Tensor | None) -> torch.Tensor:
+                 cache: list[tuple[torch.Tensor, torch.Tensor]], start: int | torch.Tensor,
+                 mask: torch.Tensor | None) -> torch.Tensor:
         """The text tower on `x` [B, T, D] whose tokens go to cache slots start..start+T-1; cos/sin [B, 1, T, hd]
-        (sin signed, see `_rotate`)."""
+        (sin signed, see `_rotate`). `start` a [1] tensor: one token (T = 1), attending to the whole cache
+        under `mask` [B, 1, 1, L] (the static step: no host value, so it can be captured)."""
+        import torch
         import torch.nn.functional as F
 
         b, t, _ = x.shape
         hd, h_q, h_kv = self.head_dim, self.heads, self.kv_heads
         group = h_q // h_kv
-        end = start + t
         for layer, (kc, vc) in zip(self.layers, cache):
             qkv = layer.qkv(_rms(x, layer.ln1, layer.eps1)).view(b, t, -1, hd).transpose(1, 2)  # [B, H+2KV, T, hd]
             qk = _rotate(qkv[:, : h_q + h_kv], cos, sin)
             q = qk[:, :h_q]  # [B, H, T, hd]
-            kc[:, :, start:end] = qk[:, h_q:]
-            vc[:, :, start:end] = qkv[:, h_q + h_kv:]
-            keys, values = kc[:, :, :end], vc[:, :, :end]  # [B, KV, L, hd]
+            if isinstance(start, torch.Tensor):  # static step (t == 1): slot on device, every slot attended, masked
+                kc.index_copy_(2, start, qk[:, h_q:])
+                vc.index_copy_(2, start, qkv[:, h_q + h_kv:])
+                keys, values = kc, vc  # [B, KV, L, hd]
+            else:
+                kc[:, :, start:start + t] = qk[:, h_q:]
+                vc[:, :, start:start + t] = qkv[:, h_q + h_kv:]
+                keys, values = kc[:, :, :start + t], vc[:, :, :start + t]  # [B, KV, L, hd]
             if t == 1:  # one query: the query heads of a group become that KV head's queries (HF's pack_gqa)
                 o = F.scaled_dot_product_attention(q.reshape(b, h_kv, group, hd), keys, values, attn_mask=mask,
                                                    scale=self.scaling)  # [B, KV, group, hd]
@@ -356,6 +577,23 @@ class GreedyDecoder:
             gate, up = layer.gate_up(_rms(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
             x = x + layer.down(F.silu(gate) * up)
         return x
+
+
+def _capture(step: Callable[[], None]) -> Any:
+    """`step` captured in a CUDA graph, after warm-up runs on a side stream (kernel choice, workspaces: what
+    torch.cuda.graphs asks for). `step` must only update preallocated tensors in place."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
 
 
 def _attn_linears(attn: Any) -> tuple[Any, ...]:

@@ -16,6 +16,8 @@ Each is equivalent to the plain path (tests/test_qwen_speed.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 FAMILIES = ("compact", "qwen2_vl")
@@ -131,12 +133,33 @@ def batch_vision_attention() -> None:
     CPU-bound (GPU ~30% busy, 290 samples/s). Here the images are scattered into a [B, L, H, D] block with a
     key mask, attended together, and gathered back: the same result (a test checks it), one kernel.
     """
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+
+    if not getattr(m.VisionAttention.forward, "texocr_batched", False):
+        m.VisionAttention.forward = _batched_forward()
+
+
+@contextmanager
+def batched_vision_attention(widest: int | None = None) -> Iterator[None]:
+    """`batch_vision_attention()` for the duration of a block (restored after unless it was already on), with
+    `widest` (most patches of one image, known on the host) as the `VISION_WIDTH` hint: no GPU read per layer.
+    For decoding, where the plain attention must stay what `generate` uses elsewhere in the process."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+
+    original, hint = m.VisionAttention.forward, VISION_WIDTH["patches"]
+    batch_vision_attention()
+    VISION_WIDTH["patches"] = widest
+    try:
+        yield
+    finally:
+        m.VisionAttention.forward, VISION_WIDTH["patches"] = original, hint
+
+
+def _batched_forward() -> Any:
+    """The padded one-call-per-layer `VisionAttention.forward` (see `batch_vision_attention`)."""
     import torch
     import torch.nn.functional as F
     from transformers.models.qwen2_vl import modeling_qwen2_vl as m
-
-    if getattr(m.VisionAttention.forward, "texocr_batched", False):
-        return
 
     def forward(self: Any, hidden_states: Any, cu_seqlens: Any, position_embeddings: Any = None,
                 **kwargs: Any) -> Any:
@@ -147,8 +170,8 @@ def batch_vision_attention() -> None:
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # [B]
         b = lengths.shape[0]
         width = VISION_WIDTH["patches"] or int(lengths.max())  # the hint avoids a GPU -> CPU read per layer
-        row = torch.repeat_interleave(torch.arange(b, device=q.device), lengths)  # [N]: image of each patch
-        col = torch.arange(n, device=q.device) - torch.repeat_interleave(cu_seqlens[:-1], lengths)  # [N]
+        row = torch.repeat_interleave(torch.arange(b, device=q.device), lengths, output_size=n)  # [N]: its image
+        col = torch.arange(n, device=q.device) - torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=n)
 
         def pad(t: Any) -> Any:
             out = t.new_zeros(b, width, *t.shape[1:])
@@ -162,4 +185,4 @@ def batch_vision_attention() -> None:
         return self.proj(o.reshape(n, -1))
 
     forward.texocr_batched = True  # type: ignore[attr-defined]
-    m.VisionAttention.forward = forward
+    return forward

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Recognition speed on one CUDA GPU, in one command (about 3-5 minutes; no network, no TeX needed):
+#
+#     OUT=/some/dir bash bench/infer_gpu.sh          # from the repository root (or anywhere: it cd's there)
+#
+# Real images: runs/real-val/im2latex (labels.jsonl + PNGs); absent, 600 PIL-drawn formula images stand in.
+# Every section is independent (its own timeout; a failure is logged and the next one runs). Writes to $OUT:
+#   env.txt              GPU, driver, torch / transformers versions
+#   infer_default.json   bench/infer.py rows: shipped model, plain (`generate`) vs fast (static CUDA-graph loop),
+#                        batch 1 32 128 512 1024: images/s, p50/p95 latency, tokens/s, `differ` (fast vs plain)
+#   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
+#   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
+#   eval_time.json       the same eval timed end to end (process start to exit: load, image reading, decode)
+#   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast
+#   infer_gpu.log        everything printed
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/texocr-infer-gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH=src
+LOG="$OUT/infer_gpu.log"
+DATA=runs/real-val/im2latex
+WORKERS=$(( $(nproc) > 9 ? 8 : $(nproc) - 1 ))
+section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; } >> "$LOG"
+
+section env
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'gpu', torch.cuda.get_device_name(0))" 2>&1
+  echo "data: $DATA $( [ -f "$DATA/labels.jsonl" ] && wc -l < "$DATA/labels.jsonl" || echo absent) workers: $WORKERS"
+} > "$OUT/env.txt"
+cat "$OUT/env.txt" >> "$LOG"
+
+if [ ! -f "$DATA/labels.jsonl" ]; then
+  section "no $DATA: drawing 600 formula images into /tmp/texocr-synth"
+  DATA=/tmp/texocr-synth
+  timeout 60 "$PY" - "$DATA" >> "$LOG" 2>&1 <<'EOF' || true
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from infer import formula_images
+out = Path(sys.argv[1]); (out / "images").mkdir(parents=True, exist_ok=True)
+with (out / "labels.jsonl").open("w") as f:
+    for i, im in enumerate(formula_images(600)):
+        im.save(out / "images" / f"{i}.png")
+        f.write(json.dumps({"image": f"images/{i}.png", "latex": "x"}) + "\n")
+EOF
+fi
+
+section "bench: default model, plain vs fast"
+OUT= timeout 140 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast \
+  --batches 1 32 128 512 1024 --max-new-tokens 256 --workers "$WORKERS" \
+  --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
+
+if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer_default.json" ]; then
+  section "bench: fast path without CUDA graphs (a fast row failed)"
+  OUT= TEXOCR_CUDA_GRAPHS=0 timeout 40 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
+    --paths fast --batches 1 128 512 --max-new-tokens 256 --workers "$WORKERS" \
+    --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
+fi
+
+section "texocr eval, end to end"
+rm -rf /tmp/texocr-eval-gpu
+start=$(date +%s.%N)
+timeout 60 "$PY" -m texocr eval --model default --data "$DATA" --no-render --batch-size 512 --device cuda \
+  --workers "$WORKERS" --out /tmp/texocr-eval-gpu >> "$LOG" 2>&1
+rc=$?
+end=$(date +%s.%N)
+n=$(wc -l < /tmp/texocr-eval-gpu/predictions.jsonl 2>/dev/null || echo 0)
+"$PY" -c "import json, sys; s, e, n, rc = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
+print(json.dumps({'exit': rc, 'images': n, 'wall_s': round(e - s, 2), 'images_per_s_end_to_end': round(n / (e - s), 1), \
+'data': sys.argv[5], 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" \
+  > "$OUT/eval_time.json" 2>> "$LOG" || true
+cp /tmp/texocr-eval-gpu/metrics.json "$OUT/eval_metrics.json" 2>> "$LOG" || true
+cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
+
+section "bench: random Qwen2-VL-7B shape, plain vs fast"
+OUT= timeout 80 "$PY" bench/infer.py --model qwen2-vl-7b --device cuda --paths plain,fast --batches 32 128 \
+  --images 128 --max-new-tokens 64 --json "$OUT/infer_7b.json" >> "$LOG" 2>&1 || echo "bench 7b: exit $?" >> "$LOG"
+
+section done
+grep -h '^|' "$LOG" | tail -30

@@ -1,0 +1,146 @@
+"""The CPU half of recognition (read, check, glyph-height rescale, processor encoding) in worker processes.
+
+    prep = Prep(processor, family, max_pixels=..., max_side=..., glyph_height=14)
+    img = prep.load("eq.png")                       # RGB PIL image (raises TexocrError), in this process
+    with PrepPool(prep, workers=8) as pool:
+        loaded = pool.load(sources)                 # [PIL image | TexocrError], input order
+        for enc in pool.encode(chunks): ...         # one CPU batch encoding per chunk, in order, prefetched
+
+Why: on a GPU the decoder turns out a batch of 512 formulas in a fraction of a second, while one CPU core needs
+milliseconds per image to decode a PNG, find its glyph height (scipy connected components), resize and
+patchify it. The workers do that for the next chunks while the GPU decodes this one. A chunk is encoded in
+pieces of `piece` images by several workers and the pieces joined (`concat_encodings`: the processor's own
+left-padded layout, tested equal). Workers are forked: no model is loaded twice, and they touch no GPU.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from texocr.errors import TexocrError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _source_name(src: Any) -> str:
+    from pathlib import Path
+
+    if isinstance(src, (str, Path)):
+        return str(src)
+    name = getattr(src, "name", None)
+    if isinstance(name, str):
+        return name
+    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else "<Image>"
+
+
+@dataclass
+class Prep:
+    """A Recognizer's image settings and processor: what a worker needs to turn inputs into model inputs."""
+
+    processor: Any
+    family: Any
+    max_pixels: int
+    max_side: int
+    glyph_height: float | None
+
+    def load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
+        """Read `src`, refuse a blank one, enlarge small glyphs (`glyph_height`); TexocrError when unusable."""
+        import numpy as np
+
+        from texocr.data.images import load_image, rescale_to_glyph_height
+
+        img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
+        gray = np.asarray(img.convert("L"))
+        if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
+            raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
+        return rescale_to_glyph_height(img, self.glyph_height) if self.glyph_height else img
+
+    def encode(self, images: list[Any]) -> dict[str, torch.Tensor]:
+        """The family's left-padded generation batch of `images`, as CPU tensors."""
+        return dict(self.family.encode_for_generation(self.processor, images))
+
+    def pad_id(self) -> int:
+        return int(self.family.generation_kwargs(self.processor)["pad_token_id"])
+
+
+def concat_encodings(parts: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Join left-padded generation batches into one: per-token tensors ([b, T, ...], T = the prompt width) are
+    left-padded to the widest (`pad_id` in `input_ids`, 0 elsewhere: what the processor pads with); the rest
+    (`pixel_values` [patches, C], `image_grid_thw` [b, 3]) are concatenated."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(parts) == 1:
+        return dict(parts[0])
+    width = max(p["input_ids"].shape[1] for p in parts)
+    out: dict[str, torch.Tensor] = {}
+    for key in parts[0]:
+        tensors = []
+        for p in parts:
+            t, (b, w) = p[key], p["input_ids"].shape
+            if t.dim() >= 2 and tuple(t.shape[:2]) == (b, w) and w < width:
+                pad = [0, 0] * (t.dim() - 2) + [width - w, 0]  # F.pad lists the last dimension first
+                t = F.pad(t, pad, value=pad_id if key == "input_ids" else 0)
+            tensors.append(t)
+        out[key] = torch.cat(tensors, dim=0)
+    return out
+
+
+_WORKER: dict[str, Prep] = {}
+
+
+def _init(prep: Prep) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; torch's own threads would fight over them
+    _WORKER["prep"] = prep
+
+
+def _load_one(src: Any) -> Any:
+    try:
+        return _WORKER["prep"].load(src)
+    except TexocrError as e:  # as a plain TexocrError: ImageError's own arguments do not survive pickling
+        return TexocrError(str(e))
+
+
+def _encode_piece(images: list[Any]) -> dict[str, torch.Tensor]:
+    return _WORKER["prep"].encode(images)
+
+
+class PrepPool:
+    """`workers` forked processes holding `prep`; `load` and `encode` keep input order (see the module docstring)."""
+
+    def __init__(self, prep: Prep, workers: int, *, piece: int = 32) -> None:
+        self.prep, self.piece = prep, max(1, piece)
+        # fork: the processor is inherited, not pickled; the parent's CUDA context is never used by a worker
+        self.pool = multiprocessing.get_context("fork").Pool(max(1, workers), initializer=_init, initargs=(prep,))
+
+    def load(self, sources: Sequence[Any]) -> list[Any]:
+        """`prep.load` of every source: an RGB image, or the TexocrError that refused it."""
+        return self.pool.map(_load_one, sources, chunksize=max(1, min(16, len(sources) // (4 * self._n()) or 1)))
+
+    def encode(self, chunks: Sequence[list[Any]]) -> Iterator[dict[str, torch.Tensor]]:
+        """One CPU encoding per chunk, in order; every piece of every chunk is queued at once, so the workers
+        encode the next chunks while the caller decodes this one."""
+        pending = [[self.pool.apply_async(_encode_piece, (chunk[i: i + self.piece],))
+                    for i in range(0, len(chunk), self.piece)] for chunk in chunks]
+        pad_id = self.prep.pad_id()
+        for pieces in pending:
+            yield concat_encodings([p.get() for p in pieces], pad_id)
+
+    def _n(self) -> int:
+        return int(getattr(self.pool, "_processes", 1))
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

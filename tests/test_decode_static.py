@@ -1,0 +1,204 @@
+"""The static-shape (CUDA-graph) mode of the greedy decoder, run on the CPU with graphs off: the same tokens as the
+dynamic loop (and so as `generate`), incl. rows finishing at different steps on device and loop cutting; and
+`RepeatTracker` saying what `find_repeat` says at every step."""
+
+# ruff: noqa: F811 -- the fixtures imported from test_compact are the tests' parameters of the same names
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_compact import _images, compact_dir, compact_loaded, compact_models  # noqa: F401 -- fixtures
+
+# ------------------------------------------------------------------ RepeatTracker
+
+
+def _sequences(seed: int, n: int = 60) -> list[list[int]]:
+    """Random id sequences with loops of many periods spliced in (and broken again), some never looping."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        seq = [rng.randrange(6) for _ in range(rng.randrange(0, 20))]
+        for _ in range(rng.randrange(0, 3)):
+            period = rng.choice([1, 2, 3, 7, 11, 16, 33, 48, 49])
+            block = [rng.randrange(6) for _ in range(period)]
+            seq += (block * (200 // period + 2))[: rng.randrange(period, 140)]
+            seq += [rng.randrange(6) for _ in range(rng.randrange(0, 5))]
+        out.append(seq[:160])
+    return out
+
+
+def test_repeat_tracker_agrees_with_find_repeat_at_every_step() -> None:
+    import torch
+
+    from texocr.repeats import RepeatRule, RepeatTracker, find_repeat
+
+    for rule in (RepeatRule(), RepeatRule(max_ngram=8, min_repeats=2, min_span=6)):
+        seqs = _sequences(seed=rule.max_ngram)
+        length = max(len(s) for s in seqs)
+        tracker = RepeatTracker(len(seqs), "cpu", rule)
+        fired = 0
+        for t in range(length):
+            ids = torch.tensor([s[t] if t < len(s) else -2 - i for i, s in enumerate(seqs)])  # unique filler
+            got = tracker.push(ids).tolist()
+            want = [t < len(s) and find_repeat(s[: t + 1], max_ngram=rule.max_ngram, min_repeats=rule.min_repeats,
+                                               min_span=rule.min_span) is not None for s in seqs]
+            assert [g for g, s in zip(got, seqs) if t < len(s)] == [w for w, s in zip(want, seqs) if t < len(s)]
+            fired += sum(want)
+        assert fired > 50  # the sequences really loop (and, per the loop above, not at every step)
+
+
+# ------------------------------------------------------------------ static mode == dynamic mode
+
+
+def _run(dec, enc, kw, **extra):
+    return dec.generate(enc, eos_ids=kw.get("eos", kw["eos_token_id"]), pad_id=kw["pad_token_id"], **extra)
+
+
+_DECODERS: dict = {}
+
+
+def _decoder(model, static: bool, sync_every: int = 8):
+    """One decoder per (model, mode): preparing the weights (fp16 packing checks) is the slow part on a CPU."""
+    from texocr.models.compact_decode import GreedyDecoder
+
+    key = (id(model), static, sync_every)
+    if key not in _DECODERS:
+        _DECODERS[key] = (model, GreedyDecoder(model, static=static, graphs=False, sync_every=sync_every))
+    return _DECODERS[key][1]
+
+
+def _both(model, enc, kw, sync_every: int = 8, **extra):
+    """(dynamic output, static output, static decoder) of one call."""
+    static = _decoder(model, True, sync_every)
+    static._shapes.clear()
+    out = _run(static, enc, kw, **extra)
+    assert static._shapes, "the static mode did not run"
+    return _run(_decoder(model, False), enc, kw, **extra), out, static
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["tiny-fp32", "base-bf16"])
+def test_static_mode_gives_the_dynamic_modes_tokens(compact_models, which: int) -> None:
+    """Batch 1 and a left-padded batch of 4 differently sized images (padded to the next bucket when 3)."""
+    import torch
+
+    _, model, proc, fam, _ = compact_models[which]
+    kw = fam.generation_kwargs(proc)
+    images = _images()
+    for batch in ([images[1]], images, images[:3]):
+        enc = fam.encode_for_generation(proc, batch)
+        ref, out, dec = _both(model, enc, kw, max_new_tokens=24, min_new_tokens=24)
+        assert torch.equal(out.tokens, ref.tokens)
+        assert len({tuple(r) for r in ref.tokens.tolist()}) == len(batch)  # rows differ: not degenerate
+        assert torch.allclose(out.logprobs, ref.logprobs, atol=1e-5)
+        assert next(iter(dec._shapes))[:2] == (1 if len(batch) == 1 else 4, 64)  # (rows, slots) buckets
+
+
+@pytest.mark.parametrize("sync_every", [1, 8])
+def test_static_mode_stops_rows_on_device_where_the_dynamic_mode_does(compact_models, sync_every: int) -> None:
+    """An end token that rows reach at different steps: finished rows emit padding (on device, no host read per
+    step) and the batch runs on until every row is done, or `sync_every` steps later; same output."""
+    import torch
+
+    _, model, proc, fam, _ = compact_models[1]
+    kw = fam.generation_kwargs(proc)
+    pad = kw["pad_token_id"]
+    enc = fam.encode_for_generation(proc, _images())
+    free, _, _ = _both(model, enc, kw, max_new_tokens=30, min_new_tokens=30)
+    rows = free.tokens.tolist()
+    end = next(t for t in rows[0] if len({r.index(t) if t in r else 30 for r in rows}) > 1)
+    ref, out, _ = _both(model, enc, {**kw, "eos": [end]}, sync_every=sync_every, max_new_tokens=30)
+    assert torch.equal(out.tokens, ref.tokens)
+    assert torch.allclose(out.logprobs, ref.logprobs, atol=1e-5)
+    lengths = [r.index(end) + 1 if end in r else 30 for r in ref.tokens.tolist()]
+    assert len(set(lengths)) > 1 and min(lengths) < 30  # rows really stopped, at different steps
+    assert all((row[n:] == [pad] * (30 - n)) for row, n in zip(ref.tokens.tolist(), lengths))
+    # min_new_tokens forbids that end token for the first steps, on device too
+    ref, out, _ = _both(model, enc, {**kw, "eos": [end]}, sync_every=sync_every, max_new_tokens=30,
+                        min_new_tokens=max(lengths) - 1)
+    assert torch.equal(out.tokens, ref.tokens)
+
+
+def test_static_mode_cuts_loops_and_reuses_its_buffers(compact_loaded) -> None:
+    """The tiny model as saved loops: rows stop at the same step through `RepeatTracker`; the same decoder then
+    decodes other prompt lengths in the same (reset) buffers."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+    from texocr.repeats import RepeatRule
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    kw = fam.generation_kwargs(proc)
+    static = GreedyDecoder(model, static=True, graphs=False)
+    dynamic = GreedyDecoder(model, static=False)
+    images = _images()
+    for batch in (images, [images[2]], images[:2], images):
+        enc = fam.encode_for_generation(proc, batch)
+        ref = _run(dynamic, enc, kw, max_new_tokens=60, repeat=RepeatRule())
+        out = _run(static, enc, kw, max_new_tokens=60, repeat=RepeatRule())
+        assert torch.equal(out.tokens, ref.tokens)
+        assert (ref.tokens[:, -1] == kw["pad_token_id"]).any()  # some row was cut before the limit
+    assert len(static._shapes) == 3  # buckets of 4, 1 and 2 rows, kept and reused
+
+
+def test_recognizer_static_mode_agrees_with_generate(compact_loaded, compact_models) -> None:
+    """Through `Recognizer`: texts, token counts, stop reasons of the static mode and of `generate`."""
+    from texocr.infer import Recognizer
+    from texocr.models.compact_decode import GreedyDecoder
+
+    images = _images()
+    for model in (compact_models[0][1], compact_loaded.model):
+        proc, fam = compact_loaded.processor, compact_loaded.family
+        fast = Recognizer(model, proc, fam, max_new_tokens=60, batch_size=3)
+        fast._greedy = (model, GreedyDecoder(model, static=True, graphs=False))
+        slow = Recognizer(model, proc, fam, max_new_tokens=60, batch_size=3, fast_decode=False)
+        a, b = fast(images, return_details=True), slow(images, return_details=True)
+        assert fast._greedy[1]._shapes
+        assert [(p.text, p.tokens, p.stop) for p in a] == [(p.text, p.tokens, p.stop) for p in b]
+        assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-4)
+
+
+# ------------------------------------------------------------------ worker processes (texocr.prep)
+
+
+def test_encodings_joined_from_pieces_equal_one_batch_encoding(compact_loaded) -> None:
+    import torch
+
+    from texocr.prep import Prep, concat_encodings
+
+    proc, fam = compact_loaded.processor, compact_loaded.family
+    prep = Prep(proc, fam, 10**8, 4096, None)
+    images = _images() + [_images()[0]]
+    whole = prep.encode(images)
+    joined = concat_encodings([prep.encode(images[:1]), prep.encode(images[1:3]), prep.encode(images[3:])],
+                              prep.pad_id())
+    assert (whole["attention_mask"] == 0).any() and whole.keys() == joined.keys()
+    for k in whole:
+        assert torch.equal(whole[k], joined[k]), k
+
+
+def test_predict_with_workers_gives_the_same_predictions(compact_loaded, tmp_path) -> None:
+    """Files read, glyph-rescaled and encoded in 2 worker processes: same predictions, same per-image errors."""
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    paths = []
+    for i, im in enumerate(_images() * 2):
+        paths.append(tmp_path / f"{i}.png")
+        im.save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    inputs = [str(p) for p in paths[:3]] + [str(tmp_path / "bad.png")] + [str(p) for p in paths[3:]]
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24)
+    pooled = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24, workers=2)
+    try:
+        a, b = plain(inputs, return_details=True), pooled(inputs, return_details=True)
+        assert pooled._pool is not None  # the workers really ran
+    finally:
+        pooled.close()
+    assert [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in a] == \
+        [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in b]
+    assert a[3].error and b[3].error and "bad.png" in b[3].error
