@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texocr.config import EvalConfig
 from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
+from texocr.prep import source_name as _source_name
 from texocr.repeats import RepeatRule, find_repeat  # find_repeat: also re-exported
 
 if TYPE_CHECKING:
@@ -126,15 +126,6 @@ def clean_output(text: str, prompt: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------- recognizer
-
-
-def _source_name(src: Any) -> str:
-    if isinstance(src, (str, Path)):
-        return str(src)
-    name = getattr(src, "name", None)
-    if isinstance(name, str):
-        return name
-    return "<bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else "<Image>"
 
 
 class Recognizer:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import torch
 
 
-def _source_name(src: Any) -> str:
+def source_name(src: Any) -> str:
+    """How an input is named in messages: its path, a file object's name, or what kind of object it is."""
     from pathlib import Path
 
     if isinstance(src, (str, Path)):
@@ -56,7 +57,7 @@ class Prep:
         img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
         gray = np.asarray(img.convert("L"))
         if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
-            raise TexocrError(f"{_source_name(src)}: blank image (a single colour): no formula to read")
+            raise TexocrError(f"{source_name(src)}: blank image (a single colour): no formula to read")
         return rescale_to_glyph_height(img, self.glyph_height) if self.glyph_height else img
 
     def encode(self, images: list[Any]) -> dict[str, torch.Tensor]:
