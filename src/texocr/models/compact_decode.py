@@ -104,10 +104,15 @@ def _signed(sin: torch.Tensor) -> torch.Tensor:
 class GreedyDecoder:
     """Greedy decoding of a `Qwen2VLForConditionalGeneration` with plain torch ops (see the module docstring)."""
 
-    def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int = 4) -> None:
+    def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int = 4,
+                 fast_vision: bool = True, group_prefill: bool = True) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
-        `vision_batch`: images per vision-tower call."""
+        `vision_batch`: images per vision-tower call. `fast_vision`: run the vision tower through
+        `compact_vision.FastVision` (CPU; fewer, larger ops) where it supports the model, else its own forward.
+        `group_prefill`: prefill a padded batch in groups of similar prompt length (`compact_prefill`)."""
+        from texocr.models.compact_vision import FastVision
+
         text = model.model.language_model
         cfg = text.config
         self.model = model
@@ -118,6 +123,9 @@ class GreedyDecoder:
         self.image_token_id = model.config.image_token_id
         self.half_option = half
         self.vision_batch = max(1, vision_batch)
+        visual = model.model.visual
+        self.fast_vision = FastVision(visual) if fast_vision and FastVision.supports(visual) else None
+        self.group_prefill = group_prefill
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -238,8 +246,10 @@ class GreedyDecoder:
         feats, offset = [], 0
         for i in range(0, len(patches), self.vision_batch):
             n = sum(patches[i: i + self.vision_batch])
-            out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
-            feats.extend(out.pooler_output)
+            if self.fast_vision is not None:
+                feats.append(self.fast_vision(pixels[offset: offset + n], grid[i: i + self.vision_batch]))
+            else:
+                feats.extend(core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch]).pooler_output)
             offset += n
         return torch.cat(feats, dim=0)  # [image tokens of all images, D]
 
@@ -272,7 +282,12 @@ class GreedyDecoder:
             causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=ids.device).tril()
             mask = causal & valid[:, None, None, :prompt_len]
             mask |= torch.eye(prompt_len, dtype=torch.bool, device=ids.device)
-        h = self._forward(x, cos.unsqueeze(1), sin.unsqueeze(1), cache, 0, mask)  # [B, T, D]
+        if padded and self.group_prefill:  # rows of similar length together: no prefill of the padding
+            from texocr.models.compact_prefill import grouped_prefill
+
+            h = grouped_prefill(self._forward, x, cos.unsqueeze(1), sin.unsqueeze(1), cache, mask, attn)  # [B, 1, D]
+        else:
+            h = self._forward(x, cos.unsqueeze(1), sin.unsqueeze(1), cache, 0, mask)  # [B, T, D]
 
         tokens = torch.full((batch, max_new), pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=ids.device)
@@ -282,6 +297,8 @@ class GreedyDecoder:
         # (rows, step, best logit, logits [b, V]) of every step: one logsumexp after the loop instead of one per
         # token (a dozen small ops each); at most B x N x V floats (32 x 256 x 1.3k: 42 MB), typically a tenth
         scored: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+        # the padding as an additive mask (0 / -inf) for decode steps: what SDPA makes of a boolean mask, once
+        bias = torch.zeros(valid.shape, device=ids.device).masked_fill_(~valid, float("-inf")) if padded else None
         if streamer is not None:
             streamer.put(ids.cpu())
         for step in range(max_new):
@@ -307,10 +324,12 @@ class GreedyDecoder:
             if bool(done.any()):  # finished rows leave: a smaller batch for the rest
                 keep = (~done).nonzero()[:, 0]
                 rows, nxt = rows[keep], nxt[keep]
-                cache = [(k[keep], v[keep]) for k, v in cache]
+                filled = prompt_len + step  # slots written so far: the prompt and the tokens fed before this step
+                cache = [(_keep_rows(k, keep, filled), _keep_rows(v, keep, filled)) for k, v in cache]
                 valid, dec_cos, dec_sin = valid[keep], dec_cos[keep], dec_sin[keep]
+                bias = bias[keep] if bias is not None else None
             pos = prompt_len + step  # cache slot of the token being fed
-            step_mask = valid[:, None, None, : pos + 1] if padded else None  # [b, 1, 1, L]
+            step_mask = bias[:, None, None, : pos + 1] if bias is not None else None  # [b, 1, 1, L]
             x = F.embedding(nxt[:, None], self.embed)  # [b, 1, D]
             h = self._forward(x, dec_cos[:, None, step: step + 1], dec_sin[:, None, step: step + 1], cache, pos,
                               step_mask)
@@ -356,6 +375,14 @@ class GreedyDecoder:
             gate, up = layer.gate_up(_rms(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
             x = x + layer.down(F.silu(gate) * up)
         return x
+
+
+def _keep_rows(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:
+    """`cache[keep]` [b, KV, S, hd] with only its first `filled` slots copied: the later ones are written
+    before they are read (a decode step reads slots up to the one it writes)."""
+    out = cache.new_empty(len(keep), *cache.shape[1:])
+    out[:, :, :filled] = cache[keep, :, :filled]
+    return out
 
 
 def _attn_linears(attn: Any) -> tuple[Any, ...]:
