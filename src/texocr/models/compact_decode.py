@@ -378,11 +378,16 @@ class GreedyDecoder:
 
 
 def _keep_rows(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:
-    """`cache[keep]` [b, KV, S, hd] with only its first `filled` slots copied: the later ones are written
-    before they are read (a decode step reads slots up to the one it writes)."""
-    out = cache.new_empty(len(keep), *cache.shape[1:])
-    out[:, :, :filled] = cache[keep, :, :filled]
-    return out
+    """`cache[keep]` [b, KV, S, hd] as the first b rows of `cache` itself, moved up in place: only rows after the
+    first dropped one move, and only their first `filled` slots (the later ones are written before they are
+    read: a decode step reads the slots up to the one it writes)."""
+    import torch
+
+    moved = (keep != torch.arange(len(keep), device=keep.device)).nonzero()
+    if len(moved):
+        first = int(moved[0, 0])
+        cache[first: len(keep), :, :filled] = cache[keep[first:], :, :filled]
+    return cache[: len(keep)]
 
 
 def _attn_linears(attn: Any) -> tuple[Any, ...]:
