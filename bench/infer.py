@@ -162,6 +162,9 @@ def main() -> None:
                                                      "static CUDA graphs on a GPU); each batch size runs through each")
     ap.add_argument("--workers", type=int, default=0, help="Recognizer.workers: processes that read and encode "
                                                          "images (then images are passed as PNG bytes)")
+    ap.add_argument("--no-fast-paths", action="store_true",
+                    help="the fast greedy loop without its CPU fast paths (compact_vision, compact_prefill): "
+                         "the model's own vision forward and one padded prefill")
     args = ap.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if not set(paths) <= {"plain", "fast"}:
@@ -175,12 +178,16 @@ def main() -> None:
     t0 = time.perf_counter()
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height)
     load_s = time.perf_counter() - t0
+    greedy = rec._greedy_decoder()
+    if args.no_fast_paths and greedy is not None:
+        greedy.fast_vision, greedy.group_prefill = None, False
     params = sum(p.numel() for p in rec.model.parameters())
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     meta = {"model": args.model, "params": params, "dtype": str(next(rec.model.parameters()).dtype),
             "device": device, "gpu": gpu, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
             "max_new_tokens": args.max_new_tokens, "data": args.data, "load_s": round(load_s, 1),
+            "glyph_height": rec.glyph_height, "fast_paths": greedy is not None and not args.no_fast_paths,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     meta["workers"] = rec.workers = args.workers
     print(json.dumps(meta), flush=True)

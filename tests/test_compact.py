@@ -479,3 +479,89 @@ def test_grow_refuses_other_widths_and_shrinking(small_dir: Path, tmp_path: Path
         grow_compact(v7, "small", tmp_path / "b")  # fewer layers
     with pytest.raises(TexocrError, match="unknown compact size"):
         grow_compact(small_dir, "huge", tmp_path / "c")
+
+
+# ------------------------------------------------------------------ CPU fast paths (compact_vision.py, compact_prefill.py)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["tiny-fp32", "base-bf16"])
+def test_fast_vision_equals_the_models_vision_tower(compact_models, which: int) -> None:
+    """FastVision gives get_image_features' output: images of different sizes, of one size, one image, and
+    patches whose two temporal frames differ (then the full, unsummed patch kernel is used)."""
+    import torch
+
+    from texocr.models.compact_vision import FastVision
+
+    _, model, proc, fam, _ = compact_models[which]
+    core = model.model
+    assert FastVision.supports(core.visual)
+    fast = FastVision(core.visual)
+    images = _images()
+    with torch.inference_mode():
+        for batch in (images, [images[0], images[0], images[0]], [images[2]]):
+            enc = fam.encode_for_generation(proc, batch)
+            pixels, grid = enc["pixel_values"], enc["image_grid_thw"]
+            ref = torch.cat(core.get_image_features(pixels, grid).pooler_output)
+            out = fast(pixels, grid)
+            assert out.shape == ref.shape
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        noise = torch.randn_like(pixels)  # frames differ: not a still image
+        ref = torch.cat(core.get_image_features(noise, grid).pooler_output)
+        torch.testing.assert_close(fast(noise, grid), ref, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():  # a weight changed in place (training between evaluations) is picked up
+            core.visual.patch_embed.proj.weight.mul_(2.0)
+        try:
+            ref = torch.cat(core.get_image_features(pixels, grid).pooler_output)
+            torch.testing.assert_close(fast(pixels, grid), ref, rtol=1e-4, atol=1e-4)
+        finally:
+            with torch.no_grad():
+                core.visual.patch_embed.proj.weight.div_(2.0)
+
+
+def test_prefill_groups_are_the_cheapest_split() -> None:
+    """The dynamic program's groups cost no more than any split of the sorted rows into contiguous runs."""
+    import itertools
+    import random
+
+    from texocr.models.compact_prefill import groups
+
+    assert groups([10, 100, 12, 98], group_cost=8) == [[0, 2], [3, 1]]
+    assert groups([10, 100, 12, 98], group_cost=1000) == [[0, 2, 3, 1]]
+    assert groups([50, 50, 50], group_cost=0) in ([[0, 1, 2]], [[0], [1], [2]], [[0, 1], [2]], [[0], [1, 2]])
+
+    def cost(parts: list[list[int]], lengths: list[int], c: int) -> int:
+        return sum(len(p) * max(lengths[i] for i in p) + c for p in parts)
+
+    rng = random.Random(0)
+    for _ in range(30):
+        lengths = [rng.randint(5, 150) for _ in range(rng.randint(1, 8))]
+        got = groups(lengths, group_cost=20)
+        assert sorted(i for p in got for i in p) == list(range(len(lengths)))
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, 20)
+                   for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        assert cost(got, lengths, 20) == best
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["tiny-fp32", "base-bf16"])
+def test_grouped_prefill_equals_one_padded_prefill(compact_models, which: int) -> None:
+    """Same tokens and log-probabilities with and without the grouped prefill, on a padded batch whose rows
+    fall into several groups."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+    from texocr.models.compact_prefill import groups
+
+    _, model, proc, fam, _ = compact_models[which]
+    kw = fam.generation_kwargs(proc)
+    images = [_image(56, 28), _image(800, 84), _image(60, 60), _image(760, 84), _image(56, 28)]
+    enc = fam.encode_for_generation(proc, images)
+    lengths = enc["attention_mask"].sum(1).tolist()
+    assert len(groups(lengths)) > 1  # the grouping really splits this batch
+    outs = []
+    for grouped in (False, True):
+        dec = GreedyDecoder(model, group_prefill=grouped)
+        outs.append(dec.generate(enc, max_new_tokens=16, min_new_tokens=16, eos_ids=kw["eos_token_id"],
+                                 pad_id=kw["pad_token_id"]))
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    torch.testing.assert_close(outs[0].logprobs, outs[1].logprobs, rtol=1e-4, atol=1e-4)

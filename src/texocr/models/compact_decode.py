@@ -154,14 +154,20 @@ class GreedyDecoder:
 
     def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int | None = None,
                  static: bool | None = None, graphs: bool | None = None, sync_every: int = 8,
-                 max_shapes: int = 6) -> None:
+                 max_shapes: int = 6, fast_vision: bool = True, group_prefill: bool = True) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
         `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
         padded one-call-per-layer attention of `qwen_speed`).
         `static`: the static-shape mode (module docstring); None: on CUDA only. `graphs`: capture its step in a
-        CUDA graph (None: on CUDA, unless the environment sets TEXOCR_CUDA_GRAPHS=0). `sync_every`: steps between host checks of "all rows done".
-        `max_shapes`: static shapes (buffers + graph) kept; the least recently used beyond it are freed."""
+        CUDA graph (None: on CUDA, unless the environment sets TEXOCR_CUDA_GRAPHS=0). `sync_every`: steps between
+        host checks of "all rows done". `max_shapes`: static shapes (buffers + graph) kept; the least recently
+        used beyond it are freed.
+        `fast_vision` (CPU): run the vision tower through `compact_vision.FastVision` (fewer, larger ops) where
+        it supports the model, else its own forward. `group_prefill` (CPU): prefill a padded batch in groups of
+        similar prompt length (`compact_prefill`)."""
+        from texocr.models.compact_vision import FastVision
+
         text = model.model.language_model
         cfg = text.config
         self.model = model
@@ -179,6 +185,9 @@ class GreedyDecoder:
         self.sync_every = max(1, sync_every)
         self.max_shapes = max(1, max_shapes)
         self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
+        visual = model.model.visual
+        self.fast_vision = FastVision(visual) if fast_vision and not cuda and FastVision.supports(visual) else None
+        self.group_prefill = group_prefill and not cuda
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -313,9 +322,12 @@ class GreedyDecoder:
             if pixels.device.type == "cuda":  # one padded attention call per layer, not one per image
                 with batched_vision_attention(max(patches[i: i + self.vision_batch])):
                     out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
+                feats.extend(out.pooler_output)
+            elif self.fast_vision is not None:
+                feats.append(self.fast_vision(pixels[offset: offset + n], grid[i: i + self.vision_batch]))
             else:
                 out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
-            feats.extend(out.pooler_output)
+                feats.extend(out.pooler_output)
             offset += n
         return torch.cat(feats, dim=0)  # [image tokens of all images, D]
 
@@ -339,15 +351,21 @@ class GreedyDecoder:
 
     def _prefill(self, p: dict[str, Any], cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The prompt through the text tower into cache slots 0..T-1: hidden states [B, T, D]."""
+        return self._forward(p["x"], p["cos"].unsqueeze(1), p["sin"].unsqueeze(1), cache, 0,
+                             self._prefill_mask(p))  # [B, T, D]
+
+    @staticmethod
+    def _prefill_mask(p: dict[str, Any]) -> torch.Tensor | None:
+        """[B, 1, T, T] bool: causal and padding (a padding query sees itself: no empty rows, no NaN); None
+        without padding."""
         import torch
 
+        if not p["padded"]:
+            return None
         attn, prompt_len = p["attn"], p["attn"].shape[1]
-        mask = None
-        if p["padded"]:  # causal and padding; a padding query sees itself (no empty rows, no NaN)
-            causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=attn.device).tril()
-            mask = causal & attn.bool()[:, None, None, :]
-            mask |= torch.eye(prompt_len, dtype=torch.bool, device=attn.device)
-        return self._forward(p["x"], p["cos"].unsqueeze(1), p["sin"].unsqueeze(1), cache, 0, mask)  # [B, T, D]
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=attn.device).tril()
+        mask = causal & attn.bool()[:, None, None, :]
+        return mask | torch.eye(prompt_len, dtype=torch.bool, device=attn.device)
 
     def _generate(self, enc: dict[str, Any], max_new: int, eos_ids: list[int], pad_id: int, min_new: int,
                   stop_row: Callable[[list[int]], bool] | None, streamer: Any) -> GreedyOutput:
@@ -363,7 +381,13 @@ class GreedyDecoder:
         cache = [(x.new_zeros(shape), x.new_zeros(shape)) for _ in self.layers]  # [B, KV, T + N, hd] each
         valid = torch.ones((batch, total), dtype=torch.bool, device=ids.device)
         valid[:, :prompt_len] = p["attn"].bool()
-        h = self._prefill(p, cache)  # [B, T, D]
+        if padded and self.group_prefill:  # rows of similar length together: no prefill of the padding
+            from texocr.models.compact_prefill import grouped_prefill
+
+            h = grouped_prefill(self._forward, x, p["cos"].unsqueeze(1), p["sin"].unsqueeze(1), cache,
+                                self._prefill_mask(p), p["attn"])  # [B, 1, D]
+        else:
+            h = self._prefill(p, cache)  # [B, T, D]
 
         tokens = torch.full((batch, max_new), pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=ids.device)
@@ -373,6 +397,8 @@ class GreedyDecoder:
         # (rows, step, best logit, logits [b, V]) of every step: one logsumexp after the loop instead of one per
         # token (a dozen small ops each); at most B x N x V floats (32 x 256 x 1.3k: 42 MB), typically a tenth
         scored: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+        # the padding as an additive mask (0 / -inf) for decode steps: what SDPA makes of a boolean mask, once
+        bias = torch.zeros(valid.shape, device=ids.device).masked_fill_(~valid, float("-inf")) if padded else None
         if streamer is not None:
             streamer.put(ids.cpu())
         for step in range(max_new):
@@ -398,10 +424,12 @@ class GreedyDecoder:
             if bool(done.any()):  # finished rows leave: a smaller batch for the rest
                 keep = (~done).nonzero()[:, 0]
                 rows, nxt = rows[keep], nxt[keep]
-                cache = [(k[keep], v[keep]) for k, v in cache]
+                filled = prompt_len + step  # slots written so far: the prompt and the tokens fed before this step
+                cache = [(_keep_rows(k, keep, filled), _keep_rows(v, keep, filled)) for k, v in cache]
                 valid, dec_cos, dec_sin = valid[keep], dec_cos[keep], dec_sin[keep]
+                bias = bias[keep] if bias is not None else None
             pos = prompt_len + step  # cache slot of the token being fed
-            step_mask = valid[:, None, None, : pos + 1] if padded else None  # [b, 1, 1, L]
+            step_mask = bias[:, None, None, : pos + 1] if bias is not None else None  # [b, 1, 1, L]
             x = F.embedding(nxt[:, None], self.embed)  # [b, 1, D]
             h = self._forward(x, dec_cos[:, None, step: step + 1], dec_sin[:, None, step: step + 1], cache, pos,
                               step_mask)
@@ -594,6 +622,19 @@ def _capture(step: Callable[[], None]) -> Any:
     with torch.cuda.graph(graph):
         step()
     return graph
+
+
+def _keep_rows(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:
+    """`cache[keep]` [b, KV, S, hd] as the first b rows of `cache` itself, moved up in place: only rows after the
+    first dropped one move, and only their first `filled` slots (the later ones are written before they are
+    read: a decode step reads the slots up to the one it writes)."""
+    import torch
+
+    moved = (keep != torch.arange(len(keep), device=keep.device)).nonzero()
+    if len(moved):
+        first = int(moved[0, 0])
+        cache[first: len(keep), :, :filled] = cache[keep[first:], :, :filled]
+    return cache[: len(keep)]
 
 
 def _attn_linears(attn: Any) -> tuple[Any, ...]:
