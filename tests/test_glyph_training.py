@@ -130,3 +130,30 @@ def test_im2markup_renders_skip_the_printed_augmentation(monkeypatch: pytest.Mon
 
     assert augmented(0.0) == {True: {False}, False: {True}}  # downsampled: never; printed: always (printed_aug 1)
     assert augmented(1.0) == {True: {True}, False: {True}}
+
+
+def test_grpo_samples_from_images_sized_as_read(tiny_model_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reinforcement fine-tuning shows the policy the same enlarged images as supervised training and inference."""
+    from texocr import grpo
+    from texocr.config import ModelConfig
+    from texocr.data.collate import sized_as_read
+    from texocr.models.loading import load_model
+    from texocr.rewards import Reward
+
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir("compact")), family="compact", method="lora",
+                                    lora_r=4, lora_alpha=8), training=True, device="cpu")
+    shown: list[tuple[int, int]] = []
+    real = grpo.sample_answers
+
+    def spy(loaded_, rows, settings):
+        shown.extend(im.size for im in rows)
+        return real(loaded_, rows, settings)
+
+    monkeypatch.setattr(grpo, "sample_answers", spy)
+    settings = grpo.GrpoSettings(generations=2, max_new_tokens=3)
+    params = [p for p in loaded.model.parameters() if p.requires_grad]
+    learner = grpo.GrpoLearner(loaded, settings, lambda p, r, *, raw=None: [Reward(1.0, {})] * len(p),
+                               torch.optim.AdamW(params, lr=1e-3), glyph_height=20)
+    learner.step([[Sample(_small(), "x+y=2", "a")]])
+    enlarged = sized_as_read(_small(), 20).size
+    assert enlarged != _small().size and shown == [enlarged, enlarged]

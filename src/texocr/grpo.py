@@ -225,8 +225,9 @@ class GrpoLearner:
 
     def __init__(self, loaded: LoadedModel, settings: GrpoSettings, reward: RewardFn, optimizer: Any, *,
                  scheduler: Any = None, max_grad_norm: float = 1.0, autocast: Callable[[], Any] | None = None,
-                 target: Callable[[str], str] = str.strip) -> None:
+                 target: Callable[[str], str] = str.strip, glyph_height: float | None = None) -> None:
         self.loaded, self.settings, self.reward = loaded, settings, reward
+        self.glyph_height = glyph_height  # images enlarged as the Recognizer enlarges them (`data.glyph_height`)
         self.optimizer, self.scheduler, self.max_grad_norm = optimizer, scheduler, max_grad_norm
         self.autocast = autocast or contextlib.nullcontext
         self.target = target
@@ -278,12 +279,13 @@ class GrpoLearner:
         """Sample, score and backpropagate one batch of images (its loss divided by `n_batches`)."""
         import torch
 
+        from texocr.data.collate import sized_as_read
         from texocr.infer import clean_output
         from texocr.models.base import INSTRUCTION
 
         s, loaded = self.settings, self.loaded
         g = s.generations
-        images = [smp.image.convert("RGB") if smp.image.mode != "RGB" else smp.image for smp in samples]
+        images = [sized_as_read(smp.image, self.glyph_height) for smp in samples]
         rows = [im for im in images for _ in range(g)]  # row i * g + j: answer j to image i
         t0 = time.perf_counter()
         with self.autocast():
@@ -535,7 +537,8 @@ def train_grpo(cfg: Config, *, train_samples: list[Sample] | None, val_samples: 
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
     reward = RewardFunction.from_config(t)
     learner = GrpoLearner(loaded, settings, reward, optimizer, scheduler=scheduler, max_grad_norm=t.max_grad_norm,
-                          autocast=_autocast(t.precision, loaded.device), target=training_target)
+                          autocast=_autocast(t.precision, loaded.device), target=training_target,
+                          glyph_height=cfg.data.glyph_height)
     step, done_seconds = 0, 0.0
     if resume:
         state = load_checkpoint(Path(resume), learner)

@@ -357,6 +357,9 @@ def _device() -> str | None:
 def train(cfg: Config, *, train_samples: list[Sample] | None = None,
           val_samples: list[Sample] | None = None) -> TrainResult:
     """Run one training job; `train_samples`/`val_samples` replace `cfg.data` sources when given (tests, API)."""
+    cfg.data.glyph_height = training_glyph_height(cfg)
+    if cfg.data.glyph_height and cfg.eval.glyph_height is None:  # the run then reads as it trained
+        cfg.eval.glyph_height = cfg.data.glyph_height
     if cfg.train.method == "grpo":  # reinforcement fine-tuning from a reward: its own loop (texocr.grpo says why)
         from texocr.grpo import train_grpo
 
@@ -389,9 +392,6 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         log.info("train.resume=%s: resuming from %s", cfg.train.resume, resume)
     out.mkdir(parents=True, exist_ok=True)
     main_process = _rank() == 0  # under torchrun / accelerate launch only rank 0 writes the run's files
-    cfg.data.glyph_height = training_glyph_height(cfg)
-    if cfg.data.glyph_height and cfg.eval.glyph_height is None:  # the run then reads as it trained
-        cfg.eval.glyph_height = cfg.data.glyph_height
     if main_process:
         save_config(cfg, out / "config.yaml")
     set_seed(cfg.train.seed)

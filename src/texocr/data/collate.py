@@ -46,6 +46,19 @@ def training_target(latex: str, level: str = "standard") -> str:
         return latex.strip()
 
 
+def sized_as_read(image: Any, glyph_height: float | None, *, jitter: float = 0.0, key: str = "") -> Any:
+    """`image` (PIL) in RGB, enlarged as `Recognizer(glyph_height=...)` enlarges an input before reading it (the
+    target spread by +-`jitter`, drawn from `key`): training sees what inference will show the model."""
+    img = image.convert("RGB") if image.mode != "RGB" else image
+    if not glyph_height:
+        return img
+    from texocr.data.images import rescale_to_glyph_height
+
+    if jitter:
+        glyph_height *= 1 + random.Random(zlib.crc32(key.encode())).uniform(-jitter, jitter)
+    return rescale_to_glyph_height(img, glyph_height)
+
+
 class Collator:
     """Callable on `list[Sample]`; over-long samples are dropped and recorded in `self.dropped`."""
 
@@ -77,16 +90,8 @@ class Collator:
         return training_target(sample.latex, self.normalize_level) if self.normalize else sample.latex
 
     def image(self, sample: Sample) -> Any:  # -> PIL.Image (RGB), sized as the Recognizer would size it
-        img = sample.image.convert("RGB") if sample.image.mode != "RGB" else sample.image
-        if not self.glyph_height:
-            return img
-        from texocr.data.images import rescale_to_glyph_height
-
-        target = self.glyph_height
-        if self.glyph_jitter:  # seeded by the sample and the count: workers hold copies of one collator
-            rng = random.Random(zlib.crc32(f"{sample.id}:{self.seen}".encode()))
-            target *= 1 + rng.uniform(-self.glyph_jitter, self.glyph_jitter)
-        return rescale_to_glyph_height(img, target)
+        # seeded by the sample and the count: DataLoader workers hold copies of one collator
+        return sized_as_read(sample.image, self.glyph_height, jitter=self.glyph_jitter, key=f"{sample.id}:{self.seen}")
 
     def __call__(self, samples: list[Sample]) -> BatchFeature:
         if not samples:
