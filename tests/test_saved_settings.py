@@ -54,8 +54,8 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     encode = Recognizer._encode
 
-    def spy(self: Recognizer, images: list[Any]) -> Any:
-        enc = encode(self, images)
+    def spy(self: Recognizer, images: list[Any], *args: Any, **kwargs: Any) -> Any:
+        enc = encode(self, images, *args, **kwargs)
         image_id = self.family.image_token_id(self.processor)
         calls.append({**self.settings(), "budget": self.image_tokens(),
                       "image_tokens": int((enc["input_ids"][0] == image_id).sum())})
