@@ -83,10 +83,11 @@ def test_training_reports_over_long_samples_once_and_resume_says_where(tiny_mode
 def test_shipped_cpu_configs_fit_their_data(config, extra, tmp_path):
     """64 of the samples each config trains on (the demo's: its own short formulas) are all within
     model.max_length (bench/seq_lengths.md has the distributions over 512-1,000 samples)."""
+    from texocr.data.collate import training_target
     from texocr.data.render import available_renderers
     from texocr.models.loading import resolve_model
     from texocr.models.registry import detect_family
-    from texocr.train import normalize_target, read_samples
+    from texocr.train import read_samples
 
     if not available_renderers():
         pytest.skip("no renderer (TeX or ziamath + resvg-py) installed: synthetic data cannot be drawn")
@@ -102,5 +103,5 @@ def test_shipped_cpu_configs_fit_their_data(config, extra, tmp_path):
     path = resolve_model(cfg.model.name_or_path or "default")
     family = detect_family(path, cfg.model.family)
     _, fit = fit_to_length(samples, family, family.build_processor(path, cfg.model), cfg.model.max_length,
-                           target=normalize_target)
+                           target=training_target)
     assert not fit.dropped, fit.summary()

@@ -143,13 +143,6 @@ def training_glyph_height(cfg: Config) -> float:
     return float(saved.options.get("glyph_height") or 0.0)
 
 
-def normalize_target(latex: str) -> str:
-    """Training target (`texocr.data.collate.training_target`)."""
-    from texocr.data.collate import training_target
-
-    return training_target(latex)
-
-
 # ---------------------------------------------------------------- trainer
 
 
@@ -370,7 +363,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from transformers import EarlyStoppingCallback, set_seed
 
     from texocr.config import save_config
-    from texocr.data.collate import Collator
+    from texocr.data.collate import Collator, training_target
     from texocr.data.stream import TrainStream
     from texocr.errors import TexocrError
     from texocr.models.lengths import fit_to_length
@@ -407,7 +400,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     else:
         # over-long samples are left out here, once, with one line of account (not batch by batch)
         train_samples, length_fit = fit_to_length(train_samples, loaded.family, loaded.processor,
-                                                  cfg.model.max_length, target=normalize_target)
+                                                  cfg.model.max_length, target=training_target)
         (log.warning if length_fit.dropped else log.info)(length_fit.summary())
         if not train_samples:
             raise TexocrError(f"every training sample is longer than model.max_length={cfg.model.max_length} "

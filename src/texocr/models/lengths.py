@@ -1,7 +1,7 @@
 """Training sequence lengths, counted before training, so that samples over `model.max_length` are left out
 once, counted and reported in one line, instead of being dropped batch by batch with a warning each time.
 
-    kept, fit = fit_to_length(samples, family, processor, max_length, target=normalize_target)
+    kept, fit = fit_to_length(samples, family, processor, max_length, target=training_target)
     log.info(fit.summary())           # "kept 94 of 128 training samples; 34 (26.6 %) longer than ..."
     fit.as_metrics()                  # what the run's metrics.json records
 
