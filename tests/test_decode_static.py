@@ -202,3 +202,26 @@ def test_predict_with_workers_gives_the_same_predictions(compact_loaded, tmp_pat
     assert [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in a] == \
         [(p.text, p.tokens, p.stop, p.error is None, p.source) for p in b]
     assert a[3].error and b[3].error and "bad.png" in b[3].error
+
+
+def test_a_static_mode_failure_falls_back_to_the_dynamic_loop(compact_models, monkeypatch, caplog) -> None:
+    """A driver-level failure of the static mode (e.g. a CUDA graph that cannot be captured) costs a warning, not
+    the caller's batch: the decoder reads on with the dynamic loop, same tokens."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    _, model, proc, fam, _ = compact_models[0]
+    kw = fam.generation_kwargs(proc)
+    enc = fam.encode_for_generation(proc, _images())
+    ref = _run(_decoder(model, False), enc, kw, max_new_tokens=12, min_new_tokens=12)
+    dec = GreedyDecoder(model, static=True, graphs=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(dec, "_generate_static", broken)
+    with caplog.at_level("WARNING", logger="texocr.models.compact_decode"):
+        out = _run(dec, enc, kw, max_new_tokens=12, min_new_tokens=12)
+    assert torch.equal(out.tokens, ref.tokens) and not dec.static
+    assert "dynamic loop" in caplog.text
