@@ -157,3 +157,22 @@ def test_grpo_samples_from_images_sized_as_read(tiny_model_dir, monkeypatch: pyt
     learner.step([[Sample(_small(), "x+y=2", "a")]])
     enlarged = sized_as_read(_small(), 20).size
     assert enlarged != _small().size and shown == [enlarged, enlarged]
+
+
+def test_lengths_are_counted_at_the_size_the_collator_shows(tiny_loaded) -> None:
+    """In-memory training measures each sample once before training: at the enlarged size, or a sample that fits
+    as given but not as shown would only be dropped batch by batch later."""
+    import functools
+
+    from texocr.data.collate import sized_as_read
+    from texocr.models.lengths import fit_to_length
+
+    loaded = tiny_loaded("qwen2_vl")
+    samples = [Sample(_small(), "x+y=2", "a")]
+    shown = functools.partial(sized_as_read, glyph_height=30)
+    _, as_given = fit_to_length(samples, loaded.family, loaded.processor, 4096)
+    _, as_shown = fit_to_length(samples, loaded.family, loaded.processor, 4096, image=shown)
+    assert as_shown.longest > as_given.longest
+    limit = as_given.longest  # fits as given, not once enlarged
+    kept, fit = fit_to_length(samples, loaded.family, loaded.processor, limit, image=shown)
+    assert kept == [] and fit.dropped == [0]

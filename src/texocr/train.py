@@ -363,7 +363,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     from transformers import EarlyStoppingCallback, set_seed
 
     from texocr.config import save_config
-    from texocr.data.collate import Collator, training_target
+    from texocr.data.collate import Collator, sized_as_read, training_target
     from texocr.data.stream import TrainStream
     from texocr.errors import TexocrError
     from texocr.models.lengths import fit_to_length
@@ -399,8 +399,10 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         dataset: Any = TrainStream(cfg.data, offset=_checkpoint_step(resume))
     else:
         # over-long samples are left out here, once, with one line of account (not batch by batch)
+        # counted at the size the collator shows them (the largest the glyph jitter can make them)
+        shown = functools.partial(sized_as_read, glyph_height=cfg.data.glyph_height * (1 + cfg.data.glyph_jitter))
         train_samples, length_fit = fit_to_length(train_samples, loaded.family, loaded.processor,
-                                                  cfg.model.max_length, target=training_target)
+                                                  cfg.model.max_length, target=training_target, image=shown)
         (log.warning if length_fit.dropped else log.info)(length_fit.summary())
         if not train_samples:
             raise TexocrError(f"every training sample is longer than model.max_length={cfg.model.max_length} "

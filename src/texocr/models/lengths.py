@@ -109,9 +109,12 @@ def sequence_lengths(family: Family, processor: Any, images: Sequence[Image.Imag
 
 
 def fit_to_length(samples: Sequence[Sample], family: Family, processor: Any, max_length: int, *,
-                  target: Callable[[str], str] = str.strip) -> tuple[list[Sample], LengthFit]:
-    """The samples that fit `max_length` (order kept) and the account of the others."""
-    lengths = sequence_lengths(family, processor, [s.image for s in samples], [target(s.latex) for s in samples])
+                  target: Callable[[str], str] = str.strip,
+                  image: Callable[[Any], Any] | None = None) -> tuple[list[Sample], LengthFit]:
+    """The samples that fit `max_length` (order kept) and the account of the others; `image` gives each image as
+    the collator will show it (e.g. enlarged to a glyph height), so its tokens are counted at that size."""
+    images = [image(s.image) if image else s.image for s in samples]
+    lengths = sequence_lengths(family, processor, images, [target(s.latex) for s in samples])
     fit = LengthFit(max_length, lengths, [i for i, n in enumerate(lengths) if n > max_length])
     dropped = set(fit.dropped)
     return [s for i, s in enumerate(samples) if i not in dropped], fit
