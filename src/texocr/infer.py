@@ -152,7 +152,7 @@ class Recognizer:
         # processes that read, rescale and encode images for `predict` calls of several images (texocr.prep);
         # 0: all in this process. `texocr eval` on a GPU sets it, so the GPU does not wait for one CPU core.
         self.workers = workers
-        self._pool: Any = None  # (Prep, PrepPool) once used
+        self._pool: Any = None  # (settings key, PrepPool) once used
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
@@ -235,13 +235,12 @@ class Recognizer:
 
     def _prep_pool(self) -> Any:
         """The worker pool for this recognizer's current image settings (re-made when they changed)."""
-        from texocr.prep import Prep, PrepPool
+        from texocr.prep import PrepPool
 
-        prep = Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height)
         key = (self.max_pixels, self.max_side, self.glyph_height, self.workers, id(self.processor))
         if self._pool is None or self._pool[0] != key:
             self.close()
-            self._pool = (key, PrepPool(prep, self.workers))
+            self._pool = (key, PrepPool(self._prep(), self.workers))
         return self._pool[1]
 
     def close(self) -> None:
@@ -275,10 +274,14 @@ class Recognizer:
 
     # ------------------------------------------------------------ internals
 
-    def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
+    def _prep(self) -> Any:  # -> texocr.prep.Prep
+        """This recognizer's image settings and processor, as the one reader of inputs (here or in workers)."""
         from texocr.prep import Prep
 
-        return Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height).load(src)
+        return Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height)
+
+    def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
+        return self._prep().load(src)
 
     def _encode(self, images: list[Any], enc: dict[str, Any] | None = None) -> Any:
         """The generation batch of `images` (or its CPU encoding `enc`, made by a worker) on the model's device."""

@@ -116,13 +116,13 @@ class PrepPool:
     """`workers` forked processes holding `prep`; `load` and `encode` keep input order (see the module docstring)."""
 
     def __init__(self, prep: Prep, workers: int, *, piece: int = 32) -> None:
-        self.prep, self.piece = prep, max(1, piece)
+        self.prep, self.piece, self.workers = prep, max(1, piece), max(1, workers)
         # fork: the processor is inherited, not pickled; the parent's CUDA context is never used by a worker
-        self.pool = multiprocessing.get_context("fork").Pool(max(1, workers), initializer=_init, initargs=(prep,))
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_init, initargs=(prep,))
 
     def load(self, sources: Sequence[Any]) -> list[Any]:
         """`prep.load` of every source: an RGB image, or the TexocrError that refused it."""
-        return self.pool.map(_load_one, sources, chunksize=max(1, min(16, len(sources) // (4 * self._n()) or 1)))
+        return self.pool.map(_load_one, sources, chunksize=max(1, min(16, len(sources) // (4 * self.workers) or 1)))
 
     def encode(self, chunks: Sequence[list[Any]]) -> Iterator[dict[str, torch.Tensor]]:
         """One CPU encoding per chunk, in order; every piece of every chunk is queued at once, so the workers
@@ -132,9 +132,6 @@ class PrepPool:
         pad_id = self.prep.pad_id()
         for pieces in pending:
             yield concat_encodings([p.get() for p in pieces], pad_id)
-
-    def _n(self) -> int:
-        return int(getattr(self.pool, "_processes", 1))
 
     def close(self) -> None:
         self.pool.terminate()
