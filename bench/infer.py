@@ -16,8 +16,9 @@
 
 Each batch size generates `--images` formula-shaped images (448x112 and 300..600 x 60..140, PIL-drawn text) through
 `Recognizer.predict`, after one warm-up batch. Latency is the wall time of one `predict` call for one batch
-(CUDA-synchronized); throughput is images / total time. Random models do not emit the end token, so every
-image generates up to `--max-new-tokens` unless the repetition stopper cuts a loop: the table reports the mean
+(CUDA-synchronized); throughput is images / total time of those calls; `--stream` adds the throughput of one
+`predict` call over all the images (what `texocr eval` does: reading and encoding overlap decoding).
+Random models do not emit the end token, so every image generates up to `--max-new-tokens` unless the repetition stopper cuts a loop: the table reports the mean
 generated tokens per image too. `--paths plain,fast` runs each batch size through `generate` (plain:
 `fast_decode=False`) and through texocr's greedy loop (fast: the static CUDA-graph mode on a GPU, the dynamic
 loop on a CPU) in the same process on the same images, and reports, per fast row, how many predictions differ
@@ -114,8 +115,9 @@ def as_png(images: list) -> list:
     return out
 
 
-def bench(rec, device: str, batch: int, images: list) -> tuple[dict, list[str]]:
-    """One batch size through `rec.predict`: the row, and every prediction's text (input order)."""
+def bench(rec, device: str, batch: int, images: list, stream: bool = False) -> tuple[dict, list[str]]:
+    """One batch size through `rec.predict`, a call per batch: the row, and every prediction's text (input
+    order); `stream`: also all images in one call (`stream_images_per_s`)."""
     import torch
 
     def sync() -> None:
@@ -139,9 +141,18 @@ def bench(rec, device: str, batch: int, images: list) -> tuple[dict, list[str]]:
             raise SystemExit(f"bench images failed: {errors[:3]}")
     total = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) > 1 else latencies * 19
-    return {"batch": batch, "images": n_images, "images_per_s": n_images / total,
-            "latency_ms_p50": statistics.median(latencies) * 1000, "latency_ms_p95": q[18] * 1000,
-            "tokens_per_image": tokens / n_images, "tokens_per_s": tokens / total}, texts
+    row = {"batch": batch, "images": n_images, "images_per_s": n_images / total,
+           "latency_ms_p50": statistics.median(latencies) * 1000, "latency_ms_p95": q[18] * 1000,
+           "tokens_per_image": tokens / n_images, "tokens_per_s": tokens / total}
+    if stream and n_images > batch:
+        # all images in one call, as `texocr eval` and a batch job make it: workers read and encode the next
+        # batches while the GPU decodes this one
+        t0 = time.perf_counter()
+        preds = rec.predict(images, batch_size=batch)
+        sync()
+        row["stream_images_per_s"] = n_images / (time.perf_counter() - t0)
+        row["stream_differ"] = sum(p.text != t for p, t in zip(preds, texts))
+    return row, texts
 
 
 def main() -> None:
@@ -162,6 +173,8 @@ def main() -> None:
                                                      "static CUDA graphs on a GPU); each batch size runs through each")
     ap.add_argument("--workers", type=int, default=0, help="Recognizer.workers: processes that read and encode "
                                                          "images (then images are passed as PNG bytes)")
+    ap.add_argument("--stream", action="store_true", help="also time one predict call over all images of a batch "
+                                                           "size (pipelined: stream images/s)")
     ap.add_argument("--no-fast-paths", action="store_true",
                     help="the fast greedy loop without its CPU fast paths (compact_vision, compact_prefill): "
                          "the model's own vision forward and one padded prefill")
@@ -202,7 +215,7 @@ def main() -> None:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             try:
-                result, texts = bench(rec, device, b, images)
+                result, texts = bench(rec, device, b, images, args.stream)
             except Exception as e:  # noqa: BLE001 - one path failing must not lose the other's numbers
                 row = {**meta, "path": path, "batch": b, "error": f"{type(e).__name__}: {e}"}
                 rows.append(row)
@@ -219,20 +232,23 @@ def main() -> None:
                 row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             rows.append(row)
             print(json.dumps({k: row[k] for k in row if k not in meta}), flush=True)
+            if args.json:  # after every row: a run cut by its time limit keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     rec.close()
 
     print(f"\n{args.model} ({params / 1e6:.1f}M params, {meta['dtype']}) on {gpu or device}, "
           f"max_new_tokens {args.max_new_tokens}\n")
     print("| path | batch | images | images/s | latency p50 (ms) | latency p95 (ms) | tokens/image | tokens/s | "
-          "differ |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "differ | stream images/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
             print(f"| {r['path']} | {r['batch']} | error: {r['error'][:200]} |")
             continue
         print(f"| {r['path']} | {r['batch']} | {r['images']} | {r['images_per_s']:.2f} | {r['latency_ms_p50']:.1f} | "
               f"{r['latency_ms_p95']:.1f} | {r['tokens_per_image']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r.get('differ', '')} |")
+              f"{r.get('differ', '')} | {format(r['stream_images_per_s'], '.1f') if 'stream_images_per_s' in r else ''} |")
     for path in [args.json, os.path.join(os.environ["OUT"], "infer_bench.json") if os.environ.get("OUT") else None]:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 # Recognition speed on one CUDA GPU, in one command (about 3-5 minutes; no network, no TeX needed):
 #
 #     OUT=/some/dir bash bench/infer_gpu.sh          # from the repository root (or anywhere: it cd's there)
+#     (device tool: carry ["runs/real-val/im2latex", ".carry/whl"]; .carry/whl: the rapidfuzz wheel, scripts/pretrain_gpu.sh)
 #
 # Real images: runs/real-val/im2latex (labels.jsonl + PNGs); absent, 600 PIL-drawn formula images stand in.
 # Every section is independent (its own timeout; a failure is logged and the next one runs). Writes to $OUT:
@@ -11,7 +12,8 @@
 #   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
 #   eval_time.json       the same eval timed end to end (process start to exit: load, image reading, decode)
-#   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast
+#   phases.json          bench/infer_phases.py: ms per batch of each phase (read, encode, vision, prefill, decode...)
+#   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast (SKIP_7B=1: not)
 #   infer_gpu.log        everything printed
 set -u
 cd "$(dirname "$0")/.."
@@ -19,9 +21,13 @@ OUT=${OUT:-/tmp/texocr-infer-gpu}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONPATH=src
+if ls .carry/whl/*.whl >/dev/null 2>&1; then  # rapidfuzz (texocr eval's metrics) is not on the GPU image
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .carry/whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
 LOG="$OUT/infer_gpu.log"
 DATA=runs/real-val/im2latex
-WORKERS=$(( $(nproc) > 9 ? 8 : $(nproc) - 1 ))
+WORKERS=${WORKERS:-$(( $(nproc) > 16 ? 15 : $(nproc) - 1 ))}
 section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; } >> "$LOG"
 
 section env
@@ -49,8 +55,8 @@ EOF
 fi
 
 section "bench: default model, plain vs fast"
-OUT= timeout 140 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast \
-  --batches 1 32 128 512 1024 --max-new-tokens 256 --workers "$WORKERS" \
+OUT= timeout 200 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast \
+  --batches 1 32 128 512 1024 --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
 if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer_default.json" ]; then
@@ -60,24 +66,32 @@ if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer
     --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
 fi
 
-section "texocr eval, end to end"
-rm -rf /tmp/texocr-eval-gpu
+section "phases: where the time of one batch goes (no workers)"
+OUT= timeout 60 "$PY" bench/infer_phases.py --device cuda --data "$DATA" --batches 1 512 --rounds 3 \
+  --json "$OUT/phases.json" >> "$LOG" 2>&1 || echo "phases: exit $?" >> "$LOG"
+
+section "texocr eval, end to end (the images 8 times over: long enough that start-up does not dominate)"
+rm -rf /tmp/texocr-eval-gpu /tmp/texocr-eval-data
+mkdir -p /tmp/texocr-eval-data && cp -r "$DATA/images" /tmp/texocr-eval-data/
+for _ in 1 2 3 4 5 6 7 8; do cat "$DATA/labels.jsonl"; done > /tmp/texocr-eval-data/labels.jsonl
 start=$(date +%s.%N)
-timeout 60 "$PY" -m texocr eval --model default --data "$DATA" --no-render --batch-size 512 --device cuda \
+timeout 90 "$PY" -m texocr eval --model default --data /tmp/texocr-eval-data --no-render --batch-size 512 --device cuda \
   --workers "$WORKERS" --out /tmp/texocr-eval-gpu >> "$LOG" 2>&1
 rc=$?
 end=$(date +%s.%N)
 n=$(wc -l < /tmp/texocr-eval-gpu/predictions.jsonl 2>/dev/null || echo 0)
 "$PY" -c "import json, sys; s, e, n, rc = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
 print(json.dumps({'exit': rc, 'images': n, 'wall_s': round(e - s, 2), 'images_per_s_end_to_end': round(n / (e - s), 1), \
-'data': sys.argv[5], 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" \
+'data': sys.argv[5] + ' x8', 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" \
   > "$OUT/eval_time.json" 2>> "$LOG" || true
 cp /tmp/texocr-eval-gpu/metrics.json "$OUT/eval_metrics.json" 2>> "$LOG" || true
 cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
 
+[ "${SKIP_7B:-0}" = 1 ] || {
 section "bench: random Qwen2-VL-7B shape, plain vs fast"
 OUT= timeout 80 "$PY" bench/infer.py --model qwen2-vl-7b --device cuda --paths plain,fast --batches 32 128 \
   --images 128 --max-new-tokens 64 --json "$OUT/infer_7b.json" >> "$LOG" 2>&1 || echo "bench 7b: exit $?" >> "$LOG"
+}
 
 section done
 grep -h '^|' "$LOG" | tail -30

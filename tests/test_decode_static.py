@@ -225,3 +225,72 @@ def test_a_static_mode_failure_falls_back_to_the_dynamic_loop(compact_models, mo
         out = _run(dec, enc, kw, max_new_tokens=12, min_new_tokens=12)
     assert torch.equal(out.tokens, ref.tokens) and not dec.static
     assert "dynamic loop" in caplog.text
+
+
+# ------------------------------------------------------------------ M-RoPE positions in whole-batch ops
+
+
+def test_one_image_rope_index_equals_transformers_get_rope_index(compact_loaded) -> None:
+    """Left-padded batches of images of many shapes (wide, tall, square, odd grids): the same positions as the
+    model's own row-by-row `get_rope_index`, padding included; other layouts are left to that function."""
+    import torch
+
+    from texocr.models.qwen_speed import one_image_rope_index
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    core, merge = model.model, model.config.vision_config.spatial_merge_size
+    image_id = model.config.image_token_id
+    sizes = [(112, 32), (200, 40), (150, 60), (60, 60), (30, 200), (420, 28), (57, 91)]
+    for batch in (sizes[:1], sizes[1:2], sizes, sizes[::-1], sizes[2:5]):
+        enc = fam.encode_for_generation(proc, [_image_sized(w, h) for w, h in batch])
+        want, _ = core.get_rope_index(enc["input_ids"], mm_token_type_ids=(enc["input_ids"] == image_id).int(),
+                                      image_grid_thw=enc["image_grid_thw"], attention_mask=enc["attention_mask"])
+        got = one_image_rope_index(enc["input_ids"], enc["attention_mask"], enc["image_grid_thw"], image_id, merge)
+        assert got is not None and torch.equal(got, want), batch
+    # a row whose image block is split, or a batch with fewer grids than rows: not this function's shape
+    enc = fam.encode_for_generation(proc, [_image_sized(112, 32), _image_sized(60, 60)])
+    ids = enc["input_ids"].clone()
+    row = (ids[0] == image_id).nonzero()[:, 0]
+    ids[0, row[len(row) // 2]] = ids[0, 0]
+    assert one_image_rope_index(ids, enc["attention_mask"], enc["image_grid_thw"], image_id, merge) is None
+    assert one_image_rope_index(enc["input_ids"], enc["attention_mask"], enc["image_grid_thw"][:1], image_id,
+                                merge) is None
+
+
+def _image_sized(w: int, h: int):
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (w, h), "white")
+    ImageDraw.Draw(im).text((2, 2), "ab", fill="black")
+    return im
+
+
+def test_uint8_patches_normalized_on_the_device_give_the_same_predictions(compact_loaded, tmp_path) -> None:
+    """`device_pixels` (the CUDA default): patches leave the CPU as uint8 and are normalized where the model is;
+    the model sees the processor's values (within float rounding), so the same predictions, in-process and
+    through worker processes."""
+    import torch
+
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    images = _images() * 2
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24)
+    moved = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=3, glyph_height=24)
+    moved.device_pixels = True
+    enc, enc8 = plain._encode(images[:3]), moved._encode(images[:3])
+    assert moved._prep().encode(images[:3])["pixel_values"].dtype == torch.uint8
+    assert enc.keys() == enc8.keys() and torch.equal(enc["input_ids"], enc8["input_ids"])
+    assert torch.allclose(enc["pixel_values"], enc8["pixel_values"], atol=1e-5)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    moved.workers = 2
+    try:
+        a, b, c = plain(paths, return_details=True), moved(paths[:1], return_details=True), moved(paths,
+                                                                                               return_details=True)
+    finally:
+        moved.close()
+    assert [(p.text, p.tokens) for p in a] == [(p.text, p.tokens) for p in c] and (b[0].text, b[0].tokens) == (
+        a[0].text, a[0].tokens)

@@ -153,6 +153,8 @@ class Recognizer:
         # 0: all in this process. `texocr eval` on a GPU sets it, so the GPU does not wait for one CPU core.
         self.workers = workers
         self._pool: Any = None  # (settings key, PrepPool) once used
+        self._uint8: Any = None  # (processor, its uint8-patch copy, PixelNormalizer) on CUDA (`_pixels`)
+        self.device_pixels: bool | None = None  # `_pixels`: None = on CUDA for Qwen2-VL-type models
 
     @classmethod
     def load(cls, model: str = "default", adapter: str | None = None, device: str | None = None,
@@ -237,7 +239,7 @@ class Recognizer:
         """The worker pool for this recognizer's current image settings (re-made when they changed)."""
         from texocr.prep import PrepPool
 
-        key = (self.max_pixels, self.max_side, self.glyph_height, self.workers, id(self.processor))
+        key = (self.max_pixels, self.max_side, self.glyph_height, self.workers, id(self._pixels()[0]))
         if self._pool is None or self._pool[0] != key:
             self.close()
             self._pool = (key, PrepPool(self._prep(), self.workers))
@@ -278,17 +280,39 @@ class Recognizer:
         """This recognizer's image settings and processor, as the one reader of inputs (here or in workers)."""
         from texocr.prep import Prep
 
-        return Prep(self.processor, self.family, self.max_pixels, self.max_side, self.glyph_height)
+        return Prep(self._pixels()[0], self.family, self.max_pixels, self.max_side, self.glyph_height)
+
+    def _pixels(self) -> tuple[Any, Any]:
+        """(processor that encodes inputs, normalizer of its uint8 patches on the device, or None).
+
+        On CUDA, a Qwen2-VL-type model's patches leave the CPU as 0..255 uint8 and are rescaled and normalized on
+        the GPU (`qwen_speed.PixelNormalizer`, as in training): the CPU skips two float passes over every pixel
+        and a worker hands over a quarter of the bytes (bench/infer.md). Elsewhere the processor as it is."""
+        from texocr.models import qwen_speed
+
+        wanted = str(self.device).startswith("cuda") if self.device_pixels is None else self.device_pixels
+        if not (wanted and qwen_speed.supports(self.family.name)):
+            return self.processor, None
+        if self._uint8 is None or self._uint8[0] is not self.processor:
+            proc = qwen_speed.uint8_processor(self.processor)
+            self._uint8 = (self.processor, proc, qwen_speed.PixelNormalizer(proc.image_processor))
+        return self._uint8[1], self._uint8[2]
 
     def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
         return self._prep().load(src)
 
     def _encode(self, images: list[Any], enc: dict[str, Any] | None = None) -> Any:
         """The generation batch of `images` (or its CPU encoding `enc`, made by a worker) on the model's device."""
+        import torch
+
         if enc is None:
-            enc = self.family.encode_for_generation(self.processor, images)
+            enc = self._prep().encode(images)
         dtype = next(self.model.parameters()).dtype
-        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in enc.items()}
+        out = {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in enc.items()}
+        pixels = out.get("pixel_values")
+        if pixels is not None and pixels.dtype == torch.uint8:
+            out["pixel_values"] = self._pixels()[1](pixels).to(dtype)  # [patches, C * T * P * P]
+        return out
 
     def _generate_kwargs(self, num_beams: int, max_new_tokens: int | None) -> dict[str, Any]:
         return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,

@@ -24,7 +24,7 @@ Two modes share the vision pass, the prefill and the layer code (`_prompt`, `_pr
   right for a CPU, where a step costs milliseconds.
 - static (CUDA default, `static=True`): a GPU step of this model costs microseconds, so per-step Python,
   launches and host syncs are what limit it. Shapes are fixed per (batch bucket, cache-length bucket): the
-  batch is padded to a power of two, the KV cache preallocated to a multiple of 64 slots; the decode step
+  batch is padded to a power of two, the KV cache preallocated to a power of two of slots; the decode step
   (embed, layers, choose, loop check) reads and writes only those buffers, with device-side counters, so it
   is captured once in a CUDA graph (`graphs`) and replayed. Finished rows stay in the batch and emit `pad_id`
   (on device); the host reads "all rows done?" every `sync_every` steps. Loops are found on device by
@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from texocr.models.qwen_speed import one_image_rope_index
 from texocr.repeats import RepeatRule, RepeatTracker, find_repeat
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,10 @@ def _bucket_rows(n: int) -> int:
 
 
 def _bucket_slots(n: int) -> int:
-    """KV-cache slots of the static batch for prompt + new tokens `n`: the next multiple of 64."""
-    return -(-n // 64) * 64
+    """KV-cache slots of the static batch for prompt + new tokens `n`: the next power of two (at least 64).
+    Coarse on purpose: every new bucket is a new graph capture (~20 ms), and prompt lengths vary with every
+    image, while attending to unused (masked) slots costs a decode step next to nothing (bench/infer.md)."""
+    return max(64, 1 << max(0, n - 1).bit_length())
 
 
 @dataclass
@@ -179,6 +182,7 @@ class GreedyDecoder:
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.image_token_id = model.config.image_token_id
+        self.merge = model.config.vision_config.spatial_merge_size
         self.half_option = half
         cuda = model.device.type == "cuda"
         self.vision_batch = max(1, vision_batch) if vision_batch else (1 << 30 if cuda else 4)
@@ -276,7 +280,7 @@ class GreedyDecoder:
         """
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), _attention_backends(self.model.device.type == "cuda"):
             self._prepare()
             if self.static and stop_row is None and streamer is None:
                 try:
@@ -305,11 +309,14 @@ class GreedyDecoder:
                 raise ValueError(f"image features and image tokens do not match: tokens "
                                  f"{int(image_mask.sum())}, features {feats.shape[0]}")
             x = x.masked_scatter(image_mask, feats)
-        mm = enc.get("mm_token_type_ids")
-        if mm is None:
-            mm = (ids == self.image_token_id).int()
-        positions, _ = core.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=enc.get("image_grid_thw"),
-                                           attention_mask=enc.get("attention_mask"))
+        positions = one_image_rope_index(ids, enc.get("attention_mask"), enc.get("image_grid_thw"),
+                                         self.image_token_id, self.merge)
+        if positions is None:  # not one image per row: the model's own (row by row) function
+            mm = enc.get("mm_token_type_ids")
+            if mm is None:
+                mm = (ids == self.image_token_id).int()
+            positions, _ = core.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=enc.get("image_grid_thw"),
+                                               attention_mask=enc.get("attention_mask"))
         return x, positions
 
     def _image_features(self, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -617,6 +624,19 @@ class GreedyDecoder:
             gate, up = layer.gate_up(_rms(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
             x = x + layer.down(F.silu(gate) * up)
         return x
+
+
+def _attention_backends(cuda: bool) -> Any:
+    """On CUDA, SDPA without its cuDNN backend (flash, memory-efficient or math instead). Why: cuDNN builds an
+    execution plan for every new shape, tens of ms each, and every batch of images brings new prompt and patch
+    lengths (vision tower, prefill): measured on an H100, 45 + 35 ms of a 130 ms batch-1 call (bench/infer.md)."""
+    import contextlib
+
+    if not cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _capture(step: Callable[[], None]) -> Any:
