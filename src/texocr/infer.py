@@ -228,9 +228,11 @@ class Recognizer:
         size = max(1, batch_size or self.batch_size)
         chunks = [loaded[start: start + size] for start in range(0, len(loaded), size)]
         encodings = pool.encode([[im for _, im in c] for c in chunks]) if pool else iter([None] * len(chunks))
+        done = []  # (chunk, its predictions or, with workers, their pending text finishing)
         for chunk, enc in zip(chunks, encodings):
-            preds = self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens, enc)
-            for (i, _), pred in zip(chunk, preds):
+            done.append((chunk, self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens, enc, pool)))
+        for chunk, preds in done:
+            for (i, _), pred in zip(chunk, preds if isinstance(preds, list) else preds.get()):
                 pred.source = _source_name(images[i])
                 results[i] = pred
         return [r for r in results if r is not None]
@@ -319,17 +321,19 @@ class Recognizer:
                     repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
 
     def _generate_safely(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
-                         enc: dict[str, Any] | None = None) -> list[Prediction]:
-        """Generate a batch; if the batch fails, retry image by image so only the culprit fails."""
+                         enc: dict[str, Any] | None = None, pool: Any = None) -> Any:
+        """Generate a batch; if the batch fails, retry image by image so only the culprit fails. With `pool`, the
+        predictions come as the pool's pending result (`.get()`): their text is finished by the workers while
+        this process decodes the next batch."""
         try:
-            return self._generate(images, num_beams, max_new_tokens, enc)
+            return self._generate(images, num_beams, max_new_tokens, enc, pool)
         except Exception as e:  # noqa: BLE001 - processor/model errors on odd inputs; retried one by one below
             if len(images) == 1:
                 return [Prediction("", error=f"generation failed: {type(e).__name__}: {e}")]
         return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
 
     def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
-                  enc: dict[str, Any] | None = None) -> list[Prediction]:
+                  enc: dict[str, Any] | None = None, pool: Any = None) -> Any:
         beams = num_beams or self.num_beams
         start = time.perf_counter()
         enc = self._encode(images, enc)
@@ -342,7 +346,10 @@ class Recognizer:
             if was_training:
                 self.model.train()
         elapsed = time.perf_counter() - start
-        preds = [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(new.tolist(), logp.float().tolist())]
+        rows, logps = new.tolist(), logp.float().tolist()
+        if pool is not None:
+            return pool.finish(rows, logps, kwargs["eos_token_id"], kwargs.get("pad_token_id"), elapsed)
+        preds = [self._finish(row, lp, kwargs, elapsed) for row, lp in zip(rows, logps)]
         for p in preds:
             p.batch_size = len(preds)
         return preds
@@ -384,20 +391,28 @@ class Recognizer:
         return new, logp
 
     def _finish(self, row: list[int], logp: list[float], kwargs: dict[str, Any], elapsed: float) -> Prediction:
-        stops = set(kwargs["eos_token_id"])
-        pad = kwargs.get("pad_token_id")
-        end = next((i for i, t in enumerate(row) if t in stops), None)
-        ids = row[:end] if end is not None else row
-        while ids and ids[-1] == pad and pad not in stops:  # padding after a row stopped early
-            ids = ids[:-1]
-        n_scored = len(ids) + (end is not None)  # the end token's probability counts too
-        scored = [s for s in logp[:n_scored] if math.isfinite(s)]
-        stop = "end" if end is not None else "max_new_tokens"
-        rep = find_repeat(ids)
-        if rep is not None and end is None:
-            ids, stop = ids[: rep[0] + rep[1]], "repetition"  # keep one copy of the looping block
-        from texocr.models.base import INSTRUCTION
+        return finish_row(self.family, self.processor, row, logp, kwargs["eos_token_id"], kwargs.get("pad_token_id"),
+                          elapsed)
 
-        text = self.family.decode(self.processor, [ids])[0]
-        return Prediction(clean_output(text, prompt=INSTRUCTION), score=sum(scored) / len(scored) if scored else None,
-                          time_s=elapsed, tokens=len(ids), stop=stop)
+
+def finish_row(family: Any, processor: Any, row: list[int], logp: list[float], eos_ids: Sequence[int],
+               pad: int | None, elapsed: float) -> Prediction:
+    """One generated row (ids after the prompt, their log-probabilities) -> its `Prediction`: cut at the end
+    token, padding and a loop's extra copies dropped, decoded, cleaned and repaired. Runs in this process or, for
+    a worker pool's batches, in a worker (`PrepPool.finish`): the LaTeX repair parses every formula."""
+    stops = set(eos_ids)
+    end = next((i for i, t in enumerate(row) if t in stops), None)
+    ids = row[:end] if end is not None else row
+    while ids and ids[-1] == pad and pad not in stops:  # padding after a row stopped early
+        ids = ids[:-1]
+    n_scored = len(ids) + (end is not None)  # the end token's probability counts too
+    scored = [s for s in logp[:n_scored] if math.isfinite(s)]
+    stop = "end" if end is not None else "max_new_tokens"
+    rep = find_repeat(ids) if end is None else None
+    if rep is not None:
+        ids, stop = ids[: rep[0] + rep[1]], "repetition"  # keep one copy of the looping block
+    from texocr.models.base import INSTRUCTION
+
+    text = family.decode(processor, [ids])[0]
+    return Prediction(clean_output(text, prompt=INSTRUCTION), score=sum(scored) / len(scored) if scored else None,
+                      time_s=elapsed, tokens=len(ids), stop=stop)

@@ -1,10 +1,12 @@
-"""The CPU half of recognition (read, check, glyph-height rescale, processor encoding) in worker processes.
+"""The CPU half of recognition (read, check, glyph-height rescale, processor encoding; generated ids to cleaned
+LaTeX) in worker processes.
 
     prep = Prep(processor, family, max_pixels=..., max_side=..., glyph_height=14)
     img = prep.load("eq.png")                       # RGB PIL image (raises TexocrError), in this process
     with PrepPool(prep, workers=8) as pool:
         loaded = pool.load(sources)                 # [PIL image | TexocrError], input order
         for enc in pool.encode(chunks): ...         # one CPU batch encoding per chunk, in order, prefetched
+        preds = pool.finish(rows, logps, eos_ids, pad, elapsed).get()   # generated ids -> Predictions, in workers
 
 Why: on a GPU the decoder turns out a batch of 512 formulas in a fraction of a second, while one CPU core needs
 milliseconds per image to decode a PNG, find its glyph height (scipy connected components), resize and
@@ -112,6 +114,27 @@ def _encode_piece(images: list[Any]) -> dict[str, torch.Tensor]:
     return _WORKER["prep"].encode(images)
 
 
+def _finish_piece(rows: list[list[int]], logps: list[list[float]], eos_ids: list[int], pad: int | None,
+                  elapsed: float, batch: int) -> list[Any]:
+    from texocr.infer import finish_row
+
+    prep = _WORKER["prep"]
+    preds = [finish_row(prep.family, prep.processor, r, lp, eos_ids, pad, elapsed) for r, lp in zip(rows, logps)]
+    for p in preds:
+        p.batch_size = batch
+    return preds
+
+
+class _Joined:
+    """Pending pieces of one batch's predictions, joined in order by `get()`."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def get(self) -> list[Any]:
+        return [p for part in self.parts for p in part.get()]
+
+
 class PrepPool:
     """`workers` forked processes holding `prep`; `load` and `encode` keep input order (see the module docstring)."""
 
@@ -132,6 +155,15 @@ class PrepPool:
         pad_id = self.prep.pad_id()
         for pieces in pending:
             yield concat_encodings([p.get() for p in pieces], pad_id)
+
+    def finish(self, rows: list[list[int]], logps: list[list[float]], eos_ids: Sequence[int], pad: int | None,
+               elapsed: float) -> _Joined:
+        """`texocr.infer.finish_row` of every generated row (decode, clean, repair: a LaTeX parse each), in the
+        workers, in pieces; `get()` gives the Predictions in order. The caller decodes the next batch meanwhile."""
+        step = max(16, -(-len(rows) // self.workers))
+        return _Joined([self.pool.apply_async(_finish_piece, (rows[i: i + step], logps[i: i + step], list(eos_ids),
+                                                              pad, elapsed, len(rows)))
+                        for i in range(0, len(rows), step)])
 
     def close(self) -> None:
         self.pool.terminate()
