@@ -13,6 +13,7 @@
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
 #   eval_time.json       the same eval timed end to end (process start to exit: load, image reading, decode)
 #   phases.json          bench/infer_phases.py: ms per batch of each phase (read, encode, vision, prefill, decode...)
+# (BATCHES="1 512": other batch sizes; SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
 #   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast (SKIP_7B=1: not)
 #   infer_gpu.log        everything printed
 set -u
@@ -56,7 +57,7 @@ fi
 
 section "bench: default model, plain vs fast"
 OUT= timeout 200 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast \
-  --batches 1 32 128 512 1024 --max-new-tokens 256 --workers "$WORKERS" --stream \
+  --batches ${BATCHES:-1 32 128 512 1024} --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
 if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer_default.json" ]; then
@@ -66,8 +67,8 @@ if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer
     --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
 fi
 
-section "phases: where the time of one batch goes (no workers)"
-OUT= timeout 60 "$PY" bench/infer_phases.py --device cuda --data "$DATA" --batches 1 512 --rounds 3 \
+[ "${SKIP_PHASES:-0}" = 1 ] || section "phases: where the time of one batch goes (no workers)"
+[ "${SKIP_PHASES:-0}" = 1 ] || OUT= timeout 60 "$PY" bench/infer_phases.py --device cuda --data "$DATA" --batches 1 512 --rounds 3 \
   --json "$OUT/phases.json" >> "$LOG" 2>&1 || echo "phases: exit $?" >> "$LOG"
 
 section "texocr eval, end to end (the images 8 times over: long enough that start-up does not dominate)"
