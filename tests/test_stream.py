@@ -121,7 +121,10 @@ def test_pretraining_config_streams_and_resumes(tmp_path: Path) -> None:
     assert set(loss) >= {1, 2, 3, 4, 5, 6}
     lrs = read_csv_log(out / "logs" / "metrics.csv", "learning_rate")
     assert lrs[6] <= lr4  # the time cosine went on from the saved clock, not from the peak
-    assert json.loads((out / "metrics.json").read_text())["train_seconds"] >= clock
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_seconds"] >= clock
+    # the rate of the 6 steps of 4 made, not transformers' max_steps / runtime
+    assert metrics["train_samples_per_s"] == pytest.approx(6 * 4 / metrics["train_seconds"], rel=0.05)
 
 
 def test_worker_side_speedups_train_the_same_as_the_plain_path(tmp_path: Path) -> None:

@@ -455,6 +455,14 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     if length_fit is not None:
         metrics.update(length_fit.as_metrics())
     metrics["train_seconds"] = round(clock.seconds(), 1)
+    # transformers' own train_samples_per_second divides max_steps (10**12 for a stream bounded by minutes) by the
+    # runtime: the rate of the steps actually made, over the training time of the whole run (resumes included)
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    metrics["train_samples_per_s"] = round(trainer.state.global_step * effective / max(clock.seconds(), 1e-9), 1)
+    log.info("%d optimizer steps of %d samples in %.0f s of training: %.1f samples/s%s", trainer.state.global_step,
+             effective, clock.seconds(), metrics["train_samples_per_s"],
+             " (transformers' train_samples_per_second above assumes the stream's unbounded max_steps)"
+             if max_steps(cfg) == UNBOUNDED_STEPS else "")
     final = out / ("model" if cfg.model.method == "full" else "adapter")
     if trainer.is_fsdp_enabled:
         # checkpoints stay sharded (fast, resumable); the final weights are gathered whole, or save_model
