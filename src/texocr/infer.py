@@ -23,18 +23,16 @@ legitimately (`} ^ {`, `& 0 & 0`), and penalizing them corrupts correct output; 
 
 from __future__ import annotations
 
-import math
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from texocr.config import EvalConfig
 from texocr.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from texocr.errors import TexocrError
 from texocr.models.loading import DEFAULT_MODEL_DIR, resolve_model  # noqa: F401 -- re-exported
+from texocr.prediction import Prediction, clean_output, finish_row  # noqa: F401 -- re-exported
 from texocr.prep import source_name as _source_name
 from texocr.repeats import RepeatRule, find_repeat  # find_repeat: also re-exported
 
@@ -59,28 +57,6 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
-@dataclass
-class Prediction:
-    """One image's result. `error` is set (and `text` empty) when the image could not be read or decoded."""
-
-    text: str
-    score: float | None = None
-    """Mean log-probability of the generated tokens (higher is more confident); None on error."""
-    time_s: float = 0.0
-    """Wall time of the batch this image was generated in (what a caller waited for it)."""
-    batch_size: int = 1
-    """Images generated together in that batch: `time_s / batch_size` is this image's share of the time."""
-    error: str | None = None
-    source: str = ""
-    """The input's name: its path, or `<bytes>`, `<Image>`."""
-    tokens: int = 0
-    stop: str = ""
-    """Why generation ended: `end` (end token), `repetition` (loop cut), `max_new_tokens`."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # ---------------------------------------------------------------- loops
 
 
@@ -96,33 +72,6 @@ def _stopping_criterion(prompt_len: int, **repeat_kw: Any) -> Any:
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return RepetitionStopper()
-
-
-# ---------------------------------------------------------------- cleaning
-
-_CHAT_TOKENS = re.compile(r"<\|[^|<>]{1,40}\|>|<(?:/s|s|eos|bos|pad|end_of_turn|start_of_turn|end_of_utterance)>")
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
-_WRAPPERS = ((r"$$", r"$$"), (r"\[", r"\]"), (r"\(", r"\)"), ("$", "$"))
-
-
-def clean_output(text: str, prompt: str | None = None) -> str:
-    """Model text -> bare LaTeX: no chat tokens, echoed prompt, code fence, or math delimiters; then repaired."""
-    from texocr.latex import repair
-
-    text = _CHAT_TOKENS.sub("", text).strip()
-    if prompt and text.startswith(prompt):
-        text = text[len(prompt):].strip()
-    text = re.sub(r"^(?:assistant|answer|latex)\s*:?\s*\n", "", text, flags=re.IGNORECASE).strip()
-    m = _FENCE.match(text)
-    if m:
-        text = m.group(1).strip()
-    for left, right in _WRAPPERS:
-        if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
-            inner = text[len(left): len(text) - len(right)]
-            if left != "$" or "$" not in inner:  # `$a$ and $b$` is not one wrapped formula
-                text = inner.strip()
-            break
-    return repair(text) if text else ""
 
 
 # ---------------------------------------------------------------- recognizer
@@ -393,26 +342,3 @@ class Recognizer:
     def _finish(self, row: list[int], logp: list[float], kwargs: dict[str, Any], elapsed: float) -> Prediction:
         return finish_row(self.family, self.processor, row, logp, kwargs["eos_token_id"], kwargs.get("pad_token_id"),
                           elapsed)
-
-
-def finish_row(family: Any, processor: Any, row: list[int], logp: list[float], eos_ids: Sequence[int],
-               pad: int | None, elapsed: float) -> Prediction:
-    """One generated row (ids after the prompt, their log-probabilities) -> its `Prediction`: cut at the end
-    token, padding and a loop's extra copies dropped, decoded, cleaned and repaired. Runs in this process or, for
-    a worker pool's batches, in a worker (`PrepPool.finish`): the LaTeX repair parses every formula."""
-    stops = set(eos_ids)
-    end = next((i for i, t in enumerate(row) if t in stops), None)
-    ids = row[:end] if end is not None else row
-    while ids and ids[-1] == pad and pad not in stops:  # padding after a row stopped early
-        ids = ids[:-1]
-    n_scored = len(ids) + (end is not None)  # the end token's probability counts too
-    scored = [s for s in logp[:n_scored] if math.isfinite(s)]
-    stop = "end" if end is not None else "max_new_tokens"
-    rep = find_repeat(ids) if end is None else None
-    if rep is not None:
-        ids, stop = ids[: rep[0] + rep[1]], "repetition"  # keep one copy of the looping block
-    from texocr.models.base import INSTRUCTION
-
-    text = family.decode(processor, [ids])[0]
-    return Prediction(clean_output(text, prompt=INSTRUCTION), score=sum(scored) / len(scored) if scored else None,
-                      time_s=elapsed, tokens=len(ids), stop=stop)

@@ -116,7 +116,7 @@ def _encode_piece(images: list[Any]) -> dict[str, torch.Tensor]:
 
 def _finish_piece(rows: list[list[int]], logps: list[list[float]], eos_ids: list[int], pad: int | None,
                   elapsed: float, batch: int) -> list[Any]:
-    from texocr.infer import finish_row
+    from texocr.prediction import finish_row
 
     prep = _WORKER["prep"]
     preds = [finish_row(prep.family, prep.processor, r, lp, eos_ids, pad, elapsed) for r, lp in zip(rows, logps)]
