@@ -186,6 +186,11 @@ class TrainConfig:
     """`latest` or a checkpoint directory to resume from."""
     optim: str = "adamw_torch"
     dataloader_workers: int = 0
+    answer_loss: bool = True
+    """Compute the loss from the last hidden states at answer positions only, with a chunked linear cross-entropy
+    that never holds [tokens, vocab] logits (`texocr.answer_loss`): the same loss and gradients, less memory and
+    time with a large vocabulary. Off: the model's own loss over logits at every position. Used where the model's
+    head is a plain linear layer and the weights are not sharded (not FSDP / DeepSpeed ZeRO-3)."""
     method: Literal["sft", "grpo"] = "sft"
     """`sft`: supervised training on the labels (the Trainer). `grpo`: reinforcement fine-tuning from a reward
     (`texocr.grpo`): sample `grpo_generations` answers per image, score them against the label

@@ -24,6 +24,7 @@ attention call per layer) are on where the model allows them. Output (`train.out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -260,6 +261,7 @@ def _make_trainer_class() -> type:
         texocr_eval_cfg: Any
         texocr_normalizer: Any = None  # PixelNormalizer when batches carry uint8 patches
         texocr_time_schedule: Any = None  # a factor(step) function for cosine_time
+        texocr_answer_loss: Any = None  # AnswerLoss (train.answer_loss), also this Trainer's compute_loss_func
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             from texocr.models.qwen_speed import VISION_WIDTH
@@ -268,8 +270,12 @@ def _make_trainer_class() -> type:
             if self.texocr_normalizer is not None and inputs["pixel_values"].dtype.is_floating_point is False:
                 inputs["pixel_values"] = self.texocr_normalizer(inputs["pixel_values"])  # uint8 -> floats, on device
             VISION_WIDTH["patches"] = width
+            answer = self.texocr_answer_loss
+            if answer is not None:
+                inputs["logits_to_keep"] = 1  # the loss reads the decoder's output; the model's logits are unused
             try:
-                return super().training_step(model, inputs, num_items_in_batch)
+                with answer.capture() if answer is not None else contextlib.nullcontext():
+                    return super().training_step(model, inputs, num_items_in_batch)
             finally:
                 VISION_WIDTH["patches"] = None  # valid for this batch only
 
@@ -442,6 +448,9 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         from texocr.models.qwen_speed import PixelNormalizer
 
         trainer.texocr_normalizer = PixelNormalizer(loaded.processor.image_processor)
+    if cfg.train.answer_loss:
+        trainer.texocr_answer_loss = answer_loss(trainer, loaded)
+        trainer.compute_loss_func = trainer.texocr_answer_loss
     if cfg.train.scheduler == "cosine_time":
         warmup = int(cfg.train.warmup_ratio) if cfg.train.warmup_ratio >= 1 else 0
         trainer.texocr_time_schedule = time_cosine(clock, budget_seconds=cfg.train.budget_minutes * 60,
@@ -500,6 +509,19 @@ def initial_model(cfg: Config, out: Path) -> ModelConfig:
     if path == m.name_or_path:
         return m
     return replace(m, name_or_path=path, family=m.family or "compact")
+
+
+def answer_loss(trainer: Any, loaded: LoadedModel) -> Any:
+    """`train.answer_loss`: the chunked answer-position loss for this model (`texocr.answer_loss`), or None (the
+    model's own loss) where it does not apply: a head that is not a plain linear layer, or sharded weights, whose
+    head the loss could not read whole outside the model's forward."""
+    from texocr.answer_loss import AnswerLoss
+
+    zero3 = getattr(trainer, "is_deepspeed_enabled", False) and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+    loss = None if trainer.is_fsdp_enabled or zero3 else AnswerLoss.attach(loaded.model)
+    log.info("loss: %s", "answer positions only, chunked linear cross-entropy (train.answer_loss)" if loss else
+             "the model's own (logits at every position)")
+    return loss
 
 
 def speedups(cfg: Config, loaded: LoadedModel) -> bool:
