@@ -1,15 +1,21 @@
-"""A plain transformers + peft LoRA/QLoRA training loop: the baseline that `texocr train` must not trail.
+"""A plain transformers + peft LoRA/QLoRA training loop (`--loop plain`), and the same loop through Unsloth
+(`--loop unsloth`): the baselines `texocr train` is measured against (bench/train_speed.py).
 
-No texocr code: the model directory (built by bench/train_gpu.py), its processor, the images and labels
+No texocr code: the model directory (built by bench/train_speed.py), its processor, the images and labels
 are read with transformers/PIL alone. Same recipe as texocr's: bf16 weights + bf16 autocast, SDPA,
 gradient checkpointing (non-reentrant), LoRA r=16/alpha=16 on the language model's linear layers,
 AdamW, gradient clipping at 1.0, labels only on the answer. Batches are encoded once up front, so
 data preparation costs this loop nothing (the strictest baseline).
 
     python3 bench/plain_loop.py --model /tmp/bench/qwen2vl-2b --data /tmp/bench/data --batch 32 \\
-        --warmup 10 --steps 30 [--qlora] [--json out.json]
+        --warmup 10 --steps 30 [--qlora] [--loop unsloth] [--json out.json]
 
-Prints one JSON line: samples_per_s over the timed steps, peak_alloc_gib, peak_reserved_gib, seq_len.
+Unsloth (`FastVisionModel`, as the anchors measured it: `use_gradient_checkpointing="unsloth"`, LoRA r=16/alpha=16
+on the language layers' attention and MLP, vision frozen) takes the same batches and the same step; where it is
+not installed the line says so (`"error": "not installed: ..."`) and the exit code is 0.
+
+Prints one JSON line: samples_per_s and tokens_per_s over the timed steps, peak_alloc_gib, peak_reserved_gib,
+seq_len.
 """
 
 from __future__ import annotations
@@ -27,7 +33,20 @@ LANG_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 INSTRUCTION = "Write the LaTeX of this formula."
 
 
-def load(model_dir: str, qlora: bool, device: str = "cuda") -> tuple[torch.nn.Module, object]:
+def load_unsloth(model_dir: str, qlora: bool) -> torch.nn.Module:
+    """The model through Unsloth's FastVisionModel (imported first: it patches transformers on import)."""
+    from unsloth import FastVisionModel
+
+    model, _ = FastVisionModel.from_pretrained(model_dir, load_in_4bit=qlora, dtype=torch.bfloat16,
+                                               use_gradient_checkpointing="unsloth")
+    model = FastVisionModel.get_peft_model(model, finetune_vision_layers=False, finetune_language_layers=True,
+                                           finetune_attention_modules=True, finetune_mlp_modules=True,
+                                           r=16, lora_alpha=16, lora_dropout=0, bias="none", random_state=0)
+    FastVisionModel.for_training(model)
+    return model
+
+
+def load(model_dir: str, qlora: bool, device: str = "cuda", loop: str = "plain") -> tuple[torch.nn.Module, object]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
         AutoImageProcessor,
@@ -38,21 +57,24 @@ def load(model_dir: str, qlora: bool, device: str = "cuda") -> tuple[torch.nn.Mo
     )
 
     kwargs: dict = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
-    if qlora:
+    if loop == "unsloth":
+        model = load_unsloth(model_dir, qlora)
+    elif qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
-    if qlora:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.to(device)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
-                                             target_modules=LANG_TARGETS, task_type="CAUSAL_LM"))
-    model.enable_input_require_grads()
+    if loop != "unsloth":
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)
+        if qlora:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.to(device)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
+                                                 target_modules=LANG_TARGETS, task_type="CAUSAL_LM"))
+        model.enable_input_require_grads()
     model.config.use_cache = False
     model.train()
     # The saved processor has no video processor config; build the stock processor from its parts.
@@ -109,10 +131,19 @@ def main() -> None:
     ap.add_argument("--qlora", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script on a machine without a GPU")
+    ap.add_argument("--loop", choices=["plain", "unsloth"], default="plain")
     args = ap.parse_args()
 
+    method = "qlora" if args.qlora else "lora"
+    if args.loop == "unsloth":
+        try:
+            import unsloth  # noqa: F401 -- before transformers, as Unsloth asks
+        except Exception as e:  # noqa: BLE001 - absent or broken: a row that says so, not a failed benchmark
+            print(json.dumps({"loop": "unsloth", "method": method, "batch": args.batch,
+                              "error": f"not installed: {type(e).__name__}: {str(e)[:300]}"}))
+            return
     torch.manual_seed(0)
-    model, processor = load(args.model, args.qlora, args.device)
+    model, processor = load(args.model, args.qlora, args.device, args.loop)
     cuda = args.device.startswith("cuda")
     rows = [json.loads(x) for x in (Path(args.data) / "labels.jsonl").read_text().splitlines() if x.strip()]
     n_batches = args.warmup + args.steps
@@ -143,9 +174,11 @@ def main() -> None:
         loss = step(b)
     sync()
     dt = time.perf_counter() - t0
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup :])
     out = {
-        "loop": "plain", "method": "qlora" if args.qlora else "lora", "batch": args.batch, "steps": args.steps,
-        "samples_per_s": args.steps * args.batch / dt, "s_per_step": dt / args.steps,
+        "loop": args.loop, "method": method, "batch": args.batch, "steps": args.steps,
+        "samples_per_s": args.steps * args.batch / dt, "tokens_per_s": tokens / dt, "s_per_step": dt / args.steps,
+        "tokens_per_sample": tokens / (args.steps * args.batch),
         "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
         "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) if cuda else None,
