@@ -58,7 +58,7 @@ def main() -> None:
             if "lora_B" in name:
                 p.normal_(0, 0.02)
 
-    formulas = [r"\frac{a_{%d}}{b+%d}" % (i, i) + r" = \sum_{k=0}^{n} x^{k}" * (1 + i % 3) for i in range(args.batch)]
+    formulas = [rf"\frac{{a_{{{i}}}}}{{b+{i}}}" + r" = \sum_{k=0}^{n} x^{k}" * (1 + i % 3) for i in range(args.batch)]
     images = []
     for f in formulas:
         im = Image.new("RGB", (448, 112), "white")

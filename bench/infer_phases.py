@@ -36,8 +36,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from infer import as_png, folder_images, load_recognizer
+
     from texocr import prep as prep_mod
     from texocr.infer import Recognizer
 
