@@ -294,3 +294,67 @@ def test_uint8_patches_normalized_on_the_device_give_the_same_predictions(compac
         moved.close()
     assert [(p.text, p.tokens) for p in a] == [(p.text, p.tokens) for p in c] and (b[0].text, b[0].tokens) == (
         a[0].text, a[0].tokens)
+
+
+def test_predict_with_workers_takes_every_kind_of_input_and_fails_only_the_bad_ones(compact_loaded,
+                                                                                     tmp_path) -> None:
+    """Through the workers: a path, PNG bytes, an open file, a PIL image, a corrupt file and a blank image, in
+    one call; the same predictions as in-process, each bad input its own error, in input order."""
+    import io
+
+    from PIL import Image
+
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    ims = _images()
+    ims[0].save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    ims[1].save(buf, format="PNG")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    blank = Image.new("RGB", (120, 40), "white")
+
+    def inputs() -> list:
+        return [str(tmp_path / "a.png"), buf.getvalue(), open(tmp_path / "a.png", "rb"), ims[2],
+                str(tmp_path / "bad.png"), blank, ims[3]]
+
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=2, glyph_height=24)
+    pooled = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=2, glyph_height=24, workers=2)
+    try:
+        a, b = plain(inputs(), return_details=True), pooled(inputs(), return_details=True)
+    finally:
+        pooled.close()
+    assert [(p.text, p.tokens, p.error is None) for p in a] == [(p.text, p.tokens, p.error is None) for p in b]
+    assert [p.error is None for p in b] == [True, True, True, True, False, False, True]
+    assert "bad.png" in b[4].error and "blank" in b[5].error
+    assert b[0].text == b[2].text  # the open file is the same image as the path
+
+
+def test_a_failed_worker_encoded_batch_is_read_again_and_generated_image_by_image(compact_loaded, monkeypatch,
+                                                                                   tmp_path) -> None:
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    paths = []
+    for i, im in enumerate(_images()):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=4, glyph_height=24)
+    pooled = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=4, glyph_height=24, workers=2)
+    real = pooled._generate
+    failed = []
+
+    def flaky(images, num_beams, max_new_tokens, enc=None, pool=None):
+        if enc is not None:  # the workers' batch: as if the GPU ran out of memory on it
+            failed.append(len(enc["input_ids"]))
+            raise RuntimeError("CUDA out of memory")
+        return real(images, num_beams, max_new_tokens, enc, pool)
+
+    monkeypatch.setattr(pooled, "_generate", flaky)
+    try:
+        a, b = plain(paths, return_details=True), pooled(paths, return_details=True)
+    finally:
+        pooled.close()
+    assert failed == [4]
+    assert [(p.text, p.tokens, p.error) for p in a] == [(p.text, p.tokens, p.error) for p in b]
+    assert all(p.batch_size == 1 for p in b)  # generated one by one after the batch failed

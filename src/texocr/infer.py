@@ -160,31 +160,57 @@ class Recognizer:
     def predict(self, images: Sequence[Any], *, batch_size: int | None = None, num_beams: int | None = None,
                 max_new_tokens: int | None = None) -> list[Prediction]:
         """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated.
-        With `workers` (and more than one image), images are read and encoded in worker processes."""
+        With `workers` (and more than one image), images are read, rescaled and encoded in worker processes,
+        one round trip per piece of a batch, the next batches' while this one decodes (`PrepPool.prepare`)."""
         results: list[Prediction | None] = [None] * len(images)
-        pool = self._prep_pool() if self.workers > 0 and len(images) > 1 else None
-        loaded: list[tuple[int, Any]] = []
-        for i, (src, img) in enumerate(zip(images, pool.load(images) if pool else images)):
-            try:
-                img = img if pool else self._load(src)
-                if isinstance(img, TexocrError):
-                    raise img
-                loaded.append((i, img))
-            except TexocrError as e:
-                results[i] = Prediction("", error=str(e), source=_source_name(src))
-        # similar shapes together: less padding, and one odd image does not slow the others
-        loaded.sort(key=lambda it: (round(it[1].width / it[1].height, 1), it[1].width * it[1].height))
         size = max(1, batch_size or self.batch_size)
-        chunks = [loaded[start: start + size] for start in range(0, len(loaded), size)]
-        encodings = pool.encode([[im for _, im in c] for c in chunks]) if pool else iter([None] * len(chunks))
-        done = []  # (chunk, its predictions or, with workers, their pending text finishing)
-        for chunk, enc in zip(chunks, encodings):
-            done.append((chunk, self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens, enc, pool)))
-        for chunk, preds in done:
-            for (i, _), pred in zip(chunk, preds if isinstance(preds, list) else preds.get()):
+        pool = self._prep_pool() if self.workers > 0 and len(images) > 1 else None
+        done: list[tuple[list[int], Any]] = []  # (input indices, their predictions or pending text finishing)
+        if pool is None:
+            loaded: list[tuple[int, Any]] = []
+            for i, src in enumerate(images):
+                try:
+                    loaded.append((i, self._load(src)))
+                except TexocrError as e:
+                    results[i] = Prediction("", error=str(e), source=_source_name(src))
+            # similar shapes together: less padding, and one odd image does not slow the others
+            loaded.sort(key=lambda it: _shape_key(it[1].size))
+            for start in range(0, len(loaded), size):
+                chunk = loaded[start: start + size]
+                done.append(([i for i, _ in chunk],
+                             self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens)))
+        else:
+            # sorted by the sizes the inputs declare (a file's header): the workers rescale them afterwards, so
+            # batches are a little less even than sorting the loaded images, but each image crosses once
+            sources = [_sendable(src) for src in images]
+            order = sorted(range(len(sources)), key=lambda i: _shape_key(_declared_size(sources[i])))
+            chunks = [order[start: start + size] for start in range(0, len(order), size)]
+            for chunk, (enc, errors, kept) in zip(chunks, pool.prepare([[sources[i] for i in c] for c in chunks])):
+                for j, err in errors:
+                    results[chunk[j]] = Prediction("", error=str(err), source=_source_name(images[chunk[j]]))
+                ok = [chunk[j] for j in kept]
+                if ok:
+                    done.append((ok, self._generate_pooled([sources[i] for i in ok], enc, num_beams,
+                                                           max_new_tokens, pool)))
+        for idx, preds in done:
+            for i, pred in zip(idx, preds if isinstance(preds, list) else preds.get()):
                 pred.source = _source_name(images[i])
                 results[i] = pred
         return [r for r in results if r is not None]
+
+    def _generate_pooled(self, sources: list[Any], enc: dict[str, Any], num_beams: int | None,
+                         max_new_tokens: int | None, pool: Any) -> Any:
+        """A batch a worker encoded; if it fails, its images are read here and generated one by one."""
+        try:
+            return self._generate([], num_beams, max_new_tokens, enc, pool)
+        except Exception:  # noqa: BLE001 - retried image by image below, so only the culprit fails
+            out = []
+            for src in sources:
+                try:
+                    out += self._generate_safely([self._load(src)], num_beams, max_new_tokens)
+                except TexocrError as e:
+                    out.append(Prediction("", error=str(e)))
+            return out
 
     def _prep_pool(self) -> Any:
         """The worker pool for this recognizer's current image settings (re-made when they changed)."""
@@ -269,13 +295,10 @@ class Recognizer:
         return dict(max_new_tokens=max_new_tokens or self.max_new_tokens, num_beams=num_beams, do_sample=False,
                     repetition_penalty=self.repetition_penalty, **self.family.generation_kwargs(self.processor))
 
-    def _generate_safely(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
-                         enc: dict[str, Any] | None = None, pool: Any = None) -> Any:
-        """Generate a batch; if the batch fails, retry image by image so only the culprit fails. With `pool`, the
-        predictions come as the pool's pending result (`.get()`): their text is finished by the workers while
-        this process decodes the next batch."""
+    def _generate_safely(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None) -> Any:
+        """Generate a batch; if the batch fails, retry image by image so only the culprit fails."""
         try:
-            return self._generate(images, num_beams, max_new_tokens, enc, pool)
+            return self._generate(images, num_beams, max_new_tokens)
         except Exception as e:  # noqa: BLE001 - processor/model errors on odd inputs; retried one by one below
             if len(images) == 1:
                 return [Prediction("", error=f"generation failed: {type(e).__name__}: {e}")]
@@ -283,6 +306,8 @@ class Recognizer:
 
     def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
                   enc: dict[str, Any] | None = None, pool: Any = None) -> Any:
+        """Predictions for `images` (or a worker's encoding `enc` of them); with `pool`, as the pool's pending
+        result (`.get()`): the workers finish the text while this process decodes the next batch."""
         beams = num_beams or self.num_beams
         start = time.perf_counter()
         enc = self._encode(images, enc)
@@ -342,3 +367,31 @@ class Recognizer:
     def _finish(self, row: list[int], logp: list[float], kwargs: dict[str, Any], elapsed: float) -> Prediction:
         return finish_row(self.family, self.processor, row, logp, kwargs["eos_token_id"], kwargs.get("pad_token_id"),
                           elapsed)
+
+
+def _shape_key(size: tuple[int, int]) -> tuple[float, int]:
+    """Sort key of an image size: aspect ratio (to one decimal), then area."""
+    w, h = size
+    return (round(w / h, 1) if h else 0.0, w * h)
+
+
+def _sendable(src: Any) -> Any:
+    """`src` as a worker process can receive it: an open file is read here (it cannot be pickled)."""
+    return src.read() if hasattr(src, "read") else src
+
+
+def _declared_size(src: Any) -> tuple[int, int]:
+    """The size an input says it has without decoding it (a PIL image's, an encoded file's header); (0, 0) when
+    it cannot tell (its worker then says why it is unreadable)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(src, Image.Image):
+        return src.size
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not an image, missing, too odd for a header read: the worker reports it
+        return (0, 0)
+

@@ -4,8 +4,7 @@ LaTeX) in worker processes.
     prep = Prep(processor, family, max_pixels=..., max_side=..., glyph_height=14)
     img = prep.load("eq.png")                       # RGB PIL image (raises TexocrError), in this process
     with PrepPool(prep, workers=8) as pool:
-        loaded = pool.load(sources)                 # [PIL image | TexocrError], input order
-        for enc in pool.encode(chunks): ...         # one CPU batch encoding per chunk, in order, prefetched
+        for enc, errors, kept in pool.prepare(chunks): ...   # per chunk of sources, in order, prefetched
         preds = pool.finish(rows, logps, eos_ids, pad, elapsed).get()   # generated ids -> Predictions, in workers
 
 Why: on a GPU the decoder turns out a batch of 512 formulas in a fraction of a second, while one CPU core needs
@@ -103,15 +102,17 @@ def _init(prep: Prep) -> None:
     _WORKER["prep"] = prep
 
 
-def _load_one(src: Any) -> Any:
-    try:
-        return _WORKER["prep"].load(src)
-    except TexocrError as e:  # as a plain TexocrError: ImageError's own arguments do not survive pickling
-        return TexocrError(str(e))
-
-
-def _encode_piece(images: list[Any]) -> dict[str, torch.Tensor]:
-    return _WORKER["prep"].encode(images)
+def _prepare_piece(sources: list[Any]) -> tuple[dict[str, torch.Tensor] | None, list[tuple[int, Any]], list[int]]:
+    """(encoding of the readable sources, [(position, TexocrError)] of the others, positions encoded)."""
+    prep = _WORKER["prep"]
+    images, errors, kept = [], [], []
+    for j, src in enumerate(sources):
+        try:
+            images.append(prep.load(src))
+            kept.append(j)
+        except TexocrError as e:  # as a plain TexocrError: ImageError's own arguments do not survive pickling
+            errors.append((j, TexocrError(str(e))))
+    return (prep.encode(images) if images else None), errors, kept
 
 
 def _finish_piece(rows: list[list[int]], logps: list[list[float]], eos_ids: list[int], pad: int | None,
@@ -143,18 +144,23 @@ class PrepPool:
         # fork: the processor is inherited, not pickled; the parent's CUDA context is never used by a worker
         self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_init, initargs=(prep,))
 
-    def load(self, sources: Sequence[Any]) -> list[Any]:
-        """`prep.load` of every source: an RGB image, or the TexocrError that refused it."""
-        return self.pool.map(_load_one, sources, chunksize=max(1, min(16, len(sources) // (4 * self.workers) or 1)))
-
-    def encode(self, chunks: Sequence[list[Any]]) -> Iterator[dict[str, torch.Tensor]]:
-        """One CPU encoding per chunk, in order; every piece of every chunk is queued at once, so the workers
-        encode the next chunks while the caller decodes this one."""
-        pending = [[self.pool.apply_async(_encode_piece, (chunk[i: i + self.piece],))
+    def prepare(self, chunks: Sequence[list[Any]]) -> Iterator[tuple[dict[str, torch.Tensor] | None,
+                                                                     list[tuple[int, Any]], list[int]]]:
+        """Per chunk of sources, in order: (its encoding, [(position, TexocrError)] of unreadable ones, positions
+        encoded). Each chunk is read, rescaled and encoded in pieces of `piece` sources by the workers, every
+        piece of every chunk queued at once: the workers prepare the next chunks while the caller decodes."""
+        pending = [[self.pool.apply_async(_prepare_piece, (chunk[i: i + self.piece],))
                     for i in range(0, len(chunk), self.piece)] for chunk in chunks]
         pad_id = self.prep.pad_id()
         for pieces in pending:
-            yield concat_encodings([p.get() for p in pieces], pad_id)
+            encs, errors, kept = [], [], []
+            for k, piece in enumerate(pieces):
+                enc, errs, ok = piece.get()
+                errors += [(k * self.piece + j, e) for j, e in errs]
+                kept += [k * self.piece + j for j in ok]
+                if enc is not None:
+                    encs.append(enc)
+            yield (concat_encodings(encs, pad_id) if encs else None), errors, kept
 
     def finish(self, rows: list[list[int]], logps: list[list[float]], eos_ids: Sequence[int], pad: int | None,
                elapsed: float) -> _Joined:
