@@ -76,11 +76,12 @@ def _crc_reward(preds, refs, *, raw=None):
     return [Reward(float(zlib.crc32(r.encode()) % 5), {"crc": 0.0}) for r in raw]
 
 
-def _learner(model_dir: Path, method: str, reward, beta: float = 0.0):
+def _learner(model_dir: Path, method: str, reward, beta: float = 0.0, drop_flat: bool = True):
     torch.manual_seed(0)
     loaded = load_model(ModelConfig(name_or_path=str(model_dir), family="compact", method=method, lora_r=4,
                                     lora_alpha=8), training=True, device="cpu")
-    settings = GrpoSettings(generations=4, max_new_tokens=6, beta=beta, micro_batch=3)  # 3: uneven micro-batches
+    settings = GrpoSettings(generations=4, max_new_tokens=6, beta=beta, micro_batch=3,  # 3: uneven micro-batches
+                            drop_flat=drop_flat)
     params = [p for p in loaded.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)  # no decay: only a gradient moves a weight
     return GrpoLearner(loaded, settings, reward, optimizer)
@@ -115,6 +116,23 @@ def test_a_step_with_nothing_to_prefer_moves_nothing(tiny_model_dir):
     numbers = learner.step([_samples()])
     assert numbers["zero_std_groups"] == 1.0 and numbers["loss"] == 0.0
     assert all(torch.equal(p, before[n]) for n, p in learner.loaded.model.named_parameters() if p.requires_grad)
+
+
+def test_flat_groups_do_not_dilute_the_loss_of_the_groups_with_spread(tiny_model_dir):
+    """`grpo_flat_groups: drop` (default) divides by the tokens of the groups whose answers differ in reward;
+    `count` by every sampled token: the same gradient direction, scaled by their ratio."""
+    first = LATEX[0]
+
+    def half_flat(preds, refs, *, raw=None):  # the first image's answers all score 1, the second's vary
+        return [Reward(1.0, {}) if ref == first else _crc_reward([p], [ref], raw=[r])[0]
+                for p, ref, r in zip(preds, refs, raw)]
+
+    drop = _learner(tiny_model_dir("compact"), "lora", half_flat).step([_samples()])
+    count = _learner(tiny_model_dir("compact"), "lora", half_flat, drop_flat=False).step([_samples()])
+    assert drop["zero_std_groups"] == count["zero_std_groups"] == 0.5
+    assert 0 < drop["spread_tokens"] < drop["answer_tokens"] == count["answer_tokens"]
+    assert drop["loss"] != 0
+    assert drop["loss"] == pytest.approx(count["loss"] * drop["answer_tokens"] / drop["spread_tokens"], rel=1e-4)
 
 
 # ---------------------------------------------------------------- texocr train

@@ -208,6 +208,11 @@ class TrainConfig:
     grpo_micro_batch: int = 0
     """GRPO: sequences per forward/backward pass (0: all `batch_size x grpo_generations` at once); lower it when
     the loss pass runs out of memory. The same update either way."""
+    grpo_flat_groups: Literal["count", "drop"] = "drop"
+    """GRPO: what the loss does with groups whose answers all scored the same (no advantage, so no gradient):
+    `drop` normalizes the loss over the sampled tokens of the groups with spread only (DAPO's filter, without its
+    resampling), so a step's gradient is not diluted by the groups that teach nothing; `count` divides by every
+    sampled token of the step. Without a KL term (`grpo_beta: 0`) that is the only difference; with one, `count`."""
     reward_parts: list[str] = field(default_factory=lambda: ["image:1.0", "valid:0.25", "edit:0.5", "length:0.25"])
     """GRPO: the reward, `NAME[:WEIGHT]` each (`texocr.rewards`): `image` (the prediction's rendering matches the
     label's: ink IoU), `valid` (valid LaTeX), `edit` (token edit score), `length` (penalty for excess tokens)."""

@@ -85,6 +85,8 @@ class GrpoSettings:
     scale_rewards: bool = True
     micro_batch: int = 0
     """Sequences per generate / forward-backward call (0: all of a batch at once)."""
+    drop_flat: bool = True
+    """Normalize the loss over the tokens of groups with reward spread only (`train.grpo_flat_groups: drop`)."""
 
     @classmethod
     def from_config(cls, t: TrainConfig, default_new_tokens: int) -> GrpoSettings:
@@ -96,8 +98,10 @@ class GrpoSettings:
         if t.grpo_beta < 0 or t.grpo_micro_batch < 0:
             raise TexocrError("train.grpo_beta and train.grpo_micro_batch must be >= 0")
         new_tokens = t.grpo_max_new_tokens or default_new_tokens
+        if t.grpo_flat_groups not in ("count", "drop"):
+            raise TexocrError(f"train.grpo_flat_groups must be count or drop, not {t.grpo_flat_groups!r}")
         return cls(t.grpo_generations, t.grpo_temperature, new_tokens, t.grpo_beta, t.grpo_scale_rewards,
-                   t.grpo_micro_batch)
+                   t.grpo_micro_batch, t.grpo_flat_groups == "drop" and t.grpo_beta == 0)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -299,6 +303,9 @@ class GrpoLearner:
         totals = torch.tensor([r.total for r in rewards], dtype=torch.float32).view(len(samples), g)
         adv = group_advantages(totals, scale=s.scale_rewards).view(-1)  # [R]
         tokens = float(mask.sum())
+        spread = (totals.std(dim=1) > 0).repeat_interleave(g)  # [R]: the row's group has answers that differ
+        # the loss's denominator: every sampled token, or (drop_flat) those of the groups that teach something
+        norm = float(mask[spread].sum()) if s.drop_flat else tokens
         # with no KL term a row of advantage 0 adds nothing to the loss: skip its forward and backward pass
         rows_used = [i for i in range(len(rows)) if s.beta > 0 or adv[i] != 0]
         loss_sum = kl_sum = 0.0
@@ -318,7 +325,7 @@ class GrpoLearner:
                 kl = torch.exp(delta) - delta - 1  # k3 estimate of KL(policy || reference), >= 0
                 per_token = per_token + s.beta * kl
                 kl_sum += float((kl.detach() * m).sum())
-            loss = (per_token * m).sum() / max(tokens, 1.0) / n_batches
+            loss = (per_token * m).sum() / max(norm, 1.0) / n_batches
             loss.backward()
             loss_sum += float(loss.detach())
         t3 = time.perf_counter()
@@ -328,6 +335,7 @@ class GrpoLearner:
             "reward_std": float(totals.std(dim=1).mean()),
             "zero_std_groups": float((totals.std(dim=1) == 0).float().mean()),
             "answer_tokens": tokens / len(rows),
+            "spread_tokens": float(mask[spread].sum()) / len(rows),  # the part of them in groups with spread
             "sample_seconds": t1 - t0, "reward_seconds": t2 - t1, "loss_seconds": t3 - t2,
         }
         for name in rewards[0].parts if rewards else ():
