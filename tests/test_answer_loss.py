@@ -2,6 +2,7 @@
 equals the model's own loss, and so do all gradients, for every family with a tiny model, LoRA and full
 fine-tuning; `texocr train` makes the same steps with it on and off."""
 
+# ruff: noqa: F811 -- the fixture imported from test_train is the test's parameter of the same name
 from __future__ import annotations
 
 import json
