@@ -24,13 +24,15 @@ a tiny model, LoRA and full fine-tuning).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from texocr.models.base import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
 
-IGNORE = -100
 _ROW_ELEMENTS = 1 << 26
 """Logit elements per chunk (64 M floats, 256 MB in float32): 441 rows of a 152k vocabulary at once."""
 
@@ -84,7 +86,7 @@ class AnswerLoss:
             raise RuntimeError("AnswerLoss: no decoder output was captured (call the model inside capture())")
         h = hidden[:, :-1]  # [B, T-1, D]: position t predicts label t+1
         target = labels[:, 1:].to(h.device)  # [B, T-1]
-        keep = target != IGNORE
+        keep = target != IGNORE_INDEX
         total = linear_cross_entropy(h[keep], self.head.weight, target[keep])  # [] summed over answer tokens
         if num_items_in_batch is None:
             return total / keep.sum().clamp(min=1)
@@ -98,9 +100,10 @@ class AnswerLoss:
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """sum over rows of cross_entropy(hidden @ weight.T, target), float32 softmax, in chunks of rows; the gradient
     is computed chunk by chunk in the forward pass, so no [rows, vocab] tensor outlives its chunk."""
-    return _LinearCrossEntropy.apply(hidden, weight, target)
+    return _autograd_function().apply(hidden, weight, target)
 
 
+@functools.cache  # built on first use: texocr imports torch lazily
 def _autograd_function() -> type:
     import torch
 
@@ -139,17 +142,3 @@ def _autograd_function() -> type:
             return gh, gw, None
 
     return LinearCrossEntropy
-
-
-class _Lazy:
-    """`_LinearCrossEntropy.apply`, built on first use (torch is imported lazily in texocr)."""
-
-    fn: Any = None
-
-    def apply(self, *args: Any) -> Any:
-        if _Lazy.fn is None:
-            _Lazy.fn = _autograd_function()
-        return _Lazy.fn.apply(*args)
-
-
-_LinearCrossEntropy = _Lazy()

@@ -304,8 +304,9 @@ class GrpoLearner:
         adv = group_advantages(totals, scale=s.scale_rewards).view(-1)  # [R]
         tokens = float(mask.sum())
         spread = (totals.std(dim=1) > 0).repeat_interleave(g)  # [R]: the row's group has answers that differ
+        spread_tokens = float(mask[spread].sum())
         # the loss's denominator: every sampled token, or (drop_flat) those of the groups that teach something
-        norm = float(mask[spread].sum()) if s.drop_flat else tokens
+        norm = spread_tokens if s.drop_flat else tokens
         # with no KL term a row of advantage 0 adds nothing to the loss: skip its forward and backward pass
         rows_used = [i for i in range(len(rows)) if s.beta > 0 or adv[i] != 0]
         loss_sum = kl_sum = 0.0
@@ -335,7 +336,7 @@ class GrpoLearner:
             "reward_std": float(totals.std(dim=1).mean()),
             "zero_std_groups": float((totals.std(dim=1) == 0).float().mean()),
             "answer_tokens": tokens / len(rows),
-            "spread_tokens": float(mask[spread].sum()) / len(rows),  # the part of them in groups with spread
+            "spread_tokens": spread_tokens / len(rows),  # the part of them in groups with spread
             "sample_seconds": t1 - t0, "reward_seconds": t2 - t1, "loss_seconds": t3 - t2,
         }
         for name in rewards[0].parts if rewards else ():

@@ -10,9 +10,11 @@
 A batch is grouped by image shape (similar aspect ratio and area generate together, less padding) and put
 back in input order. Decoding is greedy unless `num_beams > 1`; greedy decoding of a family that has a fast
 exact loop (`Family.greedy_decoder`: Qwen2-VL, hence texocr's compact model) runs that loop instead of `generate`
-on a CPU, and on a CUDA GPU in its static-shape CUDA-graph mode (same tokens, far less overhead per token;
-`fast_decode=False` turns it off). `predict(..., workers=N)` reads, rescales and encodes images in N processes. Generation stops at the end token, at
-`max_new_tokens`, or when the output has fallen into a loop (`RepetitionStopper`); the looping tail is cut.
+on a CPU (the same tokens), and on a CUDA GPU in its static-shape CUDA-graph mode (far less overhead per token;
+in bf16 a few predictions per thousand differ from `generate`'s, bench/infer.md; `fast_decode=False` turns it
+off). `Recognizer(..., workers=N)` reads, rescales and encodes images in N processes, and finishes their text
+there. Generation stops at the end token, at `max_new_tokens`, or when the output has fallen into a loop
+(`RepetitionStopper`); the looping tail is cut.
 The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
 `texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
 the error and the rest of the batch completes.

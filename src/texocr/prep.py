@@ -137,7 +137,7 @@ class _Joined:
 
 
 class PrepPool:
-    """`workers` forked processes holding `prep`; `load` and `encode` keep input order (see the module docstring)."""
+    """`workers` forked processes holding `prep`; `prepare` and `finish` keep input order (module docstring)."""
 
     def __init__(self, prep: Prep, workers: int, *, piece: int = 32) -> None:
         self.prep, self.piece, self.workers = prep, max(1, piece), max(1, workers)
@@ -164,7 +164,7 @@ class PrepPool:
 
     def finish(self, rows: list[list[int]], logps: list[list[float]], eos_ids: Sequence[int], pad: int | None,
                elapsed: float) -> _Joined:
-        """`texocr.infer.finish_row` of every generated row (decode, clean, repair: a LaTeX parse each), in the
+        """`texocr.prediction.finish_row` of every generated row (decode, clean, repair: a LaTeX parse each), in the
         workers, in pieces; `get()` gives the Predictions in order. The caller decodes the next batch meanwhile."""
         step = max(16, -(-len(rows) // self.workers))
         return _Joined([self.pool.apply_async(_finish_piece, (rows[i: i + step], logps[i: i + step], list(eos_ids),
