@@ -65,6 +65,11 @@ class ModelConfig:
     batch_vision_attention: bool = True
     """Qwen2-VL-style vision towers (compact, Qwen2-VL): one padded attention call per layer for the whole batch
     instead of one per image (`texocr.models.vision_attention`). Same result; off to use transformers' own."""
+    vision_no_grad: bool = True
+    """Training with a frozen vision tower (LoRA on the language model, or `freeze_vision`): run the tower under
+    `torch.no_grad`. Without it, the input-gradient hooks that gradient checkpointing needs make the tower's output
+    require grad, so autograd records it, checkpointing recomputes it and the backward pass runs through it only to
+    reach weights that do not train. The same loss and gradients; off to compare."""
 
 
 @dataclass
