@@ -194,8 +194,26 @@ class TrainConfig:
     answer_loss: bool = True
     """Compute the loss from the last hidden states at answer positions only, with a chunked linear cross-entropy
     that never holds [tokens, vocab] logits (`texocr.answer_loss`): the same loss and gradients, without the
-    logits' activation memory (gigabytes with a 152k vocabulary; the speed effect is not measured yet). Off: the model's own loss over logits at every position. Used where the model's
-    head is a plain linear layer and the weights are not sharded (not FSDP / DeepSpeed ZeRO-3)."""
+    logits' activation memory (gigabytes with a 152k vocabulary). Off: the model's own loss over logits at every
+    position. Used where the model's head is a plain linear layer and the weights are not sharded (not FSDP /
+    DeepSpeed ZeRO-3)."""
+    lora_autocast_inputs: bool = True
+    """Under bf16/fp16 autocast, LoRA adapters take the activations as they come. PEFT first copies every adapter
+    input to the adapters' float32 (e.g. [tokens, 18944] before each down projection), and autocast then casts it
+    back to bf16 for the matmul: the same numbers, two full-size copies per adapter and their backward. Off: PEFT's
+    behaviour. No effect without autocast (`train.precision: no`)."""
+    fused_lora: bool = True
+    """LoRA layers add their adapter inside one GEMM (`addmm(base_out, x A^T, B^T, alpha=scaling)`) instead of
+    PEFT's matmul, scale and add over the whole output (`texocr.fast_train.fuse_lora`). Plain LoRA only (no dropout,
+    DoRA or adapter bias; those layers keep PEFT's forward). Off: PEFT's forward everywhere."""
+    liger_kernels: bool = True
+    """On a CUDA GPU with liger-kernel installed (`pip install texocr[gpu]`): Liger's fused RMSNorm and SwiGLU for
+    this model's Qwen2/Llama-style norms and MLPs (`texocr.fast_train.liger_kernels`). The same function in fewer
+    passes; bf16 results differ within rounding. Off to compare, or for a model Liger gets wrong."""
+    offload_checkpoints: bool = True
+    """With `model.gradient_checkpointing` on a CUDA GPU: the layer inputs checkpointing keeps live in pinned host
+    memory during the step (`texocr.fast_train.offloaded_checkpoints`), saving [tokens, hidden] per layer of GPU
+    memory for a copy each way. Off when GPU memory is plentiful and the copies cost more than they save."""
     method: Literal["sft", "grpo"] = "sft"
     """`sft`: supervised training on the labels (the Trainer). `grpo`: reinforcement fine-tuning from a reward
     (`texocr.grpo`): sample `grpo_generations` answers per image, score them against the label

@@ -262,8 +262,10 @@ def _make_trainer_class() -> type:
         texocr_normalizer: Any = None  # PixelNormalizer when batches carry uint8 patches
         texocr_time_schedule: Any = None  # a factor(step) function for cosine_time
         texocr_answer_loss: Any = None  # AnswerLoss (train.answer_loss), also this Trainer's compute_loss_func
+        texocr_offload: bool = False  # train.offload_checkpoints with gradient checkpointing
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            from texocr.fast_train import offloaded_checkpoints
             from texocr.models.qwen_speed import VISION_WIDTH
 
             width = inputs.pop("vision_width", None)  # an int from the worker: no GPU read per vision layer
@@ -274,7 +276,8 @@ def _make_trainer_class() -> type:
             if answer is not None:
                 inputs["logits_to_keep"] = 1  # the loss reads the decoder's output; the model's logits are unused
             try:
-                with answer.capture() if answer is not None else contextlib.nullcontext():
+                with (answer.capture() if answer is not None else contextlib.nullcontext(),
+                      offloaded_checkpoints(self.texocr_offload)):
                     return super().training_step(model, inputs, num_items_in_batch)
             finally:
                 VISION_WIDTH["patches"] = None  # valid for this batch only
@@ -448,6 +451,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         from texocr.models.qwen_speed import PixelNormalizer
 
         trainer.texocr_normalizer = PixelNormalizer(loaded.processor.image_processor)
+    fast_levers(cfg, loaded, autocast=args.bf16 or args.fp16)
+    trainer.texocr_offload = cfg.train.offload_checkpoints and cfg.model.gradient_checkpointing
     if cfg.train.answer_loss:
         trainer.texocr_answer_loss = answer_loss(trainer, loaded)
         trainer.compute_loss_func = trainer.texocr_answer_loss
@@ -509,6 +514,24 @@ def initial_model(cfg: Config, out: Path) -> ModelConfig:
     if path == m.name_or_path:
         return m
     return replace(m, name_or_path=path, family=m.family or "compact")
+
+
+def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> None:
+    """The `train.*` step levers of `texocr.fast_train` this run allows, and a log line saying which applied."""
+    import torch
+
+    from texocr import fast_train
+
+    t, model, done = cfg.train, loaded.model, []
+    if t.fused_lora and (n := fast_train.fuse_lora(model)):
+        done.append(f"fused LoRA ({n} layers)")
+    if t.lora_autocast_inputs and autocast and (n := fast_train.lora_autocast_inputs(model)):
+        done.append("LoRA inputs left to autocast")
+    if t.liger_kernels and (n := fast_train.liger_kernels(model)):
+        done.append(f"Liger RMSNorm/SwiGLU ({n} modules)")
+    if t.offload_checkpoints and cfg.model.gradient_checkpointing and torch.cuda.is_available():
+        done.append("checkpointed layer inputs offloaded to host memory")
+    log.info("step levers: %s", ", ".join(done) or "none")
 
 
 def answer_loss(trainer: Any, loaded: LoadedModel) -> Any:

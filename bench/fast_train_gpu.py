@@ -1,15 +1,23 @@
-"""Where a `texocr train` step's GPU time goes, on the model bench/train_speed.py builds (issue 16).
+"""texocr's training step levers at full size (issue 16): where the step's GPU time goes, and whether each lever
+keeps the loss and gradients, on the model bench/train_speed.py builds.
 
-    PYTHONPATH=src python3 bench/train_profile.py --model /tmp/texocr-bench/qwen2vl-7b --data /tmp/texocr-bench/data \
-        --batch 32 --json $OUT/profile.json --trace $OUT/trace.json.gz
-    PYTHONPATH=src .venv/bin/python bench/train_profile.py --model /tmp/texocr-bench/qwen2vl-tiny \
+    M=/tmp/texocr-bench/qwen2vl-7b D=/tmp/texocr-bench/data
+    PYTHONPATH=/tmp/site:src python3 bench/fast_train_gpu.py --model $M --data $D --batch 32 --grads /tmp/g-off.pt \
+        --off fused_lora lora_autocast_inputs liger_kernels offload_checkpoints answer_loss vision_no_grad
+    PYTHONPATH=/tmp/site:src python3 bench/fast_train_gpu.py --model $M --data $D --batch 32 --grads /tmp/g-on.pt \
+        --compare /tmp/g-off.pt --json $OUT/levers.json
+    PYTHONPATH=src .venv/bin/python bench/fast_train_gpu.py --model /tmp/texocr-bench/qwen2vl-tiny \
         --data /tmp/texocr-bench/data --batch 2 --steps 2  # CPU dry run
 
 The model is loaded, adapted and fed exactly as `texocr train` does (`load_model(training=True)`, the Collator,
 `AnswerLoss`), and the step is the Trainer's (bf16 autocast, forward, backward, clip, AdamW) written out so that
 each phase can be timed with CUDA events: vision tower, whole forward, loss, backward, optimizer. Then one step
-under torch.profiler: the top operators by GPU time. `--set model.KEY=VALUE` flips a model key (e.g.
-`vision_no_grad=false`, `gradient_checkpointing=false`) to see what a lever is worth on one loaded process.
+under torch.profiler: the top operators by GPU time. `--off LEVER ...` turns levers off (the `train.*` keys of
+`texocr.fast_train`, `answer_loss`, and `vision_no_grad`); `--set model.KEY=VALUE` flips a model key.
+
+`--grads FILE` first runs one forward + backward on the first batch with LoRA B drawn at random (it starts at
+zero, which would leave A's gradients zero) and saves the loss and the flattened adapter gradients; `--compare
+REF` reports the relative difference of loss and gradients (||g - g_ref|| / ||g_ref||) against another run's file.
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ from pathlib import Path
 
 import torch
 
+LEVERS = {"fused_lora", "lora_autocast_inputs", "liger_kernels", "offload_checkpoints", "answer_loss", "vision_no_grad"}
+
 
 def main() -> None:
+    from texocr import fast_train
     from texocr.answer_loss import AnswerLoss
     from texocr.config import ModelConfig
     from texocr.data.collate import Collator
@@ -36,7 +47,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6, help="timed steps (after 3 warm-up steps)")
     ap.add_argument("--method", default="lora")
-    ap.add_argument("--no-answer-loss", action="store_true")
+    ap.add_argument("--off", nargs="*", default=[], choices=sorted(LEVERS), help="levers to turn off")
+    ap.add_argument("--grads", default=None, help="save the first batch's loss and adapter gradients here")
+    ap.add_argument("--compare", default=None, help="a --grads file of another run to compare with")
     ap.add_argument("--set", nargs="*", default=[], help="model.KEY=VALUE (bool/int) overrides")
     ap.add_argument("--json", default=None)
     ap.add_argument("--trace", default=None, help="write a Chrome trace of the profiled step")
@@ -47,6 +60,7 @@ def main() -> None:
     keys: dict = {"name_or_path": args.model, "family": "qwen2_vl", "method": args.method, "lora_r": 16,
                   "lora_alpha": 16, "gradient_checkpointing": True, "dtype": "bfloat16" if cuda else "float32",
                   "attn_implementation": "sdpa"}
+    keys["vision_no_grad"] = "vision_no_grad" not in args.off
     for kv in args.set:
         k, v = kv.removeprefix("model.").split("=")
         keys[k] = {"true": True, "false": False}.get(v.lower(), int(v) if v.isdigit() else v)
@@ -55,7 +69,12 @@ def main() -> None:
     loaded = load_model(ModelConfig(**keys), training=True, device=dev)
     load_s = time.time() - t
     model = loaded.model
-    loss_fn = None if args.no_answer_loss else AnswerLoss.attach(model)
+    on = {k for k in LEVERS if k not in args.off}
+    applied = {"fused_lora": fast_train.fuse_lora(model) if "fused_lora" in on else 0,
+               "lora_autocast_inputs": fast_train.lora_autocast_inputs(model) if "lora_autocast_inputs" in on else 0,
+               "liger_kernels": fast_train.liger_kernels(model) if "liger_kernels" in on else 0}
+    loss_fn = AnswerLoss.attach(model) if "answer_loss" in on else None
+    offload = "offload_checkpoints" in on
     collate = Collator(loaded, 1024)
     samples = list(itertools.islice(open_source(args.data), args.batch * (args.steps + 4)))
     batches = [{k: v.pin_memory() if cuda else v for k, v in collate(samples[i:i + args.batch]).items()}
@@ -78,21 +97,23 @@ def main() -> None:
     vision.register_forward_pre_hook(lambda *_: marks.__setitem__("v0", event()))
     vision.register_forward_hook(lambda *_: marks.__setitem__("v1", event()))
 
+    def forward_loss(batch: dict) -> tuple[torch.Tensor, object]:
+        """The loss as `texocr train` computes it; returns (loss, the event after the model's forward)."""
+        n = (batch["labels"] != -100).sum()
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda), fast_train.offloaded_checkpoints(offload):
+            if loss_fn is None:
+                out = model(**batch)
+                return out.loss, event()
+            labels = batch.pop("labels")
+            with loss_fn.capture():
+                out = model(**batch, logits_to_keep=1)
+            e1 = event()
+            return loss_fn(out, labels, num_items_in_batch=n), e1
+
     def step(cpu: dict) -> dict[str, float]:
         batch = {k: v.to(dev, non_blocking=True) for k, v in cpu.items()}
-        n = (batch["labels"] != -100).sum()
         e0 = event()
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda):
-            if loss_fn is not None:
-                labels = batch.pop("labels")
-                with loss_fn.capture():
-                    out = model(**batch, logits_to_keep=1)
-                e1 = event()
-                loss = loss_fn(out, labels, num_items_in_batch=n)
-            else:
-                out = model(**batch)
-                e1 = event()
-                loss = out.loss
+        loss, e1 = forward_loss(batch)
         e2 = event()
         loss.backward()
         e3 = event()
@@ -103,7 +124,31 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         return {"vision_ms": ms(marks["v0"], marks["v1"]), "forward_ms": ms(e0, e1), "loss_ms": ms(e1, e2),
-                "backward_ms": ms(e2, e3), "optimizer_ms": ms(e3, e4), "step_ms": ms(e0, e4), "loss": float(loss.detach())}
+                "backward_ms": ms(e2, e3), "optimizer_ms": ms(e3, e4), "step_ms": ms(e0, e4),
+                "loss": float(loss.detach())}
+
+    check = {}
+    if args.grads:  # before any optimizer step: the same weights in every run (seeded load, seeded B)
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        loss, _ = forward_loss({k: v.to(dev) for k, v in batches[0].items()})
+        loss.backward()
+        names = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+        grads = dict(model.named_parameters())
+        flat = torch.cat([grads[n].grad.float().flatten() for n in names]).cpu()
+        torch.save({"loss": float(loss.detach()), "names": names, "grad": flat}, args.grads)
+        check = {"check_loss": float(loss.detach())}
+        if args.compare:
+            ref = torch.load(args.compare)
+            assert ref["names"] == names, "different adapter parameters"
+            check |= {"ref_loss": ref["loss"], "loss_rel_diff": abs(check["check_loss"] - ref["loss"]) / abs(ref["loss"]),
+                      "grad_rel_diff": float((flat - ref["grad"]).norm() / ref["grad"].norm()),
+                      "grad_cosine": float(torch.nn.functional.cosine_similarity(flat, ref["grad"], dim=0))}
+        opt.zero_grad(set_to_none=True)
+        print(json.dumps(check), flush=True)
 
     for b in batches[:3]:
         step(b)
@@ -114,7 +159,8 @@ def main() -> None:
     wall = time.perf_counter() - t
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[3:3 + args.steps])
-    res = {"keys": {k: v for k, v in keys.items() if k != "name_or_path"}, "answer_loss": loss_fn is not None,
+    res = {"keys": {k: v for k, v in keys.items() if k != "name_or_path"}, "off": sorted(args.off), "applied": applied,
+           **check,
            "batch": args.batch, "steps": len(rows), "samples_per_s": len(rows) * args.batch / wall,
            "tokens_per_sample": tokens / (len(rows) * args.batch), "padded_len": int(batches[3]["input_ids"].shape[1]),
            "load_s": round(load_s, 1), **{k: round(v, 2) for k, v in mean.items()}}

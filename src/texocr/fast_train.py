@@ -1,0 +1,136 @@
+"""Training-step levers for adapter fine-tuning of large VLMs (issue 16), each behind a `train.*` key.
+
+Measured on the Qwen2-VL-7B shape (bench/train_speed.md), a LoRA step is mostly the decoder's matrix products
+plus element-wise passes over [tokens, 18944] MLP activations. What PEFT and transformers do there costs time
+and memory without changing the result; these functions remove it:
+
+- `lora_autocast_inputs`: PEFT copies each adapter input to float32, autocast casts it back to bf16.
+- `fuse_lora`: `result + lora_B(lora_A(x)) * scaling` is three passes over the output ([tokens, out]); one
+  `addmm` with `alpha=scaling` accumulates the adapter into the base output inside the GEMM instead.
+- `liger_kernels`: Liger's fused RMSNorm and SiLU-and-multiply (one kernel each way, instead of ~6 passes in
+  float32 for the norm and 3 for the MLP gate), patched on this model's instances only (Liger's own
+  `apply_liger_kernel_to_*` also replaces transformers' classes for the whole process).
+- `offloaded_checkpoints`: the layer inputs that gradient checkpointing keeps (one [tokens, hidden] per layer)
+  go to pinned host memory until the backward pass needs them, as Unsloth's checkpointing does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def lora_autocast_inputs(model: Any) -> int:
+    """`train.lora_autocast_inputs`: stop PEFT's cast of each LoRA adapter's input to the adapter's dtype; autocast
+    casts the matmul operands itself (bf16 -> float32 -> bf16 is exact, so the numbers do not change). Returns how
+    many adapter layers were switched (0 for a model without adapters)."""
+    n = 0
+    for module in model.modules():
+        if getattr(module, "cast_input_dtype_enabled", None) is True:  # peft's BaseTunerLayer flag (peft >= 0.15)
+            module.cast_input_dtype_enabled = False
+            n += 1
+    return n
+
+
+def _fusable(module: Any) -> bool:
+    """A PEFT LoRA layer whose forward is exactly `base(x) + lora_B(lora_A(x)) * scaling` for its adapters:
+    linear A/B, no dropout, no DoRA, no adapter bias, no per-token adapter mixing."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    if not isinstance(module, LoraLayer) or getattr(module, "_texocr_fused", False):
+        return False
+    for name in module.lora_A:
+        a, b = module.lora_A[name], module.lora_B[name]
+        if not (type(a) is torch.nn.Linear and type(b) is torch.nn.Linear and a.bias is None and b.bias is None):
+            return False
+        if module.use_dora.get(name, False) or not isinstance(module.lora_dropout[name], torch.nn.Identity):
+            return False
+    return True
+
+
+def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """base(x) with each active adapter added by `addmm(result, x A^T, B^T, alpha=scaling)`.
+
+    Shapes: x [..., in], A [r, in], B [out, r], result [..., out]. Anything unusual (adapters disabled or merged,
+    extra arguments such as `adapter_names`, mismatched dtypes without autocast) goes to PEFT's own forward."""
+    active = [n for n in self.active_adapters if n in self.lora_A]
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if (self.disable_adapters or self.merged or args or kwargs or not active
+            or (not autocast and any(self.lora_A[n].weight.dtype != x.dtype for n in active))):
+        return self._texocr_peft_forward(x, *args, **kwargs)
+    result = self.base_layer(x)
+    out = result.shape[-1]
+    flat = result.reshape(-1, out)
+    for name in active:
+        a = torch.nn.functional.linear(x, self.lora_A[name].weight)  # [..., r]
+        flat = torch.addmm(flat, a.reshape(-1, a.shape[-1]), self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    return flat.view(result.shape)
+
+
+def fuse_lora(model: Any) -> int:
+    """`train.fused_lora`: give every fusable LoRA layer the one-GEMM adapter forward; returns how many."""
+    n = 0
+    for module in model.modules():
+        if _fusable(module):
+            module._texocr_peft_forward = module.forward  # the fallback, PEFT's bound forward
+            module.forward = types.MethodType(_fused_forward, module)
+            module._texocr_fused = True
+            n += 1
+    return n
+
+
+_NORMS = {"Qwen2RMSNorm", "Qwen2VLRMSNorm", "Qwen2_5_VLRMSNorm", "Qwen3VLTextRMSNorm", "LlamaRMSNorm",
+          "MllamaTextRMSNorm"}
+"""RMSNorm classes computing `weight * (x.float() * rsqrt(mean(x^2) + eps)).to(x.dtype)`: Liger's `llama` casting
+mode, offset 0. Gemma's (1 + weight, float32 throughout) are left alone."""
+
+
+def liger_kernels(model: Any) -> int:
+    """`train.liger_kernels`: on a CUDA model with liger-kernel installed, route this model's RMSNorm and
+    SiLU-gated MLP instances through Liger's fused autograd functions. Returns how many modules were patched
+    (0 where Liger is absent, the model is not on CUDA, or nothing matches)."""
+    try:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except ImportError:
+        return 0
+    if not any(p.is_cuda for p in model.parameters()):
+        return 0
+
+    def norm_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
+        return LigerRMSNormFunction.apply(hidden, self.weight, self.variance_epsilon, 0.0, "llama", True)
+
+    def mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+    n = 0
+    for module in model.modules():
+        cls = type(module).__name__
+        if cls in _NORMS and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(norm_forward, module)
+            n += 1
+        elif (all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj"))
+              and isinstance(getattr(module, "act_fn", None), torch.nn.SiLU)):
+            module.forward = types.MethodType(mlp_forward, module)
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def offloaded_checkpoints(enabled: bool) -> Iterator[None]:
+    """`train.offload_checkpoints`: while the forward pass runs, tensors autograd saves outside checkpointed blocks
+    (with gradient checkpointing: chiefly each block's input, [batch, seq, hidden]) live in pinned host memory
+    and come back when the backward pass reads them. Inside a checkpointed block the checkpoint's own hooks take
+    precedence, so recomputed activations stay on the GPU. No effect when not enabled or without CUDA."""
+    if not (enabled and torch.cuda.is_available()):
+        yield
+        return
+    with torch.autograd.graph.save_on_cpu(pin_memory=True):
+        yield
