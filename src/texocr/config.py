@@ -65,6 +65,11 @@ class ModelConfig:
     batch_vision_attention: bool = True
     """Qwen2-VL-style vision towers (compact, Qwen2-VL): one padded attention call per layer for the whole batch
     instead of one per image (`texocr.models.vision_attention`). Same result; off to use transformers' own."""
+    qlora_fp32_upcast: bool = False
+    """QLoRA: PEFT's `prepare_model_for_kbit_training` casts every weight that is not 4-bit (embeddings, LM head,
+    norms, biases, unquantized vision parts) to float32: for Qwen2-VL-7B ~2.2 GB more for the embedding and the
+    head alone, each cast back to bf16 by autocast at every use. They are frozen, so texocr keeps them in the
+    compute dtype; on to get PEFT's preparation (e.g. for fp16 training of a model with trainable norms)."""
     vision_no_grad: bool = True
     """Training with a frozen vision tower (LoRA on the language model, or `freeze_vision`): run the tower under
     `torch.no_grad`. Without it, the input-gradient hooks that gradient checkpointing needs make the tower's output

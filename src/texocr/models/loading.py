@@ -220,7 +220,7 @@ def _freeze(model: Any, dotted: str, what: str) -> None:
 
 def prepare_for_training(model: Any, family: Family, cfg: ModelConfig, adapter: str | None) -> Any:
     """Full: unfreeze all but the frozen towers. LoRA/QLoRA: attach (or load) trainable adapters."""
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and cfg.qlora_fp32_upcast:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -228,6 +228,11 @@ def prepare_for_training(model: Any, family: Family, cfg: ModelConfig, adapter: 
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    elif cfg.method == "qlora":  # prepare_model_for_kbit_training without its float32 copies (model.qlora_fp32_upcast)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
