@@ -187,3 +187,45 @@ def test_fused_lora_follows_disabled_adapters(tiny_model_dir) -> None:
         with model.disable_adapter():
             torch.testing.assert_close(layer(x), base, rtol=0, atol=0)
     assert not torch.allclose(peft_on, base)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "mllama", "paligemma"])
+def test_liger_patch_selects_the_standard_norms_and_gated_mlps(tiny_model_dir, family) -> None:
+    """`train.liger_kernels`' module selection and argument order, with reference functions in Liger's places
+    (its Triton kernels need CUDA): every Qwen/Llama-style RMSNorm and SiLU-gated MLP of the model is patched, the
+    output is unchanged, and Gemma's norms (PaliGemma: 1 + weight, float32 throughout) are left alone."""
+    from texocr.config import ModelConfig
+    from texocr.data.collate import Collator
+    from texocr.fast_train import _NORMS, patch_norms_and_mlps
+    from texocr.models.loading import load_model
+    from texocr.sample import Sample
+
+    calls = {"norm": 0, "mlp": 0}
+
+    def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float, mode: str, in_place: bool) -> torch.Tensor:
+        assert (offset, mode) == (0.0, "llama") and isinstance(in_place, bool)
+        calls["norm"] += 1
+        dtype = x.dtype
+        x = x.float()
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+    def silu_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls["mlp"] += 1
+        return torch.nn.functional.silu(a) * b
+
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir(family)), method="lora", dtype="float32"),
+                        training=True, device="cpu")
+    model = loaded.model
+    model.eval()
+    images = [_image(t) for t in LATEX[:2]]
+    batch = dict(Collator(loaded, 1024)([Sample(im, t, str(i)) for i, (im, t) in enumerate(zip(images, LATEX))]))
+    with torch.no_grad():
+        want = model(**batch).logits
+        norms = sum(type(m).__name__ in _NORMS for m in model.modules())
+        n = patch_norms_and_mlps(model, rms_norm, silu_mul)
+        got = model(**batch).logits
+    if family == "paligemma":
+        assert n == 0 and calls == {"norm": 0, "mlp": 0}
+        return
+    assert norms > 0 and n > norms and calls["norm"] > 0 and calls["mlp"] > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -103,21 +103,35 @@ def liger_kernels(model: Any) -> int:
         return 0
     if not any(p.is_cuda for p in model.parameters()):
         return 0
+    return patch_norms_and_mlps(model, LigerRMSNormFunction.apply, LigerSiLUMulFunction.apply)
+
+
+def _is_silu(mlp: Any) -> bool:
+    """The MLP's activation is plain SiLU (torch's, or transformers' `SiLUActivation`, which calls F.silu)."""
+    act = getattr(mlp, "act_fn", None)
+    return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def patch_norms_and_mlps(model: Any, rms_norm: Any, silu_mul: Any) -> int:
+    """Give this model's standard RMSNorm instances `rms_norm(x, weight, eps, offset=0.0, casting_mode="llama",
+    in_place)` and its SiLU-gated MLPs `down(silu_mul(gate(x), up(x)))` (Liger's argument order); returns
+    how many modules changed. Split from `liger_kernels` so the selection is tested without CUDA."""
 
     def norm_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
-        return LigerRMSNormFunction.apply(hidden, self.weight, self.variance_epsilon, 0.0, "llama", True)
+        return rms_norm(hidden, self.weight, self.variance_epsilon, 0.0, "llama", self._texocr_in_place)
 
     def mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
 
     n = 0
-    for module in model.modules():
-        cls = type(module).__name__
-        if cls in _NORMS and hasattr(module, "variance_epsilon"):
+    for name, module in model.named_modules():
+        if type(module).__name__ in _NORMS and hasattr(module, "variance_epsilon"):
+            # Liger overwrites the incoming gradient with the input's, as its own Llama/Qwen patches do for the
+            # decoder's norms; not for Qwen3's per-head q/k norms, whose gradient arrives through views
+            module._texocr_in_place = not name.endswith(("q_norm", "k_norm"))
             module.forward = types.MethodType(norm_forward, module)
             n += 1
-        elif (all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj"))
-              and isinstance(getattr(module, "act_fn", None), torch.nn.SiLU)):
+        elif all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj")) and _is_silu(module):
             module.forward = types.MethodType(mlp_forward, module)
             n += 1
     return n
