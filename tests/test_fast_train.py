@@ -229,3 +229,15 @@ def test_liger_patch_selects_the_standard_norms_and_gated_mlps(tiny_model_dir, f
         return
     assert norms > 0 and n > norms and calls["norm"] > 0 and calls["mlp"] > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_offload_moves_only_large_activations() -> None:
+    """`train.offload_checkpoints` never copies parameters (frozen weights saved for backward products) or tensors
+    under OFFLOAD_MIN_BYTES to host memory."""
+    from texocr.fast_train import OFFLOAD_MIN_BYTES, _offloadable
+
+    big = torch.zeros(OFFLOAD_MIN_BYTES // 2, dtype=torch.bfloat16)
+    assert _offloadable(big)
+    assert not _offloadable(big[:-1])
+    assert not _offloadable(torch.nn.Parameter(big, requires_grad=False))
+    assert not _offloadable(torch.nn.Parameter(big))

@@ -137,14 +137,42 @@ def patch_norms_and_mlps(model: Any, rms_norm: Any, silu_mul: Any) -> int:
     return n
 
 
+OFFLOAD_MIN_BYTES = 1 << 20
+"""Saved tensors smaller than this stay on the GPU: a copy each way costs more than they take."""
+
+
+def _offloadable(t: torch.Tensor) -> bool:
+    """A saved activation worth moving to host memory: at least OFFLOAD_MIN_BYTES and not a parameter (a frozen
+    weight saved for a backward product, e.g. the LM head's, is resident anyway and would be copied out and back
+    every step)."""
+    return not isinstance(t, torch.nn.Parameter) and t.numel() * t.element_size() >= OFFLOAD_MIN_BYTES
+
+
 @contextlib.contextmanager
 def offloaded_checkpoints(enabled: bool) -> Iterator[None]:
-    """`train.offload_checkpoints`: while the forward pass runs, tensors autograd saves outside checkpointed blocks
-    (with gradient checkpointing: chiefly each block's input, [batch, seq, hidden]) live in pinned host memory
-    and come back when the backward pass reads them. Inside a checkpointed block the checkpoint's own hooks take
-    precedence, so recomputed activations stay on the GPU. No effect when not enabled or without CUDA."""
+    """`train.offload_checkpoints`: while the forward pass runs, the activations autograd saves outside
+    checkpointed blocks (with gradient checkpointing: chiefly each block's input, [batch, seq, hidden]) live in
+    pinned host memory and come back when the backward pass reads them; parameters and small tensors stay (see
+    `_offloadable`). Inside a checkpointed block the checkpoint's own hooks take precedence, so recomputed
+    activations stay on the GPU. No effect when not enabled or without CUDA.
+
+    torch.autograd.graph.save_on_cpu does the same for every saved tensor, weights included."""
     if not (enabled and torch.cuda.is_available()):
         yield
         return
-    with torch.autograd.graph.save_on_cpu(pin_memory=True):
+
+    def pack(t: torch.Tensor) -> Any:
+        if not (t.is_cuda and _offloadable(t)):
+            return t
+        host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=True)
+        host.copy_(t)
+        return t.device, host
+
+    def unpack(packed: Any) -> torch.Tensor:
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, host = packed
+        return host.to(device, non_blocking=True)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield
