@@ -34,8 +34,14 @@ from pathlib import Path
 
 from gpu_data import build_data
 
-SHAPES = {"2b": "qwen2_vl-2b", "7b": "qwen2_vl-7b", "tiny": "qwen2_vl-7b"}
-"""--shape -> an architecture of bench/seeds_gpu.py (published dimensions); `tiny` shrinks it for a CPU dry run."""
+SHAPES = {"2b": "qwen2_vl-2b", "7b": "qwen2_vl-7b", "2.5-7b": "qwen2_5_vl-7b", "tiny": "qwen2_vl-7b",
+          "2.5-tiny": "qwen2_5_vl-7b"}
+"""--shape -> an architecture of bench/seeds_gpu.py (published dimensions); `*tiny` shrinks it for a CPU dry run."""
+
+
+def family_of(model: Path) -> str:
+    """texocr's family name of a built bench model (`qwen2_vl` or `qwen2_5_vl`), from its folder name."""
+    return "qwen2_5_vl" if "2.5-" in model.name else "qwen2_vl"
 WARMUP = 10
 
 
@@ -44,7 +50,7 @@ def build_model(shape: str, out: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).parent))
     from seeds_gpu import save_random
 
-    return save_random(SHAPES[shape], out, tiny=shape == "tiny")
+    return save_random(SHAPES[shape], out, tiny=shape.endswith("tiny"))
 
 
 def run_texocr(model: Path, data: Path, work: Path, method: str, batch: int, steps: int, workers: int,
@@ -58,7 +64,7 @@ def run_texocr(model: Path, data: Path, work: Path, method: str, batch: int, ste
     tiny = model.name.endswith("tiny")  # the CPU dry run
     dtype, precision = ("auto", "auto") if tiny else ("bfloat16", "bf16")
     cfg.write_text(f"""# texocr train --config {cfg}
-model: {{name_or_path: {model}, family: qwen2_vl, method: {method}, lora_r: 16, lora_alpha: 16,
+model: {{name_or_path: {model}, family: {family_of(model)}, method: {method}, lora_r: 16, lora_alpha: 16,
         gradient_checkpointing: true, dtype: {dtype}, attn_implementation: sdpa, max_length: 1024}}
 data: {{train: [{data}], val: []}}
 train: {{output_dir: {out}, max_steps: {steps}, batch_size: {batch}, lr: 2.0e-4, warmup_ratio: 0.0,
@@ -86,7 +92,7 @@ def texocr_tokens_per_sample(model: Path, data: Path, n: int = 64) -> float:
     from texocr.data.sources import open_source
     from texocr.models.registry import get_family
 
-    family = get_family("qwen2_vl")
+    family = get_family(family_of(model))
     processor = family.processor_class().from_pretrained(str(model))
     collate = Collator(SimpleNamespace(family=family, processor=processor, model=None), 1024, normalize=True)
     samples = list(itertools.islice(open_source(str(data)), n))
@@ -100,10 +106,10 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 def text_params(model: Path) -> int:
     """Parameters of the text tower's matrices (decoder layers + lm_head; embeddings excluded), from the config."""
     import torch
-    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     with torch.device("meta"):
-        m = Qwen2VLForConditionalGeneration(AutoConfig.from_pretrained(model))
+        m = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model))
     layers = m.model.language_model.layers
     return sum(p.numel() for p in layers.parameters()) + m.lm_head.weight.numel()
 
@@ -172,7 +178,7 @@ def main() -> None:
                 cmd = [sys.executable, str(Path(__file__).with_name("plain_loop.py")), "--model", str(model),
                        "--data", str(data), "--batch", str(batch), "--warmup", str(args.warmup), "--loop", loop,
                        "--steps", str(args.steps - args.warmup)] + (["--qlora"] if method == "qlora" else [])
-                if args.shape == "tiny":
+                if args.shape.endswith("tiny"):
                     cmd += ["--device", "cpu"]
             t = time.time()
             proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
