@@ -57,7 +57,8 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
-    keys: dict = {"name_or_path": args.model, "family": "qwen2_vl", "method": args.method, "lora_r": 16,
+    family = "qwen2_5_vl" if "2.5-" in Path(args.model).name else "qwen2_vl"  # bench/train_speed.py's folder names
+    keys: dict = {"name_or_path": args.model, "family": family, "method": args.method, "lora_r": 16,
                   "lora_alpha": 16, "gradient_checkpointing": True, "dtype": "bfloat16" if cuda else "float32",
                   "attn_implementation": "sdpa"}
     keys["vision_no_grad"] = "vision_no_grad" not in args.off

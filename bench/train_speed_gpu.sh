@@ -5,7 +5,10 @@
 #     (device tool: carry [".carry/unsloth"], made here by scripts/unsloth_bundle.sh; ~3 minutes per 7B run after
 #      a ~2 minute model build, so 2-3 runs per call; the model stays in /tmp/texocr-bench while the machine is warm)
 #
-# Writes $OUT/train_speed.jsonl (one JSON line per run, appended) and $OUT/train_speed.log.
+# LEVERS=1 then runs bench/fast_train_gpu.py on the same model: all levers off, all on (full-size loss/gradient
+# comparison and profile), and on without the offload: ~2.5 minutes more, each part under its own timeout.
+#
+# Writes $OUT/train_speed.jsonl (one JSON line per run, appended) and $OUT/train_speed.log (+ levers_*.json).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/train-speed-out}
@@ -22,3 +25,15 @@ timeout -k 10 "${LIMIT_S:-540}" "$PY" bench/train_speed.py --shape "${SHAPE:-7b}
   --work /tmp/texocr-bench --out "$OUT/train_speed.jsonl" >> "$OUT/train_speed.log" 2>&1
 echo "exit $?" >> "$OUT/train_speed.log"
 tail -12 "$OUT/train_speed.log"
+if [ "${LEVERS:-0}" = 1 ]; then
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  M=/tmp/texocr-bench/qwen2vl-${SHAPE:-7b} D=/tmp/texocr-bench/data B=${BATCH%% *}
+  timeout -k 5 "${T_OFF:-60}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 2 \
+    --grads /tmp/g-off.pt --off fused_lora lora_autocast_inputs liger_kernels offload_checkpoints answer_loss \
+    vision_no_grad --json "$OUT/levers_off.json" >> "$OUT/levers.log" 2>&1
+  timeout -k 5 "${T_ON:-70}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 4 \
+    --grads /tmp/g-on.pt --compare /tmp/g-off.pt --json "$OUT/levers_on.json" >> "$OUT/levers.log" 2>&1
+  timeout -k 5 "${T_NOOFF:-50}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 4 \
+    --off offload_checkpoints --json "$OUT/levers_no_offload.json" >> "$OUT/levers.log" 2>&1
+  grep -h '^{' "$OUT/levers.log" | cut -c1-1200
+fi
