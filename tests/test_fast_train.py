@@ -2,6 +2,7 @@
 path it replaces, on tiny models on the CPU. Liger's kernels and the host offload need CUDA; their full-size check
 is bench/fast_train_gpu.py."""
 
+# ruff: noqa: F811 -- the fixture imported from test_train is the test's parameter of the same name
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import ALL_FAMILIES, LATEX, _image
+from test_train import ALL_FAMILIES, LATEX, _image, data_dir  # noqa: F401 -- data_dir is a fixture
 
 
 def _loss_and_grads(model_dir: Path, family: str, vision_no_grad: bool) -> tuple[torch.Tensor, dict, bool | None]:
@@ -241,3 +242,24 @@ def test_offload_moves_only_large_activations() -> None:
     assert not _offloadable(big[:-1])
     assert not _offloadable(torch.nn.Parameter(big, requires_grad=False))
     assert not _offloadable(torch.nn.Parameter(big))
+
+
+def test_texocr_train_applies_the_levers_and_takes_the_same_steps(tiny_model_dir, data_dir, tmp_path, caplog) -> None:
+    """`texocr train` applies `train.fused_lora` (the log says so) and its losses match a run with it off."""
+    from test_train import _config
+
+    from texocr.train import train
+    from texocr.train_callbacks import read_csv_log
+
+    losses = []
+    for on in ("true", "false"):
+        out = tmp_path / on
+        caplog.clear()
+        with caplog.at_level("INFO", logger="texocr.train"):
+            result = train(_config(tiny_model_dir("qwen2_vl"), data_dir, out, "--train.max_steps", "3",
+                                   "--train.fused_lora", on, "--train.batch_size", "2"))
+        assert result.steps == 3
+        assert ("step levers: fused LoRA" in caplog.text) == (on == "true")
+        losses.append(read_csv_log(out / "logs" / "metrics.csv", "loss"))
+    assert set(losses[0]) == {1, 2, 3}
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
