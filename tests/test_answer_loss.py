@@ -111,22 +111,31 @@ def test_answer_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, fa
         torch.testing.assert_close(p.grad, want[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def test_texocr_train_makes_the_same_steps_with_and_without_the_answer_loss(tiny_model_dir, data_dir, tmp_path,
-                                                                             caplog) -> None:
+def train_on_and_off(model_dir: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, key: str,
+                     log_text: str, *overrides: str) -> list[Path]:
+    """`texocr train` for 3 steps with `key` true, then false: the log names the lever only when on, and both runs
+    log the same losses (within float rounding). Returns the two output folders."""
     from texocr.train import train
     from texocr.train_callbacks import read_csv_log
 
-    losses = []
+    losses, outs = [], []
     for on in ("true", "false"):
         out = tmp_path / on
         caplog.clear()
         with caplog.at_level("INFO", logger="texocr.train"):
-            result = train(_config(tiny_model_dir("qwen2_vl"), data_dir, out, "--train.max_steps", "3",
-                                   "--train.answer_loss", on, "--train.grad_accum", "2", "--train.batch_size", "2"))
+            result = train(_config(model_dir, data_dir, out, "--train.max_steps", "3", key, on,
+                                   "--train.batch_size", "2", *overrides))
         assert result.steps == 3
-        assert ("loss: answer positions only" in caplog.text) == (on == "true")
+        assert (log_text in caplog.text) == (on == "true")
         losses.append(read_csv_log(out / "logs" / "metrics.csv", "loss"))
-        assert json.loads((out / "metrics.json").read_text())["train_seconds"] > 0
+        outs.append(out)
     assert set(losses[0]) == {1, 2, 3}
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    return outs
 
+
+def test_texocr_train_makes_the_same_steps_with_and_without_the_answer_loss(tiny_model_dir, data_dir, tmp_path,
+                                                                             caplog) -> None:
+    for out in train_on_and_off(tiny_model_dir("qwen2_vl"), data_dir, tmp_path, caplog, "--train.answer_loss",
+                                "loss: answer positions only", "--train.grad_accum", "2"):
+        assert json.loads((out / "metrics.json").read_text())["train_seconds"] > 0

@@ -246,20 +246,7 @@ def test_offload_moves_only_large_activations() -> None:
 
 def test_texocr_train_applies_the_levers_and_takes_the_same_steps(tiny_model_dir, data_dir, tmp_path, caplog) -> None:
     """`texocr train` applies `train.fused_lora` (the log says so) and its losses match a run with it off."""
-    from test_train import _config
+    from test_answer_loss import train_on_and_off
 
-    from texocr.train import train
-    from texocr.train_callbacks import read_csv_log
-
-    losses = []
-    for on in ("true", "false"):
-        out = tmp_path / on
-        caplog.clear()
-        with caplog.at_level("INFO", logger="texocr.train"):
-            result = train(_config(tiny_model_dir("qwen2_vl"), data_dir, out, "--train.max_steps", "3",
-                                   "--train.fused_lora", on, "--train.batch_size", "2"))
-        assert result.steps == 3
-        assert ("step levers: fused LoRA" in caplog.text) == (on == "true")
-        losses.append(read_csv_log(out / "logs" / "metrics.csv", "loss"))
-    assert set(losses[0]) == {1, 2, 3}
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    train_on_and_off(tiny_model_dir("qwen2_vl"), data_dir, tmp_path, caplog, "--train.fused_lora",
+                     "step levers: fused LoRA")

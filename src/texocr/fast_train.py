@@ -17,14 +17,11 @@ and memory without changing the result; these functions remove it:
 from __future__ import annotations
 
 import contextlib
-import logging
 import types
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def lora_autocast_inputs(model: Any) -> int:

@@ -451,8 +451,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         from texocr.models.qwen_speed import PixelNormalizer
 
         trainer.texocr_normalizer = PixelNormalizer(loaded.processor.image_processor)
-    fast_levers(cfg, loaded, autocast=args.bf16 or args.fp16)
-    trainer.texocr_offload = cfg.train.offload_checkpoints and cfg.model.gradient_checkpointing
+    trainer.texocr_offload = fast_levers(cfg, loaded, autocast=args.bf16 or args.fp16)
     if cfg.train.answer_loss:
         trainer.texocr_answer_loss = answer_loss(trainer, loaded)
         trainer.compute_loss_func = trainer.texocr_answer_loss
@@ -516,8 +515,9 @@ def initial_model(cfg: Config, out: Path) -> ModelConfig:
     return replace(m, name_or_path=path, family=m.family or "compact")
 
 
-def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> None:
-    """The `train.*` step levers of `texocr.fast_train` this run allows, and a log line saying which applied."""
+def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> bool:
+    """Apply the `train.*` step levers of `texocr.fast_train` this run allows and log which applied; True when
+    the training step should offload checkpointed layer inputs (`offloaded_checkpoints`)."""
     import torch
 
     from texocr import fast_train
@@ -529,9 +529,11 @@ def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> None:
         done.append("LoRA inputs left to autocast")
     if t.liger_kernels and (n := fast_train.liger_kernels(model)):
         done.append(f"Liger RMSNorm/SwiGLU ({n} modules)")
-    if t.offload_checkpoints and cfg.model.gradient_checkpointing and torch.cuda.is_available():
+    offload = t.offload_checkpoints and cfg.model.gradient_checkpointing and torch.cuda.is_available()
+    if offload:
         done.append("checkpointed layer inputs offloaded to host memory")
     log.info("step levers: %s", ", ".join(done) or "none")
+    return offload
 
 
 def answer_loss(trainer: Any, loaded: LoadedModel) -> Any:
