@@ -3,7 +3,7 @@ keeps the loss and gradients, on the model bench/train_speed.py builds.
 
     M=/tmp/texocr-bench/qwen2vl-7b D=/tmp/texocr-bench/data
     PYTHONPATH=/tmp/site:src python3 bench/fast_train_gpu.py --model $M --data $D --batch 32 --grads /tmp/g-off.pt \
-        --off fused_lora lora_autocast_inputs liger_kernels offload_checkpoints answer_loss vision_no_grad
+        --off fused_lora lora_autocast_inputs liger_kernels offload_checkpoints answer_loss vision_no_grad padding_free
     PYTHONPATH=/tmp/site:src python3 bench/fast_train_gpu.py --model $M --data $D --batch 32 --grads /tmp/g-on.pt \
         --compare /tmp/g-off.pt --json $OUT/levers.json
     PYTHONPATH=src .venv/bin/python bench/fast_train_gpu.py --model /tmp/texocr-bench/qwen2vl-tiny \
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-LEVERS = {"fused_lora", "lora_autocast_inputs", "liger_kernels", "offload_checkpoints", "answer_loss", "vision_no_grad"}
+LEVERS = {"fused_lora", "lora_autocast_inputs", "liger_kernels", "offload_checkpoints", "answer_loss", "vision_no_grad",
+          "padding_free"}
 
 
 def main() -> None:
@@ -39,6 +40,7 @@ def main() -> None:
     from texocr.config import ModelConfig
     from texocr.data.collate import Collator
     from texocr.data.sources import open_source
+    from texocr.models import packing
     from texocr.models.loading import _submodule, load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,10 +78,16 @@ def main() -> None:
                "liger_kernels": fast_train.liger_kernels(model) if "liger_kernels" in on else 0}
     loss_fn = AnswerLoss.attach(model) if "answer_loss" in on else None
     offload = "offload_checkpoints" in on
-    collate = Collator(loaded, 1024)
+    packed = "padding_free" in on and packing.use_packed_attention(model)
+    applied["padding_free"] = int(packed)
+    collate = Collator(loaded, 1024, pack=packed)
     samples = list(itertools.islice(open_source(args.data), args.batch * (args.steps + 4)))
-    batches = [{k: v.pin_memory() if cuda else v for k, v in collate(samples[i:i + args.batch]).items()}
+    batches = [{k: v.pin_memory() if cuda and torch.is_tensor(v) else v
+                for k, v in collate(samples[i:i + args.batch]).items()}
                for i in range(0, len(samples) - args.batch + 1, args.batch)][: args.steps + 4]
+
+    def to_dev(b: dict) -> dict:
+        return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, fused=cuda)
 
@@ -101,7 +109,7 @@ def main() -> None:
     def forward_loss(batch: dict) -> tuple[torch.Tensor, object]:
         """The loss as `texocr train` computes it; returns (loss, the event after the model's forward)."""
         n = (batch["labels"] != -100).sum()
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda), fast_train.offloaded_checkpoints(offload):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=cuda):
             if loss_fn is None:
                 out = model(**batch)
                 return out.loss, event()
@@ -112,11 +120,13 @@ def main() -> None:
             return loss_fn(out, labels, num_items_in_batch=n), e1
 
     def step(cpu: dict) -> dict[str, float]:
-        batch = {k: v.to(dev, non_blocking=True) for k, v in cpu.items()}
+        batch = to_dev(cpu)
         e0 = event()
-        loss, e1 = forward_loss(batch)
-        e2 = event()
-        loss.backward()
+        with fast_train.offloaded_checkpoints(offload) as moved:  # forward and backward, as texocr train does
+            loss, e1 = forward_loss(batch)
+            e2 = event()
+            after_forward = torch.cuda.memory_allocated() / 2**30 if cuda else 0.0
+            loss.backward()
         e3 = event()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -126,7 +136,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return {"vision_ms": ms(marks["v0"], marks["v1"]), "forward_ms": ms(e0, e1), "loss_ms": ms(e1, e2),
                 "backward_ms": ms(e2, e3), "optimizer_ms": ms(e3, e4), "step_ms": ms(e0, e4),
-                "loss": float(loss.detach())}
+                "loss": float(loss.detach()), "alloc_after_forward_gib": after_forward,
+                "offloaded_tensors": moved["tensors"], "offloaded_gib": moved["bytes"] / 2**30}
 
     check = {}
     if args.grads:  # before any optimizer step: the same weights in every run (seeded load, seeded B)
@@ -135,7 +146,7 @@ def main() -> None:
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-        loss, _ = forward_loss({k: v.to(dev) for k, v in batches[0].items()})
+        loss, _ = forward_loss(to_dev(batches[0]))
         loss.backward()
         names = sorted(n for n, p in model.named_parameters() if p.requires_grad)
         grads = dict(model.named_parameters())
@@ -147,7 +158,8 @@ def main() -> None:
             assert ref["names"] == names, "different adapter parameters"
             check |= {"ref_loss": ref["loss"], "loss_rel_diff": abs(check["check_loss"] - ref["loss"]) / abs(ref["loss"]),
                       "grad_rel_diff": float((flat - ref["grad"]).norm() / ref["grad"].norm()),
-                      "grad_cosine": float(torch.nn.functional.cosine_similarity(flat, ref["grad"], dim=0))}
+                      "grad_cosine": float(torch.nn.functional.cosine_similarity(flat.double(), ref["grad"].double(),
+                                                                                 dim=0))}
         opt.zero_grad(set_to_none=True)
         print(json.dumps(check), flush=True)
 
@@ -159,7 +171,8 @@ def main() -> None:
     rows = [step(b) for b in batches[3:3 + args.steps]]
     wall = time.perf_counter() - t
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[3:3 + args.steps])
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].shape[1]
+                 for b in batches[3:3 + args.steps])
     res = {"keys": {k: v for k, v in keys.items() if k != "name_or_path"}, "off": sorted(args.off), "applied": applied,
            **check,
            "batch": args.batch, "steps": len(rows), "samples_per_s": len(rows) * args.batch / wall,

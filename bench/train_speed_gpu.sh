@@ -30,7 +30,7 @@ if [ "${LEVERS:-0}" = 1 ]; then
   M=/tmp/texocr-bench/qwen2vl-${SHAPE:-7b} D=/tmp/texocr-bench/data B=${BATCH%% *}
   timeout -k 5 "${T_OFF:-60}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 2 \
     --grads /tmp/g-off.pt --off fused_lora lora_autocast_inputs liger_kernels offload_checkpoints answer_loss \
-    vision_no_grad --json "$OUT/levers_off.json" >> "$OUT/levers.log" 2>&1
+    vision_no_grad padding_free --json "$OUT/levers_off.json" >> "$OUT/levers.log" 2>&1
   timeout -k 5 "${T_ON:-70}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 4 \
     --grads /tmp/g-on.pt --compare /tmp/g-off.pt --json "$OUT/levers_on.json" >> "$OUT/levers.log" 2>&1
   timeout -k 5 "${T_NOOFF:-50}" "$PY" bench/fast_train_gpu.py --model "$M" --data "$D" --batch "$B" --steps 4 \

@@ -250,3 +250,59 @@ def test_texocr_train_applies_the_levers_and_takes_the_same_steps(tiny_model_dir
 
     train_on_and_off(tiny_model_dir("qwen2_vl"), data_dir, tmp_path, caplog, "--train.fused_lora",
                      "step levers: fused LoRA")
+
+
+def test_offload_mechanics_keep_the_step_and_reuse_host_memory(tiny_model_dir, monkeypatch) -> None:
+    """`offloaded_checkpoints` on the CPU (the same hooks and arena, without pinning): the step's loss and gradients
+    do not change, only activations move (never a parameter or a view of one), and from the second step on the
+    host arena is one chunk, reused."""
+    from texocr import fast_train
+    from texocr.config import ModelConfig
+    from texocr.data.collate import Collator
+    from texocr.models.loading import load_model
+    from texocr.sample import Sample
+
+    monkeypatch.setattr(fast_train, "OFFLOAD_MIN_BYTES", 1)  # the tiny model's activations are all small
+    monkeypatch.setattr(fast_train, "_ARENAS", {})
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir("qwen2_vl")), method="lora", dtype="float32",
+                                    gradient_checkpointing=True), training=True, device="cpu")
+    model = loaded.model
+    batch = dict(Collator(loaded, 1024)([Sample(id=str(i), image=_image(t), latex=t) for i, t in enumerate(LATEX)]))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    moved: list[torch.Tensor] = []
+    real_pack = torch.autograd.graph.saved_tensors_hooks.__init__
+
+    def spy(self, pack, unpack):  # record what the offload's pack hook copies out (not the checkpoint's hooks)
+        if "offloaded_checkpoints" not in pack.__qualname__:
+            return real_pack(self, pack, unpack)
+
+        def recording(t):
+            out = pack(t)
+            if out is not t:
+                moved.append(t)
+            return out
+        real_pack(self, recording, unpack)
+
+    def step(offload: bool) -> tuple[float, dict, dict]:
+        model.zero_grad(set_to_none=True)
+        with fast_train.offloaded_checkpoints(offload, device="cpu") as stats:
+            loss = model(**batch).loss
+            loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, stats
+
+    want_loss, want, none = step(False)
+    assert none == {"tensors": 0, "bytes": 0}
+    monkeypatch.setattr(torch.autograd.graph.saved_tensors_hooks, "__init__", spy)
+    got_loss, got, stats = step(True)
+    monkeypatch.setattr(torch.autograd.graph.saved_tensors_hooks, "__init__", real_pack)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    assert stats["tensors"] == len(moved) > 0 and stats["bytes"] > 0
+    assert not any(t.untyped_storage().data_ptr() in params for t in moved), "a parameter (or a view) was offloaded"
+    arena = fast_train._ARENAS["cpu"]
+    step(True)
+    chunk = arena.chunks[0]
+    step(True)
+    assert len(arena.chunks) == 1 and arena.chunks[0] is chunk  # no allocation once the arena has grown

@@ -215,6 +215,12 @@ class TrainConfig:
     """On a CUDA GPU with liger-kernel installed (`pip install texocr[gpu]`): Liger's fused RMSNorm and SwiGLU for
     this model's Qwen2/Llama-style norms and MLPs (`texocr.fast_train.liger_kernels`). The same function in fewer
     passes; bf16 results differ within rounding. Off to compare, or for a model Liger gets wrong."""
+    padding_free: bool = True
+    """Qwen2-VL models (and texocr's compact model) with SDPA attention: a batch's rows are laid end to end in one
+    sequence, each with its own 3-D rotary positions, and attention stays inside each row (Flash Attention's
+    variable-length kernel on a GPU, one SDPA call per row elsewhere): no matrix product, norm or activation is
+    computed or kept for padding (`texocr.models.packing`). The same loss and gradients as the padded batch.
+    Off: rows padded to the longest of the batch."""
     offload_checkpoints: bool = True
     """With `model.gradient_checkpointing` on a CUDA GPU: the layer inputs checkpointing keeps live in pinned host
     memory during the step (`texocr.fast_train.offloaded_checkpoints`), saving [tokens, hidden] per layer of GPU

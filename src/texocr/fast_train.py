@@ -141,35 +141,84 @@ OFFLOAD_MIN_BYTES = 1 << 20
 def _offloadable(t: torch.Tensor) -> bool:
     """A saved activation worth moving to host memory: at least OFFLOAD_MIN_BYTES and not a parameter (a frozen
     weight saved for a backward product, e.g. the LM head's, is resident anyway and would be copied out and back
-    every step)."""
-    return not isinstance(t, torch.nn.Parameter) and t.numel() * t.element_size() >= OFFLOAD_MIN_BYTES
+    every step); a view of a parameter (`weight.t()` saved by a matmul) is one too."""
+    base = t._base if t._base is not None else t
+    return not isinstance(base, torch.nn.Parameter) and t.numel() * t.element_size() >= OFFLOAD_MIN_BYTES
+
+
+class HostArena:
+    """Pinned host memory reused from step to step: `take(n)` hands out the next n bytes of the current chunk,
+    `reset()` (at the end of a step) makes them all free again. Why: a `pin_memory=True` allocation per saved
+    tensor per step is a cudaHostAlloc each time, slow and synchronizing; here a step that outgrew the arena
+    allocates once more, and the next step gets one chunk as large as that step needed."""
+
+    ALIGN = 512
+
+    def __init__(self, device: str = "cuda") -> None:
+        self.device = device
+        self.chunks: list[torch.Tensor] = []  # uint8, pinned
+        self.used = 0  # bytes of the last chunk taken this step
+        self.step_bytes = 0  # bytes taken this step, over all chunks
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        size = -(-nbytes // self.ALIGN) * self.ALIGN
+        if not self.chunks or self.used + size > self.chunks[-1].numel():
+            capacity = max(size, self.step_bytes, 64 << 20)
+            self.chunks.append(torch.empty(capacity, dtype=torch.uint8, pin_memory=self.device == "cuda"))
+            self.used = 0
+        out = self.chunks[-1][self.used: self.used + nbytes]
+        self.used += size
+        self.step_bytes += size
+        return out
+
+    def reset(self) -> None:
+        if len(self.chunks) > 1:  # this step outgrew the arena: one chunk of the whole size next time
+            need = self.step_bytes
+            self.chunks = []
+            self.chunks.append(torch.empty(need + need // 8, dtype=torch.uint8, pin_memory=self.device == "cuda"))
+        self.used = self.step_bytes = 0
+
+
+_ARENAS: dict[str, HostArena] = {}
 
 
 @contextlib.contextmanager
-def offloaded_checkpoints(enabled: bool) -> Iterator[None]:
-    """`train.offload_checkpoints`: while the forward pass runs, the activations autograd saves outside
-    checkpointed blocks (with gradient checkpointing: chiefly each block's input, [batch, seq, hidden]) live in
-    pinned host memory and come back when the backward pass reads them; parameters and small tensors stay (see
-    `_offloadable`). Inside a checkpointed block the checkpoint's own hooks take precedence, so recomputed
-    activations stay on the GPU. No effect when not enabled or without CUDA.
+def offloaded_checkpoints(enabled: bool, *, device: str = "cuda") -> Iterator[dict[str, int]]:
+    """`train.offload_checkpoints`: while the step (forward and backward) runs, the activations autograd saves
+    outside checkpointed blocks (with gradient checkpointing: chiefly each block's input, [batch, seq, hidden])
+    live in pinned host memory and come back when the backward pass reads them; parameters and small tensors stay
+    (see `_offloadable`). Inside a checkpointed block the checkpoint's own hooks take precedence, so recomputed
+    activations stay on the GPU. Yields counts of what moved ({"tensors", "bytes"}). No effect when not enabled
+    or without CUDA (`device="cpu"`: the same mechanics without pinning, for tests).
 
-    torch.autograd.graph.save_on_cpu does the same for every saved tensor, weights included."""
-    if not (enabled and torch.cuda.is_available()):
-        yield
+    Copies are asynchronous on the current stream: the device memory of a saved tensor is reused only by work
+    queued after its copy, and the host chunk is overwritten only by the next step's copies, queued after this
+    step's reads. torch.autograd.graph.save_on_cpu does the same for every saved tensor, weights included, with a
+    fresh pinned allocation each time."""
+    stats = {"tensors": 0, "bytes": 0}
+    if not (enabled and (device != "cuda" or torch.cuda.is_available())):
+        yield stats
         return
+    arena = _ARENAS.setdefault(device, HostArena(device))
 
     def pack(t: torch.Tensor) -> Any:
-        if not (t.is_cuda and _offloadable(t)):
+        if t.device.type != device or not _offloadable(t):
             return t
-        host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=True)
-        host.copy_(t)
+        nbytes = t.numel() * t.element_size()
+        host = arena.take(nbytes).view(t.dtype).view(t.shape)
+        host.copy_(t, non_blocking=True)
+        stats["tensors"] += 1
+        stats["bytes"] += nbytes
         return t.device, host
 
     def unpack(packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        device, host = packed
-        return host.to(device, non_blocking=True)
+        dev, host = packed
+        return host.to(dev, non_blocking=True) if dev.type == "cuda" else host.clone()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield stats
+    finally:
+        arena.reset()

@@ -419,6 +419,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         dataset = SampleDataset(train_samples)
     args = training_arguments(cfg, out, has_val=bool(val_samples))
     fast = speedups(cfg, loaded)
+    levers = fast_levers(cfg, loaded, autocast=args.bf16 or args.fp16)
     if args.world_size > 1:
         log.info("process %d of %d (%s, %s): effective batch %d", args.process_index, args.world_size,
                  args.parallel_mode.value, args.device,
@@ -442,7 +443,8 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         train_dataset=dataset,
         eval_dataset=SampleDataset(val_samples) if val_samples else None,
         data_collator=Collator(loaded, cfg.model.max_length, normalize=True, worker_side=fast,
-                               glyph_height=cfg.data.glyph_height, glyph_jitter=cfg.data.glyph_jitter),
+                               glyph_height=cfg.data.glyph_height, glyph_jitter=cfg.data.glyph_jitter,
+                               pack=levers.packed),
         processing_class=loaded.processor,
         callbacks=callbacks,
     )
@@ -451,7 +453,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         from texocr.models.qwen_speed import PixelNormalizer
 
         trainer.texocr_normalizer = PixelNormalizer(loaded.processor.image_processor)
-    trainer.texocr_offload = fast_levers(cfg, loaded, autocast=args.bf16 or args.fp16)
+    trainer.texocr_offload = levers.offload
     if cfg.train.answer_loss:
         trainer.texocr_answer_loss = answer_loss(trainer, loaded)
         trainer.compute_loss_func = trainer.texocr_answer_loss
@@ -515,25 +517,37 @@ def initial_model(cfg: Config, out: Path) -> ModelConfig:
     return replace(m, name_or_path=path, family=m.family or "compact")
 
 
-def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> bool:
-    """Apply the `train.*` step levers of `texocr.fast_train` this run allows and log which applied; True when
-    the training step should offload checkpointed layer inputs (`offloaded_checkpoints`)."""
+@dataclass(frozen=True)
+class Levers:
+    """What `fast_levers` leaves to the collator and the training step."""
+
+    offload: bool  # offload checkpointed layer inputs (`fast_train.offloaded_checkpoints`)
+    packed: bool  # padding-free batches (`Collator(pack=True)`, `texocr.models.packing`)
+
+
+def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> Levers:
+    """Apply the `train.*` step levers of `texocr.fast_train` and `train.padding_free` this run allows, log which
+    applied, and say what the collator and the training step must do for the rest."""
     import torch
 
     from texocr import fast_train
+    from texocr.models import packing, qwen_speed
 
     t, model, done = cfg.train, loaded.model, []
+    packed = t.padding_free and qwen_speed.supports(loaded.family.name) and packing.use_packed_attention(model)
     if t.fused_lora and (n := fast_train.fuse_lora(model)):
         done.append(f"fused LoRA ({n} layers)")
     if t.lora_autocast_inputs and autocast and (n := fast_train.lora_autocast_inputs(model)):
         done.append("LoRA inputs left to autocast")
     if t.liger_kernels and (n := fast_train.liger_kernels(model)):
         done.append(f"Liger RMSNorm/SwiGLU ({n} modules)")
+    if packed:
+        done.append("padding-free rows")
     offload = t.offload_checkpoints and cfg.model.gradient_checkpointing and torch.cuda.is_available()
     if offload:
         done.append("checkpointed layer inputs offloaded to host memory")
     log.info("step levers: %s", ", ".join(done) or "none")
-    return offload
+    return Levers(offload=offload, packed=packed)
 
 
 def answer_loss(trainer: Any, loaded: LoadedModel) -> Any:

@@ -11,6 +11,9 @@ normalizes targets when asked and keeps the account of what was left out. It is 
 `glyph_height=G` enlarges images whose glyphs are smaller than G pixels, as `Recognizer(glyph_height=G)` does before
 it reads (`glyph_jitter` spreads G per image): what a model trains on is then what it is shown at inference.
 
+`pack=True` (Qwen2-VL models, `train.padding_free`) lays the rows end to end with their own M-RoPE positions
+(`texocr.models.packing.pack`): no padding reaches the model.
+
 `worker_side=True` (Qwen2-VL models: `texocr.models.qwen_speed`) also does in the worker what the training
 step would otherwise do in the main process: `pixel_values` stay uint8 (normalized on the GPU by
 `PixelNormalizer`), and `position_ids` ([3, B, T] M-RoPE) and `vision_width` (most patches of one image, an
@@ -64,7 +67,7 @@ class Collator:
 
     def __init__(self, loaded: LoadedModel, max_length: int, *, normalize: bool = False,
                  normalize_level: str = "standard", worker_side: bool = False,
-                 glyph_height: float | None = None, glyph_jitter: float = 0.0) -> None:
+                 glyph_height: float | None = None, glyph_jitter: float = 0.0, pack: bool = False) -> None:
         if glyph_height is not None and glyph_height < 0 or not 0 <= glyph_jitter < 1:
             raise TexocrError(f"glyph_height must be >= 0 (0: off) and glyph_jitter in [0, 1), got {glyph_height} "
                               f"and {glyph_jitter}")
@@ -72,14 +75,16 @@ class Collator:
         self.family = loaded.family
         self.processor = loaded.processor
         self.model_config = None
-        if worker_side:
+        self.worker_side, self.pack = worker_side, pack
+        if worker_side or pack:
             from texocr.models import qwen_speed
 
             if not qwen_speed.supports(loaded.family.name):
-                raise TexocrError(f"worker-side collation is for {', '.join(qwen_speed.FAMILIES)} models, "
-                                  f"not {loaded.family.name}")
+                raise TexocrError(f"worker-side collation and packing are for {', '.join(qwen_speed.FAMILIES)} "
+                                  f"models, not {loaded.family.name}")
+            self.model_config = loaded.model.config  # rope_positions: M-RoPE positions are computed per row
+        if worker_side:
             self.processor = qwen_speed.uint8_processor(loaded.processor)
-            self.model_config = loaded.model.config
         self.max_length = max_length
         self.normalize = normalize
         self.normalize_level = normalize_level
@@ -120,8 +125,13 @@ class Collator:
 
             batch = enc.batch
             batch["position_ids"] = rope_positions(batch, self.model_config)  # [3, B, T]
-            grid = batch["image_grid_thw"]  # [images, 3]: patches per image = t * h * w
-            batch["vision_width"] = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).max())
+            if self.worker_side:
+                grid = batch["image_grid_thw"]  # [images, 3]: patches per image = t * h * w
+                batch["vision_width"] = int((grid[:, 0] * grid[:, 1] * grid[:, 2]).max())
+            if self.pack:
+                from texocr.models.packing import pack
+
+                pack(batch)
         return enc.batch
 
     def stats(self) -> dict[str, Any]:
