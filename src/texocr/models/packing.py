@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import logging
 from typing import Any
 
 from texocr.errors import TexocrError
 from texocr.models.base import IGNORE_INDEX
+
+log = logging.getLogger("texocr.train")
 
 ATTENTION = "texocr_packed"
 """The attention implementation name registered with transformers: packed rows when the batch says where they
@@ -91,11 +95,20 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     if query.shape[0] != 1 or dropout:
         raise TexocrError("packed attention takes one packed row and no attention dropout")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H(kv), D]
-    if q.is_cuda and _varlen() is not None and _half(q) is not None:
-        out = _flash_rows(q, k, v, cu, longest, scaling)
-    else:
+    out = None
+    if q.is_cuda and _varlen() is not None and _half(q) is not None and not _FLASH_FAILED:
+        try:
+            out = _flash_rows(q, k, v, cu, longest, scaling)
+        except (RuntimeError, TypeError, ValueError) as e:  # a torch whose kernel refuses these shapes / arguments
+            _FLASH_FAILED.append(repr(e))
+            log.warning("packed attention: Flash Attention's varlen kernel failed (%s); one SDPA call per row from "
+                        "now on (correct, slower)", e)
+    if out is None:
         out = _sdpa_rows(q, k, v, cu, scaling)
     return out[None], None  # [1, N, H, D]
+
+
+_FLASH_FAILED: list[str] = []
 
 
 def _half(t: Any) -> Any:
@@ -147,7 +160,7 @@ def _sdpa_rows(q: Any, k: Any, v: Any, cu: Any, scaling: float | None) -> Any:
     bounds = cu.tolist()
     groups = q.shape[1] // k.shape[1]
     out = []
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+    for s, e in itertools.pairwise(bounds):
         qs, ks, vs = (t[s:e].transpose(0, 1)[None] for t in (q, k, v))  # [1, H, L, D]
         if groups > 1:
             ks, vs = ks.repeat_interleave(groups, dim=1), vs.repeat_interleave(groups, dim=1)
