@@ -70,6 +70,9 @@ data: {{train: [{data}], val: []}}
 train: {{output_dir: {out}, max_steps: {steps}, batch_size: {batch}, lr: 2.0e-4, warmup_ratio: 0.0,
         logging_steps: 1, save_steps: 0, eval_steps: 0, precision: {precision}, dataloader_workers: {workers}}}
 """)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # "step levers: ..."
     rc = cli(["train", "--config", str(cfg)])
     assert rc == 0, f"texocr train exited {rc}"
     losses = read_csv_log(out / "logs" / "metrics.csv", "loss", with_time=True)
