@@ -178,3 +178,17 @@ def test_image_match_with_the_real_renderer(renderer):
     preds = ["x^2", r"\frac12", r"\alpha+\beta", r"\int_0^1 f(x)\,dx"]
     refs = ["x^{2}", r"\frac{1}{2}", r"\alpha-\beta", r"\sum_{i=1}^{n} i"]
     assert M.image_match_flags(preds, refs, renderer) == [True, True, False, False]
+
+
+def test_prepare_tokens_in_worker_processes_gives_the_serial_tokens(monkeypatch) -> None:
+    """Thousands of formulas are normalized in spawned worker processes before the metrics read them; the tokens
+    (and so every metric) are those of the serial path."""
+    from texocr import metrics
+
+    formulas = [f"\\frac{{a_{i}}}{{b^{i % 7}}} + x^{{{i}}}" for i in range(2100)] + ["", "\\sqrt2"]
+    monkeypatch.setattr(metrics, "_TOKENS", {})
+    metrics.prepare_tokens(formulas, workers=2)
+    parallel = {s: metrics._TOKENS[s] for s in formulas}
+    monkeypatch.setattr(metrics, "_TOKENS", {})
+    assert all(list(parallel[s]) == metrics.tokens(s) for s in formulas)
+    assert parallel["\\sqrt2"] == ("\\sqrt", "{", "2", "}")

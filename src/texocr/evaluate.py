@@ -24,6 +24,7 @@ import csv
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -102,6 +103,7 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
         token_confusions,
         token_distance,
         tokens,
+        valid,
     )
 
     cfg = eval_cfg or EvalConfig()
@@ -112,10 +114,7 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     preds: list[Any] = []
     images: list[bytes] = []
     gen_time = 0.0
-    while True:
-        chunk = list(islice(it, chunk_size))
-        if not chunk:
-            break
+    for chunk in _prefetched_chunks(it, chunk_size):
         start = time.perf_counter()
         preds += recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
                                     max_new_tokens=cfg.max_new_tokens)
@@ -135,18 +134,28 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     metrics["latency_ms_p50"] = statistics.median(ok_times) * 1000 if ok_times else 0.0
     flags = image_match_flags(texts, refs, memo) if memo is not None else [None] * len(texts)
 
-    from texocr.latex import is_valid
-
     records = []
     for sid, ref, pred, flag in zip(ids, refs, preds, flags):
         rt, pt = tokens(ref), tokens(pred.text)
         dist = token_distance(pt, rt)
         records.append({"id": sid, "reference": ref, "prediction": pred.text, "exact": dist == 0,
-                        "edit_distance": dist, "image_match": flag, "valid": is_valid(pred.text),
+                        "edit_distance": dist, "image_match": flag, "valid": valid(pred.text),
                         "score": pred.score, "time_s": round(pred.time_s, 4), "tokens": pred.tokens,
                         "stop": pred.stop, "error": pred.error, "ref_tokens": rt, "pred_tokens": pt})
     rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
     return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs))
+
+
+def _prefetched_chunks(it: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
+    """Lists of up to `size` samples; the next list is read (images decoded by the source) in a background thread
+    while the caller generates on this one, so the accelerator does not wait for the reading between chunks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="texocr-read") as reader:
+        pending = reader.submit(lambda: list(islice(it, size)))
+        while chunk := pending.result():
+            pending = reader.submit(lambda: list(islice(it, size)))
+            yield chunk
 
 
 def default_workers(device: str) -> int:

@@ -22,7 +22,9 @@ Empty inputs give 0.0 (never NaN); `preds` and `refs` of different lengths are a
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -37,9 +39,45 @@ class Renderer(Protocol):
     def render_batch(self, formulas: list[str]) -> list[Any]: ...  # PIL.Image or None per formula
 
 
+_TOKENS: dict[str, tuple[str, ...]] = {}
+"""`tokens` of the strings seen so far: every metric, the per-record distances and the confusions of one evaluation
+read each string's normalization (a LaTeX parse, ~1 ms) once instead of four or five times."""
+_CACHE_LIMIT = 1 << 18
+
+
 def tokens(s: str) -> list[str]:
     """The normalized token sequence every metric compares (`normalize(s).split()`)."""
-    return normalize(s or "").split()
+    s = s or ""
+    cached = _TOKENS.get(s)
+    if cached is None:
+        if len(_TOKENS) >= _CACHE_LIMIT:
+            _TOKENS.clear()
+        cached = _TOKENS[s] = tuple(normalize(s).split())
+    return list(cached)
+
+
+def prepare_tokens(strings: Sequence[str], workers: int | None = None) -> None:
+    """Normalize the distinct strings of `strings` not yet known to `tokens`, in `workers` processes (default: one
+    per core beyond the first, when there are thousands): an evaluation of tens of thousands of formulas would
+    otherwise spend more time here than a GPU spends reading them (bench/infer.md)."""
+    todo = [s for s in dict.fromkeys(x or "" for x in strings) if s not in _TOKENS]
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)) - 1, len(todo) // 1000) if hasattr(os, "sched_getaffinity") else 0
+    if workers < 2 or len(todo) < 2000:
+        for s in todo:
+            tokens(s)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fork of a process holding a CUDA context or threads is unsafe; the workers import only the LaTeX core
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for s, toks in zip(todo, pool.map(_split_normalized, todo, chunksize=max(1, len(todo) // (workers * 8)))):
+            _TOKENS[s] = toks
+
+
+def _split_normalized(s: str) -> tuple[str, ...]:
+    return tuple(normalize(s).split())
 
 
 def _check(preds: Sequence[str], refs: Sequence[str]) -> None:
@@ -109,9 +147,15 @@ def cer(preds: Sequence[str], refs: Sequence[str]) -> float:
     return min(1.0, errors / total)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def valid(s: str) -> bool:
+    """`texocr.latex.is_valid`, remembered: the corpus rate and each record ask it of the same predictions."""
+    return is_valid(s)
+
+
 def valid_rate(preds: Sequence[str]) -> float:
     """Fraction of predictions that are syntactically valid LaTeX (`texocr.latex.is_valid`)."""
-    return sum(is_valid(p) for p in preds) / len(preds) if preds else 0.0
+    return sum(valid(p) for p in preds) / len(preds) if preds else 0.0
 
 
 # ---------------------------------------------------------------- image match
@@ -206,6 +250,7 @@ def compute_metrics(preds: Sequence[str], refs: Sequence[str], *, renderer: Rend
     """
     from rapidfuzz.distance import Levenshtein
 
+    prepare_tokens([*preds, *refs])
     pairs = _pairs(preds, refs)
     n = len(pairs)
     dists = [int(Levenshtein.distance(p, r)) for p, r in pairs]
