@@ -463,7 +463,7 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
                                                    warmup_steps=warmup, min_ratio=cfg.train.min_lr_ratio)
     trainer.train(resume_from_checkpoint=resume)
 
-    metrics: dict[str, float] = {"n": 0.0}
+    metrics: dict[str, Any] = {"n": 0.0}
     if val_samples:
         final_eval = trainer.evaluate(render=True)
         metrics = {k.removeprefix("eval_"): v for k, v in final_eval.items() if k != "epoch"}
@@ -474,6 +474,10 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     # runtime: the rate of the steps actually made, over the training time of the whole run (resumes included)
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     metrics["train_samples_per_s"] = round(trainer.state.global_step * effective / max(clock.seconds(), 1e-9), 1)
+    peaks = gpu_peaks(trainer)
+    if peaks:
+        metrics["peak_gpu_gib"] = max(peaks)
+        metrics["peak_gpu_gib_per_process"] = peaks
     log.info("%d optimizer steps of %d samples in %.0f s of training: %.1f samples/s%s", trainer.state.global_step,
              effective, clock.seconds(), metrics["train_samples_per_s"],
              " (transformers' train_samples_per_second above assumes the stream's unbounded max_steps)"
@@ -491,6 +495,16 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
     return TrainResult(out, trainer.state.global_step, metrics, list(trainer.state.log_history),
                        trainer.accelerator.unwrap_model(trainer.model))
+
+
+def gpu_peaks(trainer: Any) -> list[float]:
+    """Each process's peak allocated GPU memory in GiB (all ranks gathered, in rank order); [] without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=trainer.args.device)
+    return [round(float(x), 2) for x in trainer.accelerator.gather(peak).cpu()]
 
 
 def initial_model(cfg: Config, out: Path) -> ModelConfig:
