@@ -95,20 +95,41 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     if query.shape[0] != 1 or dropout:
         raise TexocrError("packed attention takes one packed row and no attention dropout")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H(kv), D]
-    out = None
-    if q.is_cuda and _varlen() is not None and _half(q) is not None and not _FLASH_FAILED:
-        try:
-            out = _flash_rows(q, k, v, cu, longest, scaling)
-        except (RuntimeError, TypeError, ValueError) as e:  # a torch whose kernel refuses these shapes / arguments
-            _FLASH_FAILED.append(repr(e))
-            log.warning("packed attention: Flash Attention's varlen kernel failed (%s); one SDPA call per row from "
-                        "now on (correct, slower)", e)
+    out = flash_varlen(q, k, v, cu, longest, scaling, causal=True)
     if out is None:
         out = _sdpa_rows(q, k, v, cu, scaling)
     return out[None], None  # [1, N, H, D]
 
 
 _FLASH_FAILED: list[str] = []
+
+
+def flash_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float | None, *, causal: bool) -> Any:
+    """Flash Attention's variable-length kernel (`torch.nn.attention.varlen`) over the rows that `cu` (int32
+    [B + 1] row starts) delimits: q [N, H, D], k/v [N, Hkv, D] -> [N, H, D] in 16 bits. None where it cannot run:
+    a CPU tensor, float32 without autocast, a torch without the kernel, or a kernel that failed once (logged)."""
+    import torch
+
+    dtype = _half(q)
+    if not q.is_cuda or dtype is None or _varlen() is None or _FLASH_FAILED:
+        return None
+    varlen_attn, window, gqa = _varlen()
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    extra: dict[str, Any] = ({"window_size": (-1, 0) if causal else (-1, -1)} if window else {"is_causal": causal})
+    if k.shape[1] != q.shape[1]:
+        if gqa:
+            extra["enable_gqa"] = True
+        else:  # an older varlen_attn: give every query head its key/value head
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    try:
+        return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale, **extra)
+    except (RuntimeError, TypeError, ValueError) as e:  # a torch whose kernel refuses these shapes / arguments
+        _FLASH_FAILED.append(repr(e))
+        log.warning("Flash Attention's varlen kernel failed (%s); texocr's attention falls back to SDPA from now on "
+                    "(correct, slower)", e)
+        return None
 
 
 def _half(t: Any) -> Any:
@@ -123,33 +144,14 @@ def _half(t: Any) -> Any:
 
 @functools.cache
 def _varlen() -> Any:
-    """(varlen_attn, its causal keyword arguments, whether it takes enable_gqa), or None on a torch without it.
-    torch 2.10 spells causal `is_causal=True`; later versions `window_size=(-1, 0)`."""
+    """(varlen_attn, whether it spells causality as `window_size`, whether it takes enable_gqa), or None on a
+    torch without it. torch 2.10 spells causal `is_causal=True`; later versions `window_size=(-1, 0)`."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     params = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return varlen_attn, causal, "enable_gqa" in params
-
-
-def _flash_rows(q: Any, k: Any, v: Any, cu: Any, longest: int, scaling: float | None) -> Any:
-    """Flash Attention's variable-length kernel over the rows: [N, H, D] -> [N, H, D] in 16 bits."""
-    import torch
-
-    varlen_attn, causal, gqa = _varlen()
-    dtype = _half(q)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    extra = dict(causal)
-    if k.shape[1] != q.shape[1]:
-        if gqa:
-            extra["enable_gqa"] = True
-        else:  # an older varlen_attn: give every query head its key/value head
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    cu = cu.to(device=q.device, dtype=torch.int32)
-    return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+    return varlen_attn, "window_size" in params, "enable_gqa" in params
 
 
 def _sdpa_rows(q: Any, k: Any, v: Any, cu: Any, scaling: float | None) -> Any:

@@ -190,10 +190,13 @@ def batched_vision_attention(widest: int | None = None) -> Iterator[None]:
 
 
 def _batched_forward() -> Any:
-    """The padded one-call-per-layer `VisionAttention.forward` (see `batch_vision_attention`)."""
+    """The one-call-per-layer `VisionAttention.forward` (see `batch_vision_attention`): variable-length Flash
+    Attention on a GPU in 16 bits (`packing.flash_varlen`), else a padded SDPA call with a key mask."""
     import torch
     import torch.nn.functional as F
     from transformers.models.qwen2_vl import modeling_qwen2_vl as m
+
+    from texocr.models.packing import flash_varlen
 
     def forward(self: Any, hidden_states: Any, cu_seqlens: Any, position_embeddings: Any = None,
                 **kwargs: Any) -> Any:
@@ -204,6 +207,10 @@ def _batched_forward() -> Any:
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # [B]
         b = lengths.shape[0]
         width = VISION_WIDTH["patches"] or int(lengths.max())  # the hint avoids a GPU -> CPU read per layer
+        # on a GPU in 16 bits: one variable-length Flash Attention call over the packed patches, no padding at all
+        o = flash_varlen(q, k, v, cu_seqlens, width, self.scaling, causal=False)
+        if o is not None:
+            return self.proj(o.reshape(n, -1))
         row = torch.repeat_interleave(torch.arange(b, device=q.device), lengths, output_size=n)  # [N]: its image
         col = torch.arange(n, device=q.device) - torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=n)
 
