@@ -16,7 +16,7 @@ from test_train import LATEX, _image, data_dir  # noqa: F401 -- data_dir is a fi
 
 from texocr.errors import TexocrError
 
-FAMILIES = ["qwen2_vl", "compact"]  # the families whose model is transformers' Qwen2-VL
+FAMILIES = ["qwen2_vl", "compact", "qwen2_5_vl"]  # texocr.models.packing.FAMILIES
 
 
 def _samples(n: int = 5) -> list:

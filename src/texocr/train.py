@@ -545,10 +545,10 @@ def fast_levers(cfg: Config, loaded: LoadedModel, *, autocast: bool) -> Levers:
     import torch
 
     from texocr import fast_train
-    from texocr.models import packing, qwen_speed
+    from texocr.models import packing
 
     t, model, done = cfg.train, loaded.model, []
-    packed = t.padding_free and qwen_speed.supports(loaded.family.name) and packing.use_packed_attention(model)
+    packed = t.padding_free and packing.supports(loaded.family.name) and packing.use_packed_attention(model)
     if t.fused_lora and (n := fast_train.fuse_lora(model)):
         done.append(f"fused LoRA ({n} layers)")
     if t.lora_autocast_inputs and autocast and (n := fast_train.lora_autocast_inputs(model)):

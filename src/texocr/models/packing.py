@@ -29,6 +29,10 @@ from texocr.models.base import IGNORE_INDEX
 
 log = logging.getLogger("texocr.train")
 
+FAMILIES = ("compact", "qwen2_vl", "qwen2_5_vl")
+"""Families packed: transformers' Qwen2-VL and Qwen2.5-VL (whose M-RoPE positions of still images are Qwen2-VL's,
+computed per row by `qwen_speed.rope_positions`; tests/test_packing.py compares with each model's own)."""
+
 ATTENTION = "texocr_packed"
 """The attention implementation name registered with transformers: packed rows when the batch says where they
 start (`cu_seqlens`), transformers' SDPA otherwise (evaluation, generation, unpacked batches)."""
@@ -37,6 +41,10 @@ CU_SEQLENS, MAX_SEQLEN = "texocr_cu_seqlens", "texocr_max_seqlen"
 """Batch keys (model keyword arguments) of a packed batch: row starts, int32 [B + 1]; the longest row, an int."""
 
 TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids", "token_type_ids")
+
+
+def supports(family_name: str) -> bool:
+    return family_name in FAMILIES
 
 
 def pack(batch: Any) -> Any:
