@@ -74,6 +74,22 @@ def test_score_respects_limit_and_streams():
     assert len(rec.calls) == 1  # 10 samples fit in one chunk of 4 * batch_size
 
 
+def test_score_keeps_only_the_images_a_report_shows():
+    """With `image_limit` (what `texocr eval` passes: the report's length), PNGs are made for the first samples and
+    for the worst ones, exactly the samples the worst-first report shows, across chunks; none for the rest."""
+    labels = [f"x_{i}+y" for i in range(30)]
+    # scripted answers: some exact, some off by one or two tokens, one error; the worst are spread over the chunks
+    answers = {lab: lab if i % 3 else lab + "+z" * (1 + i % 2) for i, lab in enumerate(labels) if i != 17}
+    cfg = EvalConfig(batch_size=2, render=False)  # chunks of 8
+    full = score(ScriptedRecognizer(answers), _samples(labels), cfg, keep_images=True)
+    some = score(ScriptedRecognizer(answers), _samples(labels), cfg, keep_images=True, image_limit=4)
+    shown = set(sample_order(full.predictions)[:4]) | set(range(4))
+    assert 17 in shown and len(shown) > 4  # the error is shown, and the worst are not just the first
+    assert [i for i, png in enumerate(some.images) if png is not None] == sorted(shown)
+    assert all(some.images[i] == full.images[i] for i in shown)
+    assert some.predictions == full.predictions
+
+
 def test_token_diff_and_order():
     html = token_diff_html(["x", "^", "{", "3", "}", "+"], ["x", "^", "{", "2", "}"])
     assert "<del>2</del><ins>3</ins>" in html.replace(" ", "") and "<ins>+</ins>" in html

@@ -90,11 +90,14 @@ def _png(image: Any) -> bytes:
 
 
 def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfig | None = None, *,
-          renderer: Any | None = None, keep_images: bool = False) -> EvalResult:
+          renderer: Any | None = None, keep_images: bool = False, image_limit: int | None = None) -> EvalResult:
     """Predict every sample (up to `eval_cfg.limit`) and compute the metrics.
 
     `renderer`: used for `image_match` and rendered predictions; when None and `eval_cfg.render` is on, the
-    best installed renderer is used (none installed: no `image_match`).
+    best installed renderer is used (none installed: no `image_match`). `keep_images`: the inputs as PNG bytes in
+    `EvalResult.images`, all of them, or with `image_limit` only those a report of that many samples shows (the
+    worst, `texocr.report.badness`) and the first that many (None for the rest): encoding every input of a large
+    set cost more main-process time than a GPU spends reading it (bench/infer.md).
     """
     from texocr.config import EvalConfig
     from texocr.metrics import (
@@ -112,17 +115,25 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     ids: list[str] = []
     refs: list[str] = []
     preds: list[Any] = []
-    images: list[bytes] = []
+    images: list[bytes | None] = []
     gen_time = 0.0
+    worst = _WorstImages(image_limit) if keep_images and image_limit is not None else None
     for chunk in _prefetched_chunks(it, chunk_size):
         start = time.perf_counter()
-        preds += recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
-                                    max_new_tokens=cfg.max_new_tokens)
+        got = recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
+                                 max_new_tokens=cfg.max_new_tokens)
         gen_time += time.perf_counter() - start
-        ids += [s.id for s in chunk]
+        if worst is not None:
+            for s, p in zip(chunk, got):
+                worst.offer(len(ids), s, p)
+                ids.append(s.id)
+        else:
+            ids += [s.id for s in chunk]
+            images += [_png(s.image) for s in chunk] if keep_images else []
+        preds += got
         refs += [s.latex for s in chunk]
-        if keep_images:
-            images += [_png(s.image) for s in chunk]
+    if worst is not None:
+        images = worst.images(len(ids))
     texts = [p.text for p in preds]
 
     if renderer is None and cfg.render:
@@ -144,6 +155,40 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
                         "stop": pred.stop, "error": pred.error, "ref_tokens": rt, "pred_tokens": pt})
     rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
     return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs))
+
+
+class _WorstImages:
+    """PNG bytes of the samples a report of `limit` samples shows (the `limit` worst by `texocr.report.badness`,
+    ties to the earlier sample, as the report orders them) and of the first `limit` samples, kept as predictions
+    arrive; the rest are never encoded, or dropped once better ones than `limit` others are known."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.heap: list[tuple[tuple[float, float, str], int]] = []  # (badness, -index): the mildest on top
+        self.png: dict[int, bytes] = {}
+
+    def offer(self, i: int, sample: Sample, pred: Any) -> None:
+        import heapq
+
+        from texocr.metrics import token_distance, tokens
+        from texocr.report import badness
+
+        ref = tokens(sample.latex)
+        entry = (badness({"error": pred.error, "id": sample.id, "ref_tokens": ref,
+                          "edit_distance": token_distance(tokens(pred.text), ref)}), -i)
+        if len(self.heap) < self.limit:
+            heapq.heappush(self.heap, entry)
+        elif self.limit and entry > self.heap[0]:
+            _, out = heapq.heapreplace(self.heap, entry)
+            if -out >= self.limit:  # not one of the first either
+                self.png.pop(-out, None)
+        else:
+            if i >= self.limit:
+                return
+        self.png[i] = _png(sample.image)
+
+    def images(self, n: int) -> list[bytes | None]:
+        return [self.png.get(i) for i in range(n)]
 
 
 def _prefetched_chunks(it: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
@@ -279,7 +324,8 @@ def main(args: argparse.Namespace) -> int:
         use_idle_cores(rec.device)
         rec.workers = args.workers if args.workers is not None else default_workers(rec.device)
         try:
-            res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs)
+            res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs,
+                        image_limit=args.report_limit)
         finally:
             rec.close()
         del rec  # free the first model before loading the second

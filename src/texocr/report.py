@@ -134,16 +134,18 @@ def _prediction_cell(run: RunView, i: int) -> str:
             f"{token_diff_html(rec.get('pred_tokens', []), rec.get('ref_tokens', []))}{rendered}</td>")
 
 
-def sample_order(records: Sequence[dict[str, Any]]) -> list[int]:
-    """Worst first: errors, then by normalized edit distance (distance / reference length), then by id."""
-    def badness(i: int) -> tuple[float, float, str]:
-        r = records[i]
-        if r.get("error"):
-            return (float("inf"), 0.0, str(r.get("id", "")))
-        dist = float(r.get("edit_distance", 0))
-        return (dist / max(1, len(r.get("ref_tokens", []))), dist, str(r.get("id", "")))
+def badness(r: dict[str, Any]) -> tuple[float, float, str]:
+    """A record's place in the report (larger: shown earlier): errors, then normalized edit distance (distance /
+    reference length), then the distance, then the id."""
+    if r.get("error"):
+        return (float("inf"), 0.0, str(r.get("id", "")))
+    dist = float(r.get("edit_distance", 0))
+    return (dist / max(1, len(r.get("ref_tokens", []))), dist, str(r.get("id", "")))
 
-    return sorted(range(len(records)), key=badness, reverse=True)
+
+def sample_order(records: Sequence[dict[str, Any]]) -> list[int]:
+    """Worst first (`badness`); equal ones in their original order."""
+    return sorted(range(len(records)), key=lambda i: badness(records[i]), reverse=True)
 
 
 def render_html(runs: Sequence[RunView], images: Sequence[Any | None], *, title: str, limit: int = 200,
