@@ -216,8 +216,8 @@ class TrainConfig:
     this model's Qwen2/Llama-style norms and MLPs (`texocr.fast_train.liger_kernels`). The same function in fewer
     passes; bf16 results differ within rounding. Off to compare, or for a model Liger gets wrong."""
     padding_free: bool = True
-    """Qwen2-VL and Qwen2.5-VL models (and texocr's compact model) with SDPA attention: a batch's rows are laid end to end in one
-    sequence, each with its own 3-D rotary positions, and attention stays inside each row (Flash Attention's
+    """Qwen2-VL and Qwen2.5-VL models (and texocr's compact model) with SDPA attention: a batch's rows are laid end
+    to end in one sequence, each with its own 3-D rotary positions, and attention stays inside each row (Flash Attention's
     variable-length kernel on a GPU, one SDPA call per row elsewhere): no matrix product, norm or activation is
     computed or kept for padding (`texocr.models.packing`). The same loss and gradients as the padded batch.
     Off: rows padded to the longest of the batch."""

@@ -182,9 +182,8 @@ class _WorstImages:
             _, out = heapq.heapreplace(self.heap, entry)
             if -out >= self.limit:  # not one of the first either
                 self.png.pop(-out, None)
-        else:
-            if i >= self.limit:
-                return
+        elif i >= self.limit:
+            return
         self.png[i] = _png(sample.image)
 
     def images(self, n: int) -> list[bytes | None]:
@@ -196,10 +195,13 @@ def _prefetched_chunks(it: Iterator[Sample], size: int) -> Iterator[list[Sample]
     while the caller generates on this one, so the accelerator does not wait for the reading between chunks."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def read() -> list[Sample]:
+        return list(islice(it, size))
+
     with ThreadPoolExecutor(1, thread_name_prefix="texocr-read") as reader:
-        pending = reader.submit(lambda: list(islice(it, size)))
+        pending = reader.submit(read)
         while chunk := pending.result():
-            pending = reader.submit(lambda: list(islice(it, size)))
+            pending = reader.submit(read)
             yield chunk
 
 

@@ -174,8 +174,7 @@ class HostArena:
     def reset(self) -> None:
         if len(self.chunks) > 1:  # this step outgrew the arena: one chunk of the whole size next time
             need = self.step_bytes
-            self.chunks = []
-            self.chunks.append(torch.empty(need + need // 8, dtype=torch.uint8, pin_memory=self.device == "cuda"))
+            self.chunks = [torch.empty(need + need // 8, dtype=torch.uint8, pin_memory=self.device == "cuda")]
         self.used = self.step_bytes = 0
 
 

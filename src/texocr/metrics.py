@@ -52,7 +52,7 @@ def tokens(s: str) -> list[str]:
     if cached is None:
         if len(_TOKENS) >= _CACHE_LIMIT:
             _TOKENS.clear()
-        cached = _TOKENS[s] = tuple(normalize(s).split())
+        cached = _TOKENS[s] = _split_normalized(s)
     return list(cached)
 
 

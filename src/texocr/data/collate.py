@@ -11,8 +11,8 @@ normalizes targets when asked and keeps the account of what was left out. It is 
 `glyph_height=G` enlarges images whose glyphs are smaller than G pixels, as `Recognizer(glyph_height=G)` does before
 it reads (`glyph_jitter` spreads G per image): what a model trains on is then what it is shown at inference.
 
-`pack=True` (Qwen2-VL and Qwen2.5-VL models, `train.padding_free`) lays the rows end to end with their own M-RoPE positions
-(`texocr.models.packing.pack`): no padding reaches the model.
+`pack=True` (Qwen2-VL and Qwen2.5-VL models, `train.padding_free`) lays the rows end to end with their own M-RoPE
+positions (`texocr.models.packing.pack`): no padding reaches the model.
 
 `worker_side=True` (Qwen2-VL models: `texocr.models.qwen_speed`) also does in the worker what the training
 step would otherwise do in the main process: `pixel_values` stay uint8 (normalized on the GPU by
@@ -79,10 +79,9 @@ class Collator:
         if worker_side or pack:
             from texocr.models import packing, qwen_speed
 
-            for on, module in ((worker_side, qwen_speed), (pack, packing)):
+            for on, module, what in ((worker_side, qwen_speed, "worker-side collation"), (pack, packing, "packing")):
                 if on and not module.supports(loaded.family.name):
-                    raise TexocrError(f"{'worker-side collation' if module is qwen_speed else 'packing'} is for "
-                                      f"{', '.join(module.FAMILIES)} models, not {loaded.family.name}")
+                    raise TexocrError(f"{what} is for {', '.join(module.FAMILIES)} models, not {loaded.family.name}")
             self.model_config = loaded.model.config  # rope_positions: M-RoPE positions are computed per row
         if worker_side:
             self.processor = qwen_speed.uint8_processor(loaded.processor)

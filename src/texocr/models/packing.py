@@ -1,4 +1,4 @@
-"""Padding-free training batches for Qwen2-VL models (`train.padding_free`): a batch's rows laid end to end in one
+"""Padding-free training batches for Qwen2-VL and Qwen2.5-VL models (`train.padding_free`): a batch's rows laid end to end in one
 sequence, attention kept inside each row.
 
     batch = pack(collated)              # [B, T] right-padded rows -> [1, N], N = the real tokens of all rows
@@ -118,8 +118,7 @@ def flash_varlen(q: Any, k: Any, v: Any, cu: Any, longest: int, scale: float | N
     a CPU tensor, float32 without autocast, a torch without the kernel, or a kernel that failed once (logged)."""
     import torch
 
-    dtype = _half(q)
-    if not q.is_cuda or dtype is None or _varlen() is None or _FLASH_FAILED:
+    if not q.is_cuda or _FLASH_FAILED or _varlen() is None or (dtype := _half(q)) is None:
         return None
     varlen_attn, window, gqa = _varlen()
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
