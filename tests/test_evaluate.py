@@ -90,6 +90,36 @@ def test_score_keeps_only_the_images_a_report_shows():
     assert some.predictions == full.predictions
 
 
+def test_score_of_deferred_images_shows_the_same_report_images(tmp_path):
+    """Samples with unread images (`Source.deferred`, what `texocr eval` scores) are ranked after scoring and only
+    the shown ones read again: the same PNGs for the same samples as scoring read images."""
+    from functools import partial
+
+    from texocr.data.images import load_image
+    from texocr.sample import DeferredImage
+
+    labels = [f"x_{i}+y" for i in range(30)]
+    answers = {lab: lab if i % 3 else lab + "+z" * (1 + i % 2) for i, lab in enumerate(labels) if i != 17}
+    cfg = EvalConfig(batch_size=2, render=False)
+    for i, label in enumerate(labels):
+        _img(label).save(tmp_path / f"{i}.png")
+
+    class ByPath(ScriptedRecognizer):
+        def predict(self, images, **kwargs):
+            assert all(isinstance(im, DeferredImage) for im in images)  # nothing was read for it
+            return [Prediction(self.answers[labels[int(im.path.stem)]], score=-0.1, time_s=0.02, tokens=3)
+                    if labels[int(im.path.stem)] in self.answers else Prediction("", error="boom") for im in images]
+
+    deferred = [Sample(DeferredImage(partial(load_image, tmp_path / f"{i}.png")), lab, f"s{i}")  # type: ignore[arg-type]
+                for i, lab in enumerate(labels)]
+    full = score(ScriptedRecognizer(answers), _samples(labels), cfg, keep_images=True)
+    lazy = score(ByPath(answers), deferred, cfg, keep_images=True, image_limit=4)
+    shown = set(sample_order(full.predictions)[:4]) | set(range(4))
+    assert [i for i, png in enumerate(lazy.images) if png is not None] == sorted(shown)
+    assert all(lazy.images[i] == full.images[i] for i in shown)
+    assert [{**r, "stop": ""} for r in lazy.predictions] == [{**r, "stop": ""} for r in full.predictions]
+
+
 def test_token_diff_and_order():
     html = token_diff_html(["x", "^", "{", "3", "}", "+"], ["x", "^", "{", "2", "}"])
     assert "<del>2</del><ins>3</ins>" in html.replace(" ", "") and "<ins>+</ins>" in html
@@ -162,3 +192,32 @@ def test_glyph_height_reaches_the_recognizer(monkeypatch, eval_data, tmp_path):
     assert main(base + ["--eval.glyph_height", "20"]) == 2
     assert main(base) == 2
     assert seen == [24.0, 20.0, None]
+
+
+def test_eval_reads_images_in_workers_and_skips_unreadable_ones_as_the_source_would(tiny_model_dir, tmp_path):
+    """`texocr eval` hands the recognizer unread images (`Source.deferred`); with worker processes they are
+    read there. A corrupt file in the first `--limit` rows is skipped with the source's reason and the set is
+    topped up past it, so n and the scored samples match reading everything up front."""
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = [("x^2", 90), ("a+b", 100), (r"\alpha", 60), ("y_1", 80)]
+    with (d / "labels.jsonl").open("w") as f:
+        for i, (latex, w) in enumerate(rows):
+            _img(latex, w).save(d / f"{i}.png")
+            f.write(json.dumps({"image": f"{i}.png", "latex": latex}) + "\n")
+            if i == 0:
+                _img("z", 200).save(d / "bad.png")
+                (d / "bad.png").write_bytes((d / "bad.png").read_bytes()[:200])  # a truncated PNG
+                f.write(json.dumps({"image": "bad.png", "latex": "z"}) + "\n")
+    model = str(tiny_model_dir("qwen2_vl"))
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", model, "--data", str(d), "--out", str(out), "--limit", "3", "--workers", "2",
+               "--compare", model, "--max-new-tokens", "4", "--eval.batch_size", "2", "--no-render"])
+    assert rc == 0
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in preds] == ["x^2", "a+b", r"\alpha"]
+    assert all(p["error"] is None for p in preds)
+    assert json.loads((out / "compare" / "metrics.json").read_text())["n"] == 3
+    skipped = [json.loads(x) for x in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["reason"]) for s in skipped] == [("bad.png", "corrupt_image")]
+    assert "skipped 1" in (out / "report.html").read_text()

@@ -325,3 +325,30 @@ def test_every_source_kind_yields_the_same_record(tmp_path: Path) -> None:
             assert isinstance(s.id, str) and s.id, kind
             assert isinstance(s.meta, dict), kind
     assert {kinds[k][0].latex for k in ("folder", "hf", "inkml")} == {latex}
+
+
+def test_deferred_rows_are_unread_picklable_and_read_as_iteration_does(tmp_path):
+    """`Source.deferred()` gives the same samples as iterating, with images left unread (a corrupt file is not
+    noticed) as DeferredImages that pickle (for worker processes) and read to the same pixels."""
+    import pickle
+
+    from PIL import Image
+
+    from texocr.data.sources import open_source
+    from texocr.errors import TexocrError
+    from texocr.sample import DeferredImage
+
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    (tmp_path / "labels.jsonl").write_text('{"image": "a.png", "latex": "x"}\n{"image": "b.png", "latex": "y"}\n'
+                                           '{"image": "../outside.png", "latex": "z"}\n')
+    src = open_source(str(tmp_path))
+    read = list(src)
+    assert [s.latex for s in read] == ["x"] and {s.reason for s in src.skipped} == {"not_an_image", "outside_dataset"}
+    lazy = list(src.deferred())
+    assert [s.latex for s in lazy] == ["x", "y"] and [s.reason for s in src.skipped] == ["outside_dataset"]
+    assert all(isinstance(s.image, DeferredImage) for s in lazy) and lazy[0].image.path == tmp_path / "a.png"
+    again = pickle.loads(pickle.dumps(lazy[0].image))
+    assert again.load().tobytes() == read[0].image.tobytes()
+    with pytest.raises(TexocrError):
+        lazy[1].image.load()

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
+from texocr.sample import DeferredImage, read_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from texocr.config import EvalConfig
     from texocr.infer import Recognizer
-    from texocr.sample import Sample
+    from texocr.sample import Sample, Skipped
 
 RECORD_KEYS = ("id", "reference", "prediction", "exact", "edit_distance", "image_match", "valid", "score",
                "time_s", "tokens", "stop", "error")
@@ -55,6 +56,8 @@ class EvalResult:
     rendered: list[Any] = field(default_factory=list)
     """Rendered predictions (PIL.Image or None) when a renderer was used."""
     confusions: list[tuple[str, str, int]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    """Samples whose `DeferredImage` turned out unreadable (left out of everything else, as a source skips)."""
 
 
 class MemoRenderer:
@@ -111,29 +114,38 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
 
     cfg = eval_cfg or EvalConfig()
     chunk_size = max(1, cfg.batch_size) * 4  # bounded memory for streamed sources, batches still grouped by shape
-    it = iter(samples) if cfg.limit is None else islice(samples, cfg.limit)
+    it = iter(samples)
     ids: list[str] = []
     refs: list[str] = []
     preds: list[Any] = []
     images: list[bytes | None] = []
+    skipped: list[Skipped] = []
     gen_time = 0.0
     worst = _WorstImages(image_limit) if keep_images and image_limit is not None else None
-    for chunk in _prefetched_chunks(it, chunk_size):
+
+    def chunks() -> Iterator[list[Sample]]:
+        yield from _prefetched_chunks(it if cfg.limit is None else islice(it, cfg.limit), chunk_size)
+        while cfg.limit is not None and len(ids) < cfg.limit:  # unreadable deferred images: top up from the rest
+            more = list(islice(it, cfg.limit - len(ids)))
+            if not more:
+                break
+            yield more
+
+    for chunk in chunks():
         start = time.perf_counter()
         got = recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
                                  max_new_tokens=cfg.max_new_tokens)
         gen_time += time.perf_counter() - start
+        chunk, got = _readable(chunk, got, skipped)
         if worst is not None:
             for s, p in zip(chunk, got):
                 worst.offer(len(ids), s, p)
                 ids.append(s.id)
         else:
             ids += [s.id for s in chunk]
-            images += [_png(s.image) for s in chunk] if keep_images else []
+            images += [_png(read_image(s.image)) for s in chunk] if keep_images else []
         preds += got
         refs += [s.latex for s in chunk]
-    if worst is not None:
-        images = worst.images(len(ids))
     texts = [p.text for p in preds]
 
     if renderer is None and cfg.render:
@@ -153,25 +165,55 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
                         "edit_distance": dist, "image_match": flag, "valid": valid(pred.text),
                         "score": pred.score, "time_s": round(pred.time_s, 4), "tokens": pred.tokens,
                         "stop": pred.stop, "error": pred.error, "ref_tokens": rt, "pred_tokens": pt})
+    if worst is not None:
+        images = worst.images(records)
     rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
-    return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs))
+    return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs), skipped)
+
+
+def _readable(chunk: list[Sample], preds: list[Any], skipped: list[Skipped]) -> tuple[list[Sample], list[Any]]:
+    """`chunk` and its predictions without the samples whose `DeferredImage` cannot be read (added to `skipped`
+    with the source's reason), so that a deferred source scores the same samples as a read one. Only samples that
+    failed are read again here: a few, not the set."""
+    from texocr.sample import DeferredImage, Skipped
+
+    keep_s, keep_p = [], []
+    for s, p in zip(chunk, preds):
+        if p.error is not None and isinstance(s.image, DeferredImage):
+            try:
+                s.image.load()
+            except TexocrError as e:
+                skipped.append(Skipped(s.id, getattr(e, "reason", "bad_image"), str(e)))
+                continue
+        keep_s.append(s)
+        keep_p.append(p)
+    return keep_s, keep_p
 
 
 class _WorstImages:
     """PNG bytes of the samples a report of `limit` samples shows (the `limit` worst by `texocr.report.badness`,
     ties to the earlier sample, as the report orders them) and of the first `limit` samples, kept as predictions
-    arrive; the rest are never encoded, or dropped once better ones than `limit` others are known."""
+    arrive; the rest are never encoded, or dropped once better ones than `limit` others are known.
+
+    A `DeferredImage` is only noted: once every record is scored, the shown ones are read again and encoded
+    (`images`). Ranking as predictions arrive costs a LaTeX normalization of each reference and prediction in the
+    generation loop (~1 ms each on one core), which for a deferred set is left to the metrics' parallel pass."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.heap: list[tuple[tuple[float, float, str], int]] = []  # (badness, -index): the mildest on top
         self.png: dict[int, bytes] = {}
+        self.unread: dict[int, DeferredImage] = {}
 
     def offer(self, i: int, sample: Sample, pred: Any) -> None:
         import heapq
 
         from texocr.metrics import token_distance, tokens
         from texocr.report import badness
+
+        if isinstance(sample.image, DeferredImage):
+            self.unread[i] = sample.image
+            return
 
         ref = tokens(sample.latex)
         entry = (badness({"error": pred.error, "id": sample.id, "ref_tokens": ref,
@@ -184,9 +226,20 @@ class _WorstImages:
                 self.png.pop(-out, None)
         elif i >= self.limit:
             return
-        self.png[i] = _png(sample.image)
+        self.png[i] = _png(read_image(sample.image))
 
-    def images(self, n: int) -> list[bytes | None]:
+    def images(self, records: list[dict[str, Any]]) -> list[bytes | None]:
+        """PNG bytes per record (None for those the report does not show)."""
+        from texocr.report import sample_order
+
+        n = len(records)
+        if self.unread:
+            for i in set(range(min(n, self.limit))) | set(sample_order(records)[: self.limit]):
+                if i in self.unread:
+                    try:
+                        self.png[i] = _png(self.unread[i].load())
+                    except TexocrError:  # changed on disk since it was read: the report shows no image
+                        pass
         return [self.png.get(i) for i in range(n)]
 
 
@@ -203,6 +256,23 @@ def _prefetched_chunks(it: Iterator[Sample], size: int) -> Iterator[list[Sample]
         while chunk := pending.result():
             pending = reader.submit(read)
             yield chunk
+
+
+class _Replayable:
+    """An iterable over `it` that keeps what was drawn: every iteration yields the kept items, then draws on. So
+    `--compare` scores the same samples as the first run, and a source is read only as far as a run needs."""
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self.it, self.kept = it, []
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.kept
+        for item in self.it:
+            self.kept.append(item)
+            yield item
+
+    def __bool__(self) -> bool:
+        return bool(self.kept) or any(True for _ in islice(iter(self), 1))
 
 
 def default_workers(device: str) -> int:
@@ -305,14 +375,17 @@ def main(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, "eval", overwrite=args.overwrite)  # refused before minutes of work
     split = args.split or cfg.data.val_split  # like training's validation; rows without a split field all count
     source = open_source(data, cfg.data, split=split)
-    samples = list(islice(source, ev.limit) if ev.limit is not None else source)
-    notes = []
-    if source.skipped:
-        write_skipped(source.skipped, out / "skipped.jsonl")
-        notes.append(format_skipped(data, source.skipped) + " (see skipped.jsonl)")
+    # images stay unread here (`Source.deferred`): the recognizer's workers read them, or its own loop does
+    rows = source.deferred() if hasattr(source, "deferred") else iter(source)
+    samples = _Replayable(rows)  # read as scored (with --limit, topped up past unreadable images), kept for --compare
+    skipped: list[Any] = []  # the source's (rows read so far) and score()'s unreadable images, once the run is done
+
+    def no_samples(found: list[Any]) -> TexocrError:
+        why = f"; {format_skipped(data, found)}" if found else ""
+        return TexocrError(f"{data}: no usable samples in split {split!r} (choose one with --split){why}")
+
     if not samples:
-        raise TexocrError(f"{data}: no usable samples in split {split!r} (choose one with --split)"
-                          + (f"; {notes[0]}" if notes else ""))
+        raise no_samples(list(getattr(source, "skipped", [])))
     renderer = default_renderer() if ev.render else None
     # settings the user gave (a flag or a config key) override what each model's run saved; the rest is saved
     given = {**explicit_keys(args.config, args.overrides, "eval"),
@@ -331,9 +404,17 @@ def main(args: argparse.Namespace) -> int:
         finally:
             rec.close()
         del rec  # free the first model before loading the second
+        if not runs:  # (--compare reads the same samples and finds the same unreadable images)
+            skipped += list(getattr(source, "skipped", [])) + res.skipped
+            if not res.predictions:
+                raise no_samples(skipped)
         runs.append((m, a, res))
         line = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.metrics.items())
         print(f"{m}{' + ' + a if a else ''}: {line}")
+    notes = []
+    if skipped:
+        write_skipped(skipped, out / "skipped.jsonl")
+        notes.append(format_skipped(data, skipped) + " (see skipped.jsonl)")
     write_outputs(out, runs, data, report_limit=args.report_limit, notes=notes)
     print(f"wrote {out}/predictions.jsonl, metrics.json, summary_report.csv, report.html")
     return 0

@@ -31,6 +31,10 @@ def source_name(src: Any) -> str:
     """How an input is named in messages: its path, a file object's name, or what kind of object it is."""
     from pathlib import Path
 
+    from texocr.sample import DeferredImage
+
+    if isinstance(src, DeferredImage):
+        src = src.path or "<image>"
     if isinstance(src, (str, Path)):
         return str(src)
     name = getattr(src, "name", None)
@@ -54,8 +58,9 @@ class Prep:
         import numpy as np
 
         from texocr.data.images import load_image, rescale_to_glyph_height
+        from texocr.sample import read_image
 
-        img = load_image(src, max_pixels=self.max_pixels, max_side=self.max_side)
+        img = load_image(read_image(src), max_pixels=self.max_pixels, max_side=self.max_side)
         gray = np.asarray(img.convert("L"))
         if int(gray.max()) - int(gray.min()) < 8:  # also what a fully transparent PNG becomes once composited on white
             raise TexocrError(f"{source_name(src)}: blank image (a single colour): no formula to read")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -11,7 +14,7 @@ from PIL import Image
 @dataclass
 class Sample:
     image: Image.Image
-    """RGB image of the formula."""
+    """RGB image of the formula (a `DeferredImage` from `Source.deferred()`)."""
     latex: str
     """Target LaTeX (normalized by the LaTeX core where the source says so)."""
     id: str
@@ -28,3 +31,27 @@ class Skipped:
     reason: str
     """Short machine-readable reason: `missing_image`, `corrupt_image`, `empty_label`, ..."""
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class DeferredImage:
+    """An image a source has found but not read. `load()` reads it as the source would have (a TexocrError with a
+    `.reason` when unusable). `loader` is a `functools.partial` of a module-level function, so a DeferredImage
+    pickles: a worker process reads it instead of the caller (`texocr eval` on a GPU, `Source.deferred`)."""
+
+    loader: partial[Any]
+
+    def load(self) -> Image.Image:
+        return self.loader()
+
+    @property
+    def path(self) -> Path | None:
+        """The file it reads, when the loader reads one (its first argument); else None."""
+        first = self.loader.args[0] if self.loader.args else None
+        return Path(first) if isinstance(first, (str, os.PathLike)) else None
+
+
+def read_image(image: Image.Image | DeferredImage | Any) -> Any:
+    """`image` itself, or a DeferredImage read."""
+    return image.load() if isinstance(image, DeferredImage) else image
+

@@ -12,11 +12,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from texocr.errors import TexocrError
-from texocr.sample import Sample, Skipped
+from texocr.sample import DeferredImage, Sample, Skipped
 
 log = logging.getLogger("texocr.data")
 
@@ -78,6 +79,13 @@ class Source:
         """`(id, latex)` of every row with a usable label, without loading any image."""
         yield from self._checked(with_images=False)  # type: ignore[misc]
 
+    def deferred(self) -> Iterator[Sample]:
+        """Like iterating, but each image whose loader can cross to another process (a `functools.partial`: a
+        file, bytes, strokes) comes as an unread `DeferredImage`; the others are read here. For a caller that
+        reads images in worker processes (`texocr eval` on a GPU): this process then decodes nothing, and an
+        unreadable image surfaces when it is read, not in `.skipped`."""
+        yield from self._checked(with_images=True, defer=True)  # type: ignore[misc]
+
     def shard(self, k: int, n: int) -> Iterator[Sample]:
         """The Samples of rows at positions `i` with `i % n == k` (one reader of `n`): only their images are
         loaded, and only their bad rows are recorded in `.skipped`."""
@@ -85,7 +93,8 @@ class Source:
             raise ValueError(f"shard {k} of {n}")
         yield from self._checked(with_images=True, shard=(k, n))  # type: ignore[misc]
 
-    def _checked(self, with_images: bool, shard: tuple[int, int] = (0, 1)) -> Iterator[Sample | tuple[str, str]]:
+    def _checked(self, with_images: bool, shard: tuple[int, int] = (0, 1),
+                 defer: bool = False) -> Iterator[Sample | tuple[str, str]]:
         self.skipped = []  # a new pass (a new epoch) counts afresh
         n = 0
         for row in self._rows():
@@ -104,6 +113,10 @@ class Source:
                 continue
             if row.image is None:
                 self.skipped.append(Skipped(row.id, "missing_image", row.missing))
+                continue
+            if defer and isinstance(row.image, partial):
+                yield Sample(image=DeferredImage(row.image), latex=latex, id=row.id,  # type: ignore[arg-type]
+                             meta={"source": self.name, **row.meta})
                 continue
             try:
                 image = row.image()

@@ -79,12 +79,14 @@ class _Loaders:
         return partial(load_image, path, max_pixels=self.max_pixels, max_side=self.max_side)
 
     def ink(self, path: Path) -> Callable[[], Any]:
-        def load() -> Any:
-            from texocr.data.inkml import rasterize, read_inkml
+        return partial(_ink_image, path, height=self.ink_height, pen_width=self.ink_pen_width)
 
-            return rasterize(read_inkml(path).strokes, height=self.ink_height, pen_width=self.ink_pen_width)
 
-        return load
+def _ink_image(path: Path, *, height: int, pen_width: float) -> Any:  # -> PIL.Image
+    """An InkML file's strokes rasterized (a module-level function: its partial pickles, `Source.deferred`)."""
+    from texocr.data.inkml import rasterize, read_inkml
+
+    return rasterize(read_inkml(path).strokes, height=height, pen_width=pen_width)
 
 
 class RecordSource(Source):
