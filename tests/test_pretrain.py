@@ -177,6 +177,8 @@ def test_worker_side_collation_gives_the_models_own_loss(tiny) -> None:
     grid = batch["image_grid_thw"]
     assert worker.pop("vision_width") == int((grid[:, 1] * grid[:, 2]).max())
     assert worker["pixel_values"].dtype == torch.uint8
+    frames = tiny.processor.image_processor.temporal_patch_size  # a still image crosses as one frame
+    assert worker["pixel_values"].shape[1] * frames == batch["pixel_values"].shape[1] and frames > 1
     assert tiny.processor.image_processor.do_normalize  # the model's processor was not touched
     worker["pixel_values"] = PixelNormalizer(tiny.processor.image_processor)(worker["pixel_values"])
     torch.testing.assert_close(worker["pixel_values"], batch["pixel_values"], rtol=0, atol=1e-5)

@@ -111,11 +111,13 @@ def pil_image_processor(ip: Any) -> Any:
 
 def uint8_patchify(ip: Any, image: Any, patch_size: int, merge_size: int,
                    temporal_patch_size: int) -> tuple[Any, int, int]:
-    """Qwen2-VL's `patchify` (the same reshape as transformers' `image_processing_pil_qwen2_vl`) kept in uint8.
+    """Qwen2-VL's `patchify` (the same reshape as transformers' `image_processing_pil_qwen2_vl`) kept in uint8 and
+    with one temporal frame: [patches, C * P * P].
 
-    Transformers' version casts to float32 first: with rescaling and normalizing moved to the GPU, the
-    resized image is still 0..255 uint8, and keeping it so makes the patch copy and the batch concatenation
-    4x smaller (measured here on one core: collating a sample 7.8 -> 3.8 ms).
+    Transformers' version casts to float32 and repeats a still image `temporal_patch_size` times in every patch
+    row. With rescaling and normalizing moved to the GPU (`PixelNormalizer`, which also repeats the frame there),
+    the patch copy, a worker's hand-over and the batch concatenation move 8x fewer bytes than float32 frames
+    (measured here on one core: collating a sample 7.8 -> 3.8 ms for uint8; bench/infer.md for the single frame).
     """
     import numpy as np
 
@@ -126,32 +128,36 @@ def uint8_patchify(ip: Any, image: Any, patch_size: int, merge_size: int,
     gh, gw = h // patch_size, w // patch_size
     p = image.reshape(c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
     p = p.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh, gw, mh, mw, C, ph, pw)
-    p = np.broadcast_to(p[:, :, :, :, :, None], (*p.shape[:5], temporal_patch_size, *p.shape[5:]))
-    return p.reshape(gh * gw, c * temporal_patch_size * patch_size * patch_size), gh, gw
+    return p.reshape(gh * gw, c * patch_size * patch_size), gh, gw
 
 
 class PixelNormalizer:
-    """The image processor's rescale + normalize, on whatever device the uint8 patches are on.
+    """The image processor's rescale + normalize, on whatever device the uint8 patches are on, and the temporal
+    repeat of a still image that `uint8_patchify` leaves out.
 
-    A patch row is laid out channel-major (`patchify`: C x T x 14 x 14), so each channel's mean and std
-    repeat over a contiguous block of T * 14 * 14 values.
+    A patch row is laid out channel-major (C x T x P x P): [patches, C * P * P] uint8 (one frame) becomes
+    [patches, C * T * P * P] floats, each channel's frame normalized once and repeated T times. Rows that already
+    hold T frames are normalized as they are.
     """
 
     def __init__(self, image_processor: Any) -> None:
         import torch
 
         ip = image_processor
-        block = ip.temporal_patch_size * ip.patch_size * ip.patch_size
+        self.frames, self.area = int(ip.temporal_patch_size), int(ip.patch_size) ** 2
         self.scale = float(ip.rescale_factor)
-        self.mean = torch.tensor(ip.image_mean, dtype=torch.float32).repeat_interleave(block)  # [C * T * P * P]
-        self.std = torch.tensor(ip.image_std, dtype=torch.float32).repeat_interleave(block)
+        self.mean = torch.tensor(ip.image_mean, dtype=torch.float32)[:, None, None]  # [C, 1, 1]
+        self.std = torch.tensor(ip.image_std, dtype=torch.float32)[:, None, None]
 
     def __call__(self, pixels: Any) -> Any:
         import torch
 
         if self.mean.device != pixels.device:  # moved once, not every step
             self.mean, self.std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        return (pixels.to(torch.float32) * self.scale - self.mean) / self.std  # [patches, C * T * P * P]
+        n, c = pixels.shape[0], self.mean.shape[0]
+        x = pixels.to(torch.float32).view(n, c, -1, self.area)  # [n, C, 1 or T, P * P]
+        x = (x * self.scale - self.mean) / self.std
+        return x.expand(n, c, self.frames, self.area).reshape(n, -1)  # [patches, C * T * P * P]
 
 
 VISION_WIDTH: dict[str, int | None] = {"patches": None}
