@@ -346,7 +346,7 @@ def test_a_failed_worker_encoded_batch_is_read_again_and_generated_image_by_imag
 
     def flaky(images, num_beams, max_new_tokens, enc=None, pool=None):
         if enc is not None:  # the workers' batch: as if the GPU ran out of memory on it
-            failed.append(len(enc["input_ids"]))
+            failed.append(sum(len(e["input_ids"]) for e in enc))
             raise RuntimeError("CUDA out of memory")
         return real(images, num_beams, max_new_tokens, enc, pool)
 

@@ -191,7 +191,7 @@ class Recognizer:
                 for j, err in errors:
                     results[chunk[j]] = Prediction("", error=str(err), source=_source_name(images[chunk[j]]))
                 ok = [chunk[j] for j in kept]
-                if ok:
+                if ok and enc:
                     done.append((ok, self._generate_pooled([sources[i] for i in ok], enc, num_beams,
                                                            max_new_tokens, pool)))
         for idx, preds in done:
@@ -200,7 +200,7 @@ class Recognizer:
                 results[i] = pred
         return [r for r in results if r is not None]
 
-    def _generate_pooled(self, sources: list[Any], enc: dict[str, Any], num_beams: int | None,
+    def _generate_pooled(self, sources: list[Any], enc: list[dict[str, Any]], num_beams: int | None,
                          max_new_tokens: int | None, pool: Any) -> Any:
         """A batch a worker encoded; if it fails, its images are read here and generated one by one."""
         try:
@@ -280,14 +280,17 @@ class Recognizer:
     def _load(self, src: Any) -> Any:  # -> PIL.Image (RGB)
         return self._prep().load(src)
 
-    def _encode(self, images: list[Any], enc: dict[str, Any] | None = None) -> Any:
-        """The generation batch of `images` (or its CPU encoding `enc`, made by a worker) on the model's device."""
+    def _encode(self, images: list[Any], enc: list[dict[str, Any]] | None = None) -> Any:
+        """The generation batch of `images` (or its CPU encoding in pieces `enc`, made by workers) on the model's
+        device; pieces are moved first and joined there (`concat_encodings`)."""
         import torch
 
-        if enc is None:
-            enc = self._prep().encode(images)
+        from texocr.prep import concat_encodings
+
         dtype = next(self.model.parameters()).dtype
-        out = {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in enc.items()}
+        parts = [{k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in e.items()}
+                 for e in (enc if enc is not None else [self._prep().encode(images)])]
+        out = concat_encodings(parts, self._prep().pad_id())
         pixels = out.get("pixel_values")
         if pixels is not None and pixels.dtype == torch.uint8:
             out["pixel_values"] = self._pixels()[1](pixels).to(dtype)  # [patches, C * T * P * P]
@@ -307,7 +310,7 @@ class Recognizer:
         return [p for im in images for p in self._generate_safely([im], num_beams, max_new_tokens)]
 
     def _generate(self, images: list[Any], num_beams: int | None, max_new_tokens: int | None,
-                  enc: dict[str, Any] | None = None, pool: Any = None) -> Any:
+                  enc: list[dict[str, Any]] | None = None, pool: Any = None) -> Any:
         """Predictions for `images` (or a worker's encoding `enc` of them); with `pool`, as the pool's pending
         result (`.get()`): the workers finish the text while this process decodes the next batch."""
         beams = num_beams or self.num_beams

@@ -4,7 +4,7 @@ LaTeX) in worker processes.
     prep = Prep(processor, family, max_pixels=..., max_side=..., glyph_height=14)
     img = prep.load("eq.png")                       # RGB PIL image (raises TexocrError), in this process
     with PrepPool(prep, workers=8) as pool:
-        for enc, errors, kept in pool.prepare(chunks): ...   # per chunk of sources, in order, prefetched
+        for parts, errors, kept in pool.prepare(chunks): ...   # per chunk of sources, in order, prefetched
         preds = pool.finish(rows, logps, eos_ids, pad, elapsed).get()   # generated ids -> Predictions, in workers
 
 Why: on a GPU the decoder turns out a batch of 512 formulas in a fraction of a second, while one CPU core needs
@@ -149,14 +149,15 @@ class PrepPool:
         # fork: the processor is inherited, not pickled; the parent's CUDA context is never used by a worker
         self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_init, initargs=(prep,))
 
-    def prepare(self, chunks: Sequence[list[Any]]) -> Iterator[tuple[dict[str, torch.Tensor] | None,
+    def prepare(self, chunks: Sequence[list[Any]]) -> Iterator[tuple[list[dict[str, torch.Tensor]],
                                                                      list[tuple[int, Any]], list[int]]]:
-        """Per chunk of sources, in order: (its encoding, [(position, TexocrError)] of unreadable ones, positions
-        encoded). Each chunk is read, rescaled and encoded in pieces of `piece` sources by the workers, every
-        piece of every chunk queued at once: the workers prepare the next chunks while the caller decodes."""
+        """Per chunk of sources, in order: (its encoding as pieces to join with `concat_encodings`, [(position,
+        TexocrError)] of unreadable ones, positions encoded). Each chunk is read, rescaled and encoded in pieces of
+        `piece` sources by the workers, every piece of every chunk queued at once: the workers prepare the next
+        chunks while the caller decodes. The pieces are joined by the caller, on its device: one copy of the
+        pixels in this process (the host-to-device one) instead of a concatenation first."""
         pending = [[self.pool.apply_async(_prepare_piece, (chunk[i: i + self.piece],))
                     for i in range(0, len(chunk), self.piece)] for chunk in chunks]
-        pad_id = self.prep.pad_id()
         for pieces in pending:
             encs, errors, kept = [], [], []
             for k, piece in enumerate(pieces):
@@ -165,7 +166,7 @@ class PrepPool:
                 kept += [k * self.piece + j for j in ok]
                 if enc is not None:
                     encs.append(enc)
-            yield (concat_encodings(encs, pad_id) if encs else None), errors, kept
+            yield encs, errors, kept
 
     def finish(self, rows: list[list[int]], logps: list[list[float]], eos_ids: Sequence[int], pad: int | None,
                elapsed: float) -> _Joined:
