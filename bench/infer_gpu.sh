@@ -13,7 +13,8 @@
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
 #   eval_time.json       the same eval timed end to end (process start to exit: load, image reading, decode)
 #   phases.json          bench/infer_phases.py: ms per batch of each phase (read, encode, vision, prefill, decode...)
-# (BATCHES="1 512": other batch sizes; SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
+# (BATCHES="1 512": other batch sizes; PATHS=fast: without the plain path; REPEAT=32: the eval set 32 times over
+#  instead of 8; SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
 #   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast (SKIP_7B=1: not)
 #   infer_gpu.log        everything printed
 set -u
@@ -56,7 +57,7 @@ EOF
 fi
 
 section "bench: default model, plain vs fast"
-OUT= timeout 200 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast \
+OUT= timeout 200 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths "${PATHS:-plain,fast}" \
   --batches ${BATCHES:-1 32 128 512 1024} --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
@@ -71,19 +72,20 @@ fi
 [ "${SKIP_PHASES:-0}" = 1 ] || OUT= timeout 60 "$PY" bench/infer_phases.py --device cuda --data "$DATA" --batches 1 512 --rounds 3 \
   --json "$OUT/phases.json" >> "$LOG" 2>&1 || echo "phases: exit $?" >> "$LOG"
 
-section "texocr eval, end to end (the images 8 times over: long enough that start-up does not dominate)"
+REPEAT=${REPEAT:-8}
+section "texocr eval, end to end (the images $REPEAT times over: long enough that start-up does not dominate)"
 rm -rf /tmp/texocr-eval-gpu /tmp/texocr-eval-data
 mkdir -p /tmp/texocr-eval-data && cp -r "$DATA/images" /tmp/texocr-eval-data/
-for _ in 1 2 3 4 5 6 7 8; do cat "$DATA/labels.jsonl"; done > /tmp/texocr-eval-data/labels.jsonl
+for _ in $(seq "$REPEAT"); do cat "$DATA/labels.jsonl"; done > /tmp/texocr-eval-data/labels.jsonl
 start=$(date +%s.%N)
-timeout 90 "$PY" -m texocr eval --model default --data /tmp/texocr-eval-data --no-render --batch-size 512 --device cuda \
+timeout "${EVAL_S:-90}" "$PY" -m texocr eval --model default --data /tmp/texocr-eval-data --no-render --batch-size 512 --device cuda \
   --workers "$WORKERS" --out /tmp/texocr-eval-gpu >> "$LOG" 2>&1
 rc=$?
 end=$(date +%s.%N)
 n=$(wc -l < /tmp/texocr-eval-gpu/predictions.jsonl 2>/dev/null || echo 0)
 "$PY" -c "import json, sys; s, e, n, rc = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
 print(json.dumps({'exit': rc, 'images': n, 'wall_s': round(e - s, 2), 'images_per_s_end_to_end': round(n / (e - s), 1), \
-'data': sys.argv[5] + ' x8', 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" \
+'data': sys.argv[5] + ' x' + sys.argv[7], 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" "$REPEAT" \
   > "$OUT/eval_time.json" 2>> "$LOG" || true
 cp /tmp/texocr-eval-gpu/metrics.json "$OUT/eval_metrics.json" 2>> "$LOG" || true
 cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
