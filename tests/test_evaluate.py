@@ -167,7 +167,8 @@ def test_eval_command_writes_all_outputs(tiny_model_dir, eval_data, tmp_path, ca
     assert html.count(f"<th>{name}</th>") == 2 and html.count(f"<th>{name} #2</th>") == 2
     assert f"<code>{model}</code>" in html and f"<th>{model}</th>" not in html
     assert "skipped 1" in html  # the missing image is reported, not silently dropped
-    assert "exact_match" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exact_match" in printed and printed.count("seconds: load ") == 2 and ", generation " in printed
 
 
 def test_eval_without_data_is_a_clear_error(tmp_path, capsys):

@@ -78,6 +78,7 @@ def test_packing_is_exact_for_full_fine_tuning_and_the_models_own_loss(tiny_mode
 
 def test_pack_keeps_each_rows_tokens_positions_and_images(tiny_loaded) -> None:
     from texocr.data.collate import Collator
+    from texocr.models.qwen_speed import PixelNormalizer
 
     loaded = tiny_loaded("qwen2_vl")
     padded = dict(Collator(loaded, 1024, worker_side=True)(_samples()))  # worker-side: positions, unpacked
@@ -92,7 +93,9 @@ def test_pack_keeps_each_rows_tokens_positions_and_images(tiny_loaded) -> None:
         assert torch.equal(packed["labels"][0, row], padded["labels"][r, :n])
         assert torch.equal(packed["position_ids"][:, 0, row], padded["position_ids"][:, r, :n])
     assert torch.equal(packed["image_grid_thw"], padded["image_grid_thw"])
-    assert packed["pixel_values"].shape == padded["pixel_values"].shape
+    # the worker-side batch's patches are uint8, one frame each: normalized, the packed batch's floats
+    normalized = PixelNormalizer(loaded.processor.image_processor)(padded["pixel_values"])
+    torch.testing.assert_close(packed["pixel_values"], normalized, rtol=0, atol=1e-5)
 
 
 def test_pack_refuses_what_it_cannot_pack_exactly(tiny_loaded) -> None:

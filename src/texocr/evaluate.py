@@ -58,6 +58,8 @@ class EvalResult:
     confusions: list[tuple[str, str, int]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     """Samples whose `DeferredImage` turned out unreadable (left out of everything else, as a source skips)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where `score` spent its wall time: `generation` (inside `predict`), `other` (reading, ranking, metrics)."""
 
 
 class MemoRenderer:
@@ -113,6 +115,7 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     )
 
     cfg = eval_cfg or EvalConfig()
+    began = time.perf_counter()
     chunk_size = max(1, cfg.batch_size) * 4  # bounded memory for streamed sources, batches still grouped by shape
     it = iter(samples)
     ids: list[str] = []
@@ -168,7 +171,9 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     if worst is not None:
         images = worst.images(records)
     rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
-    return EvalResult(records, metrics, images, rendered, token_confusions(texts, refs), skipped)
+    confusions = token_confusions(texts, refs)
+    seconds = {"generation": gen_time, "other": time.perf_counter() - began - gen_time}
+    return EvalResult(records, metrics, images, rendered, confusions, skipped, seconds)
 
 
 def _readable(chunk: list[Sample], preds: list[Any], skipped: list[Skipped]) -> tuple[list[Sample], list[Any]]:
@@ -394,10 +399,12 @@ def main(args: argparse.Namespace) -> int:
 
     runs = []
     for m, a in [(model, adapter)] + ([(args.compare, args.compare_adapter)] if args.compare else []):
+        loading = time.perf_counter()
         rec = Recognizer.load(m, a, device=args.device, dtype=cfg.model.dtype, family=cfg.model.family,
                               min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels, **options)
         use_idle_cores(rec.device)
         rec.workers = args.workers if args.workers is not None else default_workers(rec.device)
+        scoring = time.perf_counter()
         try:
             res = score(rec, samples, replace(ev, **rec.settings()), renderer=renderer, keep_images=not runs,
                         image_limit=args.report_limit)
@@ -411,6 +418,8 @@ def main(args: argparse.Namespace) -> int:
         runs.append((m, a, res))
         line = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.metrics.items())
         print(f"{m}{' + ' + a if a else ''}: {line}")
+        took = {"load": scoring - loading, **res.seconds}  # where a run's wall time went (bench/infer.md)
+        print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in took.items()))
     notes = []
     if skipped:
         write_skipped(skipped, out / "skipped.jsonl")
