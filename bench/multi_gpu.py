@@ -36,6 +36,12 @@ def write_config(path: Path, model: Path, data: Path, out: Path, *, method: str,
     from train_speed import family_of
 
     dtype, precision = ("float32", '"no"') if cpu else ("bfloat16", "bf16")  # quoted: YAML reads no as false
+    if method == "full" and not cpu:
+        # float32 master weights under bf16 autocast: what accelerate's FSDP2 makes of trainable weights anyway
+        # (it upcasts them), so DDP and FSDP train the same numbers. A bf16-loaded model under DDP would update
+        # bf16 weights, where steps of lr 2e-5 mostly round away (the first one-GPU run: FSDP's loss fell 3x
+        # faster than DDP's over 14 steps).
+        dtype = "float32"
     path.write_text(f"""# bench/multi_gpu.py
 model: {{name_or_path: {model}, family: {family_of(model)}, method: {method}, lora_r: 16, lora_alpha: 16,
         gradient_checkpointing: true, dtype: {dtype}, attn_implementation: sdpa, max_length: 1024}}
