@@ -180,7 +180,7 @@ def _readable(chunk: list[Sample], preds: list[Any], skipped: list[Skipped]) -> 
     """`chunk` and its predictions without the samples whose `DeferredImage` cannot be read (added to `skipped`
     with the source's reason), so that a deferred source scores the same samples as a read one. Only samples that
     failed are read again here: a few, not the set."""
-    from texocr.sample import DeferredImage, Skipped
+    from texocr.sample import Skipped
 
     keep_s, keep_p = [], []
     for s, p in zip(chunk, preds):
