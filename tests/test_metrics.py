@@ -192,3 +192,22 @@ def test_prepare_tokens_in_worker_processes_gives_the_serial_tokens(monkeypatch)
     monkeypatch.setattr(metrics, "_TOKENS", {})
     assert all(list(parallel[s]) == metrics.tokens(s) for s in formulas)
     assert parallel["\\sqrt2"] == ("\\sqrt", "{", "2", "}")
+
+
+def test_bleu_counted_in_worker_processes_is_sacrebleus_corpus_bleu() -> None:
+    """`bleu4` with a pool sums sacrebleu's statistics over slices counted in other processes: the same score as
+    one `corpus_bleu` over every pair (slices of 500, so several are summed here)."""
+    import sacrebleu
+
+    from texocr import metrics
+
+    refs = [f"\\frac{{a_{i}}}{{b^{i % 7}}} + x^{{{i % 13}}}" for i in range(1600)]
+    preds = [r if i % 3 else r.replace("+", "-", 1) + " y" * (i % 4) for i, r in enumerate(refs)]
+    with metrics.metric_pool(10**6, workers=2) as pool:
+        assert pool is not None
+        parallel = metrics.bleu4(preds, refs, pool=pool)
+    hyps = [" ".join(metrics.tokens(p)) for p in preds]
+    lines = [" ".join(metrics.tokens(r)) for r in refs]
+    whole = sacrebleu.corpus_bleu(hyps, [lines], tokenize="none", smooth_method="none", force=True).score / 100
+    assert parallel == pytest.approx(whole, rel=1e-12) and parallel == pytest.approx(metrics.bleu4(preds, refs))
+    assert 0.3 < parallel < 1
