@@ -596,6 +596,8 @@ def train_grpo(cfg: Config, *, train_samples: list[Sample] | None, val_samples: 
     if length_fit is not None:
         metrics.update(length_fit.as_metrics())
     metrics["train_seconds"] = round(done_seconds + time.monotonic() - start, 1)
+    if torch.cuda.is_available() and str(loaded.device).startswith("cuda"):  # as `texocr train`'s metrics.json
+        metrics["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     final = out / ("model" if cfg.model.method == "full" else "adapter")
     loaded.model.save_pretrained(str(final))  # a PeftModel saves only its adapter
     loaded.processor.save_pretrained(str(final))
