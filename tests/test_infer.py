@@ -218,3 +218,28 @@ def test_glyph_height_enlarges_small_inputs(rec, tiny_loaded):
     assert p.error is None
     with pytest.raises(TexocrError, match="glyph_height"):
         Recognizer.from_loaded(tiny_loaded("qwen2_vl"), glyph_height=-3)
+
+
+def test_declared_size_reads_headers_without_decoding(tmp_path) -> None:
+    """The sort key's size: a PNG's from its IHDR (bytes or a file), a JPEG's through PIL, (0, 0) for what is not
+    an image; a DeferredImage's from the file or bytes it will read. The same sizes PIL reports."""
+    import io
+    from functools import partial
+
+    from PIL import Image
+
+    from texocr.data.images import load_image
+    from texocr.infer import _declared_size
+    from texocr.sample import DeferredImage
+
+    png, jpg = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (123, 45), "white").save(png, format="PNG")
+    Image.new("RGB", (67, 89), "white").save(jpg, format="JPEG")
+    (tmp_path / "a.png").write_bytes(png.getvalue())
+    assert _declared_size(png.getvalue()) == (123, 45) == _declared_size(str(tmp_path / "a.png"))
+    assert _declared_size(memoryview(png.getvalue())) == (123, 45)
+    assert _declared_size(jpg.getvalue()) == (67, 89)
+    assert _declared_size(DeferredImage(partial(load_image, tmp_path / "a.png"))) == (123, 45)
+    assert _declared_size(png.getvalue()[:20]) == (0, 0)  # a cut header: PIL cannot tell either
+    assert _declared_size(b"not an image") == (0, 0) and _declared_size(str(tmp_path / "missing.png")) == (0, 0)
+    assert _declared_size(Image.new("RGB", (5, 6))) == (5, 6)

@@ -385,6 +385,32 @@ def _sendable(src: Any) -> Any:
     return src.read() if hasattr(src, "read") else src
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(src: Any) -> tuple[int, int] | None:
+    """A PNG's (width, height) from its IHDR chunk (bytes 16-24), or None for anything else. PIL's `Image.open` takes
+    ~50-130 us per image for the same two numbers: for a GPU batch job of thousands of images, in the main process
+    before the first batch, that was a tenth of the run (bench/infer.md)."""
+    import os
+    import struct
+
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        head = bytes(src[:24])
+    elif isinstance(src, (str, os.PathLike)):
+        try:
+            with open(src, "rb") as f:
+                head = f.read(24)
+        except OSError:
+            return None
+    else:
+        return None
+    if len(head) < 24 or not head.startswith(_PNG) or head[12:16] != b"IHDR":
+        return None
+    w, h = struct.unpack(">II", head[16:24])
+    return (w, h) if w and h else None
+
+
 def _declared_size(src: Any) -> tuple[int, int]:
     """The size an input says it has without decoding it (a PIL image's, an encoded file's header); (0, 0) when
     it cannot tell (its worker then says why it is unreadable)."""
@@ -398,6 +424,9 @@ def _declared_size(src: Any) -> tuple[int, int]:
         src = src.loader.args[0] if src.loader.args else None
     if isinstance(src, Image.Image):
         return src.size
+    head = _png_size(src)
+    if head is not None:
+        return head
     try:
         with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as im:
             return im.size
