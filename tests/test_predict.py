@@ -152,3 +152,17 @@ def test_missing_model_directory_says_so(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     assert main(["predict", "--model", str(tmp_path / "file"), str(tmp_path / "a.png")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_predict_with_workers_reads_in_processes_and_answers_the_same(tiny_model_dir, messy_dir, capsys):
+    """`--workers N` (the default on a GPU) reads, rescales and encodes the images in N processes: the same text
+    or error per file as reading them in this process."""
+    d, good, bad = messy_dir
+    model = str(tiny_model_dir("qwen2_vl"))
+    runs = []
+    for workers in ("0", "2"):
+        assert main(["predict", "--model", model, str(d), "--json", "--workers", workers, "--batch-size", "2",
+                     *MAX_NEW]) == 2
+        runs.append({r["path"]: (r["text"], r["error"]) for r in map(json.loads, capsys.readouterr().out.splitlines())})
+    assert runs[0] == runs[1] and len(runs[0]) == len(good) + len(bad)
+    assert sum(err is None for _, err in runs[1].values()) == len(good)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
+from texocr.prep import WORKERS_HELP
 from texocr.sample import DeferredImage, read_image
 
 if TYPE_CHECKING:
@@ -280,14 +281,6 @@ class _Replayable:
         return bool(self.kept) or any(True for _ in islice(iter(self), 1))
 
 
-def default_workers(device: str) -> int:
-    """Image-preparing processes for a run on `device`: on a GPU one per spare core (at most 8), so that the
-    decoder never waits for images; on a CPU none (the cores decode)."""
-    import os
-
-    return min(8, (os.cpu_count() or 1) - 1) if str(device).startswith("cuda") else 0
-
-
 # ---------------------------------------------------------------- outputs
 
 
@@ -350,8 +343,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--workers", type=int, help="processes that read, rescale and encode images while the model "
-                                               "decodes (default: on a GPU min(8, cores - 1), on a CPU 0)")
+    p.add_argument("--workers", type=int, help=WORKERS_HELP)
     p.add_argument("--no-render", action="store_true", help="skip rendering (no image_match, no rendered predictions)")
     p.add_argument("--report-limit", type=int, default=200, help="samples shown in report.html (worst first)")
     p.set_defaults(_accepts_overrides=True)
@@ -363,6 +355,7 @@ def main(args: argparse.Namespace) -> int:
     from texocr.data.sources import format_skipped, open_source, write_skipped
     from texocr.infer import Recognizer
     from texocr.models.saved import OPTION_KEYS, explicit_keys
+    from texocr.prep import default_workers
 
     cfg = load_config(args.config, args.overrides)
     ev = cfg.eval

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
+from texocr.prep import WORKERS_HELP
 
 if TYPE_CHECKING:
     from texocr.infer import Prediction
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, help=saved % default.max_new_tokens)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--workers", type=int, help=WORKERS_HELP)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
 
 
@@ -149,11 +151,20 @@ def main(args: argparse.Namespace) -> int:
     writers = _Writers(args.tex_dir, args.render_dir)
     from texocr.cpu import use_idle_cores
     from texocr.infer import Recognizer
+    from texocr.prep import default_workers
 
     rec = Recognizer.load(args.model, args.adapter, device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                           glyph_height=args.glyph_height)
     use_idle_cores(rec.device)
+    rec.workers = args.workers if args.workers is not None else default_workers(rec.device)
+    try:
+        return _transcribe(rec, items, args, writers)
+    finally:
+        rec.close()
+
+
+def _transcribe(rec: Any, items: list[tuple[str, Any]], args: argparse.Namespace, writers: _Writers) -> int:
     ok = 0
     if args.stream:
         for name, src in items:

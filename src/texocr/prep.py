@@ -27,6 +27,19 @@ if TYPE_CHECKING:
     import torch
 
 
+WORKERS_HELP = ("processes that read, rescale and encode images while the model decodes (default: on a GPU "
+                "min(8, cores - 1), on a CPU 0)")
+"""`--workers` of the commands that read many images (`texocr eval`, `texocr predict`)."""
+
+
+def default_workers(device: str) -> int:
+    """Image-preparing processes for a run on `device`: on a GPU one per spare core (at most 8), so that the
+    decoder never waits for images; on a CPU none (the cores decode)."""
+    import os
+
+    return min(8, (os.cpu_count() or 1) - 1) if str(device).startswith("cuda") else 0
+
+
 def source_name(src: Any) -> str:
     """How an input is named in messages: its path, a file object's name, or what kind of object it is."""
     from pathlib import Path
