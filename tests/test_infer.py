@@ -243,3 +243,20 @@ def test_declared_size_reads_headers_without_decoding(tmp_path) -> None:
     assert _declared_size(png.getvalue()[:20]) == (0, 0)  # a cut header: PIL cannot tell either
     assert _declared_size(b"not an image") == (0, 0) and _declared_size(str(tmp_path / "missing.png")) == (0, 0)
     assert _declared_size(Image.new("RGB", (5, 6))) == (5, 6)
+
+
+def test_a_small_model_on_a_gpu_gets_a_gpu_sized_batch_unless_one_is_named(tiny_model_dir) -> None:
+    """With no batch size from the caller or the saved run: 512 for a small model on CUDA, the CPU default
+    elsewhere and for large models; a named batch size always wins."""
+    from texocr.config import EvalConfig
+    from texocr.infer import Recognizer, default_batch_size
+
+    assert default_batch_size("cuda:0", 10_000_000) == 512 and default_batch_size("cuda", 7_000_000_000) is None
+    assert default_batch_size("cpu", 10_000_000) is None
+    from texocr.infer import SMALL_MODEL_GPU_BATCH
+    from texocr.prep import BATCH_HELP  # what --batch-size's help promises
+
+    assert f"{SMALL_MODEL_GPU_BATCH} for a model" in BATCH_HELP and f"{EvalConfig().batch_size} otherwise" in BATCH_HELP
+    model = str(tiny_model_dir("qwen2_vl"))
+    assert Recognizer.load(model, device="cpu").batch_size == EvalConfig().batch_size
+    assert Recognizer.load(model, device="cpu", batch_size=3).batch_size == 3

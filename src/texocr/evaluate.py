@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
-from texocr.prep import WORKERS_HELP
+from texocr.prep import BATCH_HELP, WORKERS_HELP
 from texocr.sample import DeferredImage, read_image
 
 if TYPE_CHECKING:
@@ -338,7 +338,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", metavar="OTHER_MODEL", help="also evaluate this model and show both side by side")
     p.add_argument("--compare-adapter", help="adapter for --compare")
     p.add_argument("--config", help="a YAML config; dotted overrides follow (--eval.batch_size 8)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help=BATCH_HELP)
     p.add_argument("--num-beams", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
-from texocr.prep import WORKERS_HELP
+from texocr.prep import BATCH_HELP, WORKERS_HELP
 
 if TYPE_CHECKING:
     from texocr.infer import Prediction
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     default = EvalConfig()
     saved = "default: what the model's run saved, else %s"
-    p.add_argument("--batch-size", type=int, help=saved % default.batch_size)
+    p.add_argument("--batch-size", type=int, help=BATCH_HELP)
     p.add_argument("--num-beams", type=int, help=saved % default.num_beams)
     p.add_argument("--max-new-tokens", type=int, help=saved % default.max_new_tokens)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)

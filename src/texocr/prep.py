@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 WORKERS_HELP = ("processes that read, rescale and encode images while the model decodes (default: on a GPU "
                 "min(8, cores - 1), on a CPU 0)")
 """`--workers` of the commands that read many images (`texocr eval`, `texocr predict`)."""
+BATCH_HELP = ("images per model call (default: what the model's run saved, else 512 for a model under 100 M "
+              "parameters on a GPU, 16 otherwise)")
+"""`--batch-size` of the same commands (`texocr.infer.default_batch_size`)."""
 
 
 def default_workers(device: str) -> int:
