@@ -105,6 +105,8 @@ def test_score_of_deferred_images_shows_the_same_report_images(tmp_path):
         _img(label).save(tmp_path / f"{i}.png")
 
     class ByPath(ScriptedRecognizer):
+        workers = 2  # reads images in its own processes: they reach it unread
+
         def predict(self, images, **kwargs):
             assert all(isinstance(im, DeferredImage) for im in images)  # nothing was read for it
             return [Prediction(self.answers[labels[int(im.path.stem)]], score=-0.1, time_s=0.02, tokens=3)
@@ -118,6 +120,21 @@ def test_score_of_deferred_images_shows_the_same_report_images(tmp_path):
     assert [i for i, png in enumerate(lazy.images) if png is not None] == sorted(shown)
     assert all(lazy.images[i] == full.images[i] for i in shown)
     assert [{**r, "stop": ""} for r in lazy.predictions] == [{**r, "stop": ""} for r in full.predictions]
+
+    class InProcess(ScriptedRecognizer):
+        workers = 0  # reads images itself: score's prefetch thread reads them ahead, the next chunk's too
+
+        seen = 0  # score hands the samples over in order: the i-th image is labels[i]
+
+        def predict(self, images, **kwargs):
+            assert all(isinstance(im, Image.Image) for im in images)
+            out = [Prediction(self.answers[lab], score=-0.1, time_s=0.02, tokens=3) if lab in self.answers
+                   else Prediction("", error="boom") for lab in labels[self.seen: self.seen + len(images)]]
+            self.seen += len(images)
+            return out
+
+    ahead = score(InProcess(answers), deferred, cfg, keep_images=True, image_limit=4)
+    assert ahead.metrics == {**lazy.metrics, **{k: ahead.metrics[k] for k in TIMING_KEYS}}
 
 
 def test_token_diff_and_order():

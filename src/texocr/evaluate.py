@@ -128,7 +128,9 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     worst = _WorstImages(image_limit) if keep_images and image_limit is not None else None
 
     def chunks() -> Iterator[list[Sample]]:
-        yield from _prefetched_chunks(it if cfg.limit is None else islice(it, cfg.limit), chunk_size)
+        # a recognizer without worker processes reads images itself: the prefetch thread reads them ahead instead
+        ahead = not getattr(recognizer, "workers", 0)
+        yield from _prefetched_chunks(it if cfg.limit is None else islice(it, cfg.limit), chunk_size, ahead)
         while cfg.limit is not None and len(ids) < cfg.limit:  # unreadable deferred images: top up from the rest
             more = list(islice(it, cfg.limit - len(ids)))
             if not more:
@@ -249,13 +251,22 @@ class _WorstImages:
         return [self.png.get(i) for i in range(n)]
 
 
-def _prefetched_chunks(it: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
-    """Lists of up to `size` samples; the next list is read (images decoded by the source) in a background thread
-    while the caller generates on this one, so the accelerator does not wait for the reading between chunks."""
+def _prefetched_chunks(it: Iterator[Sample], size: int, read_images: bool = False) -> Iterator[list[Sample]]:
+    """Lists of up to `size` samples; the next list is read in a background thread while the caller generates on
+    this one, so the accelerator does not wait for the reading between chunks. `read_images`: the samples'
+    `DeferredImage`s are read there too (as new Samples; an unreadable one stays deferred, for `_readable`)."""
     from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    def loaded(s: Sample) -> Sample:
+        try:
+            return replace(s, image=s.image.load()) if isinstance(s.image, DeferredImage) else s
+        except TexocrError:
+            return s
 
     def read() -> list[Sample]:
-        return list(islice(it, size))
+        chunk = list(islice(it, size))
+        return [loaded(s) for s in chunk] if read_images else chunk
 
     with ThreadPoolExecutor(1, thread_name_prefix="texocr-read") as reader:
         pending = reader.submit(read)
