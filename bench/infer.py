@@ -59,7 +59,8 @@ def build_random_qwen2_vl(device: str, arch: str = "qwen2_vl-2b"):  # -> (model,
     return model.eval(), processor, get_family("qwen2_vl")
 
 
-def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_height: float | None = None):
+def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_height: float | None = None,
+                    dtype: str | None = None):
     from texocr.infer import Recognizer, pick_device
 
     device = pick_device(device)
@@ -70,7 +71,8 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
         from texocr.models.tiny import build_tiny
 
         model = str(build_tiny("qwen2_vl", Path(tempfile.mkdtemp(prefix="texocr-bench-tiny-"))))
-    return Recognizer.load(model, device=device, max_new_tokens=max_new_tokens, glyph_height=glyph_height), device
+    return Recognizer.load(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                           glyph_height=glyph_height), device
 
 
 def formula_images(n: int, seed: int = 0) -> list:
@@ -167,6 +169,9 @@ def main() -> None:
     ap.add_argument("--data", help="a labelled folder whose images to use (e.g. runs/im2latex-test from "
                                    "scripts/heldout.py render) instead of drawn text")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                    help="a saved model's dtype (default: its own; float32 on a GPU separates the paths' rounding "
+                         "from their algorithm when counting `differ`)")
     ap.add_argument("--glyph-height", type=float, default=None, metavar="PX",
                     help="Recognizer(glyph_height=PX): enlarge small inputs (the time counts)")
     ap.add_argument("--paths", default="fast", help="comma-separated: plain (generate), fast (texocr's greedy loop; "
@@ -189,7 +194,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height)
+    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype)
     load_s = time.perf_counter() - t0
     greedy = rec._greedy_decoder()
     if args.no_fast_paths and greedy is not None:
