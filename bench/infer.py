@@ -183,6 +183,9 @@ def main() -> None:
     ap.add_argument("--no-fast-paths", action="store_true",
                     help="the fast greedy loop without its CPU fast paths (compact_vision, compact_prefill): "
                          "the model's own vision forward and one padded prefill")
+    ap.add_argument("--gpu-fast-vision", action="store_true",
+                    help="on CUDA, the fast loop's vision tower through compact_vision.FastVision (one varlen Flash "
+                         "Attention call per layer) instead of the model's forward (GreedyDecoder gpu_fast_vision)")
     args = ap.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if not set(paths) <= {"plain", "fast"}:
@@ -197,6 +200,11 @@ def main() -> None:
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype)
     load_s = time.perf_counter() - t0
     greedy = rec._greedy_decoder()
+    if args.gpu_fast_vision and greedy is not None and device.startswith("cuda"):
+        from texocr.models.compact_vision import FastVision
+
+        visual = rec.model.model.visual
+        greedy.fast_vision = FastVision(visual) if FastVision.supports(visual) else None
     if args.no_fast_paths and greedy is not None:
         greedy.fast_vision, greedy.group_prefill = None, False
     params = sum(p.numel() for p in rec.model.parameters())

@@ -9,6 +9,7 @@
 #   env.txt              GPU, driver, torch / transformers versions
 #   infer_default.json   bench/infer.py rows: shipped model, plain (`generate`) vs fast (static CUDA-graph loop),
 #                        batch 1 32 128 512 1024: images/s, p50/p95 latency, tokens/s, `differ` (fast vs plain)
+#   infer_gfv.json       batch 1 and 512 with --gpu-fast-vision (SKIP_GFV=1: not): the opt-in vision path, timed
 #   infer_fp32.json      the same at batch 512 in float32 (SKIP_FP32=1: not): `differ` without bf16 rounding
 #   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
@@ -68,6 +69,13 @@ if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer
     --paths fast --batches 1 128 512 --max-new-tokens 256 --workers "$WORKERS" \
     --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
 fi
+
+[ "${SKIP_GFV:-0}" = 1 ] || {
+section "bench: fast path with the vision tower through FastVision on the GPU (--gpu-fast-vision), vs plain"
+OUT= timeout 90 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast --gpu-fast-vision \
+  --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" --json "$OUT/infer_gfv.json" >> "$LOG" 2>&1 \
+  || echo "bench gpu-fast-vision: exit $?" >> "$LOG"
+}
 
 [ "${SKIP_FP32:-0}" = 1 ] || {
 section "bench: plain vs fast in float32 (differ: the algorithm, without bf16 rounding)"

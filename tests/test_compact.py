@@ -518,6 +518,32 @@ def test_fast_vision_equals_the_models_vision_tower(compact_models, which: int) 
                 core.visual.patch_embed.proj.weight.div_(2.0)
 
 
+@pytest.mark.gpu
+def test_fast_vision_on_a_gpu_matches_the_models_tower_in_bf16(compact_models) -> None:
+    """On CUDA in bf16 FastVision's attention is one varlen Flash Attention call for all images
+    (`GreedyDecoder(gpu_fast_vision=True)`): the model's own tower's output within bf16 rounding. Run on the GPU
+    machine with `pytest -m gpu tests/test_compact.py`."""
+    import copy
+
+    import torch
+
+    from texocr.models import packing
+    from texocr.models.compact_vision import FastVision
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _, model, proc, fam, _ = compact_models[1]
+    core = copy.deepcopy(model).to("cuda", torch.bfloat16).model  # the shared fixture stays on the CPU
+    fast = FastVision(core.visual)
+    enc = fam.encode_for_generation(proc, _images())
+    pixels, grid = enc["pixel_values"].to("cuda", torch.bfloat16), enc["image_grid_thw"].to("cuda")
+    with torch.inference_mode():
+        ref = torch.cat(core.get_image_features(pixels, grid).pooler_output).float()
+        out = fast(pixels, grid).float()
+    assert not packing._FLASH_FAILED  # the varlen kernel ran
+    assert (out - ref).norm() / ref.norm() < 2e-2
+
+
 def test_prefill_groups_are_the_cheapest_split() -> None:
     """The dynamic program's groups cost no more than any split of the sorted rows into contiguous runs."""
     import itertools

@@ -160,7 +160,8 @@ class GreedyDecoder:
 
     def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int | None = None,
                  static: bool | None = None, graphs: bool | None = None, sync_every: int = 8,
-                 max_shapes: int = 6, fast_vision: bool = True, group_prefill: bool = True) -> None:
+                 max_shapes: int = 6, fast_vision: bool = True, group_prefill: bool = True,
+                 gpu_fast_vision: bool = False) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
         `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
@@ -170,7 +171,9 @@ class GreedyDecoder:
         host checks of "all rows done". `max_shapes`: static shapes (buffers + graph) kept; the least recently
         used beyond it are freed.
         `fast_vision` (CPU): run the vision tower through `compact_vision.FastVision` (fewer, larger ops) where
-        it supports the model, else its own forward. `group_prefill` (CPU): prefill a padded batch in groups of
+        it supports the model, else its own forward. `gpu_fast_vision`: the same on CUDA (its attention one
+        varlen Flash Attention call), instead of the model's forward with `qwen_speed`'s batched attention; off
+        until measured on a GPU (bench/infer.py --gpu-fast-vision). `group_prefill` (CPU): prefill a padded batch in groups of
         similar prompt length (`compact_prefill`)."""
         from texocr.models.compact_vision import FastVision
 
@@ -193,7 +196,8 @@ class GreedyDecoder:
         self.max_shapes = max(1, max_shapes)
         self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
         visual = model.model.visual
-        self.fast_vision = FastVision(visual) if fast_vision and not cuda and FastVision.supports(visual) else None
+        wanted = gpu_fast_vision if cuda else fast_vision
+        self.fast_vision = FastVision(visual) if wanted and FastVision.supports(visual) else None
         self.group_prefill = group_prefill and not cuda
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
@@ -334,12 +338,12 @@ class GreedyDecoder:
         feats, offset = [], 0
         for i in range(0, len(patches), self.vision_batch):
             n = sum(patches[i: i + self.vision_batch])
-            if pixels.device.type == "cuda":  # one padded attention call per layer, not one per image
+            if self.fast_vision is not None:
+                feats.append(self.fast_vision(pixels[offset: offset + n], grid[i: i + self.vision_batch]))
+            elif pixels.device.type == "cuda":  # one padded attention call per layer, not one per image
                 with batched_vision_attention(max(patches[i: i + self.vision_batch])):
                     out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
                 feats.extend(out.pooler_output)
-            elif self.fast_vision is not None:
-                feats.append(self.fast_vision(pixels[offset: offset + n], grid[i: i + self.vision_batch]))
             else:
                 out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
                 feats.extend(out.pooler_output)

@@ -15,6 +15,8 @@ attention of each image. Here:
   - attention stays one SDPA call per image, on views of the packed q/k/v: one padded call with a key mask for
     all images (`qwen_speed.batch_vision_attention`, which pays on a GPU in training) was 1.5x slower than
     per-image calls on this CPU (the scatter into the padded block and the mask cost more than the calls).
+On a GPU in 16 bits (`GreedyDecoder(gpu_fast_vision=True)`, opt-in until measured there) the attention of
+every image is one variable-length Flash Attention call (`packing.flash_varlen`) instead.
 Layer norms, the MLPs, the merger and the weights are the model's own modules. The result equals the model's
 own `get_image_features` up to float rounding (tests/test_compact.py); the predictions of the shipped model on
 the 589 published im2latex images are the same (bench/compact.md, "CPU fast paths").
@@ -77,6 +79,8 @@ class FastVision:
         import torch.nn.functional as F
         from transformers.vision_utils import get_vision_position_ids
 
+        from texocr.models.packing import flash_varlen
+
         vis = self.visual
         sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()  # patches per image (one segment: t = 1)
         segments = [h * w for t, h, w in grid.tolist() for _ in range(t)]  # attention segments (frames)
@@ -88,18 +92,22 @@ class FastVision:
         half = cos.shape[-1] // 2
         signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, :]  # [N, 1, hd]
         cos = cos[:, None, :]
-        bounds = torch.tensor([0] + segments).cumsum(0).tolist()
+        cu = torch.tensor([0] + segments).cumsum(0)  # [segments + 1] starts
+        bounds, longest = cu.tolist(), max(segments)
         for block in vis.blocks:
             at = block.attn
             h = at.qkv(block.norm1(x)).view(n, 3, at.num_heads, -1)  # [N, 3, H, hd]
             qk = h[:, :2]
             qk = qk * cos[:, None] + qk.roll(half, dims=-1) * signed_sin[:, None]  # [N, 2, H, hd] (rotary)
-            q, k, v = (t.transpose(0, 1)[None] for t in (qk[:, 0], qk[:, 1], h[:, 2]))  # [1, H, N, hd] views
-            o = x.new_empty(n, at.num_heads, q.shape[-1])  # [N, H, hd]
-            for s, e in itertools.pairwise(bounds):  # one image (frame) at a time, as transformers' SDPA path
-                o[s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
-                                                        scale=at.scaling)[0].transpose(0, 1)
-            o = o.view(n, -1)
+            # on a GPU in 16 bits: every image in one variable-length Flash Attention call ([N, H, hd] each)
+            o = flash_varlen(qk[:, 0], qk[:, 1], h[:, 2], cu, longest, at.scaling, causal=False)
+            if o is None:
+                q, k, v = (t.transpose(0, 1)[None] for t in (qk[:, 0], qk[:, 1], h[:, 2]))  # [1, H, N, hd] views
+                o = x.new_empty(n, at.num_heads, q.shape[-1])  # [N, H, hd]
+                for s, e in itertools.pairwise(bounds):  # one image (frame) at a time, as transformers' SDPA path
+                    o[s:e] = F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                            scale=at.scaling)[0].transpose(0, 1)
+            o = o.reshape(n, -1).to(x.dtype)
             x = x + at.proj(o)
             x = x + block.mlp(block.norm2(x))
         return vis.merger(x)  # [N / m^2, D]
