@@ -260,7 +260,7 @@ def _prefetched_chunks(it: Iterator[Sample], size: int, read_images: bool = Fals
 
     def loaded(s: Sample) -> Sample:
         try:
-            return replace(s, image=s.image.load()) if isinstance(s.image, DeferredImage) else s
+            return replace(s, image=read_image(s.image))
         except TexocrError:
             return s
 

@@ -438,7 +438,7 @@ def _declared_size(src: Any) -> tuple[int, int]:
     from texocr.sample import DeferredImage
 
     if isinstance(src, DeferredImage):  # the file or bytes it will read (an InkML file has no image header: (0, 0))
-        src = src.loader.args[0] if src.loader.args else None
+        src = src.source
     if isinstance(src, Image.Image):
         return src.size
     head = _png_size(src)

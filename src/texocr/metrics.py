@@ -85,15 +85,12 @@ def prepare_tokens(strings: Sequence[str], workers: int | None = None, *, pool: 
     of `workers`, when there are thousands): an evaluation of tens of thousands of formulas would otherwise spend
     more time here than a GPU spends reading them (bench/infer.md)."""
     todo = _unknown(strings)
-    if pool is None:
-        with metric_pool(len(todo), workers) as own:
-            if own is not None:
-                return prepare_tokens(todo, pool=own)
-        for s in todo:
-            tokens(s)
-        return
-    for s, toks in zip(todo, pool.map(_split_normalized, todo, chunksize=max(1, len(todo) // 64))):
-        _TOKENS[s] = toks
+    with contextlib.nullcontext(pool) if pool is not None else metric_pool(len(todo), workers) as use:
+        if use is None:
+            for s in todo:
+                tokens(s)
+        else:
+            _TOKENS.update(zip(todo, use.map(_split_normalized, todo, chunksize=max(1, len(todo) // 64))))
 
 
 def _split_normalized(s: str) -> tuple[str, ...]:

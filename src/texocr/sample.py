@@ -45,10 +45,14 @@ class DeferredImage:
         return self.loader()
 
     @property
+    def source(self) -> Any:
+        """What the loader reads (its first argument: a path, bytes, strokes), or None."""
+        return self.loader.args[0] if self.loader.args else None
+
+    @property
     def path(self) -> Path | None:
-        """The file it reads, when the loader reads one (its first argument); else None."""
-        first = self.loader.args[0] if self.loader.args else None
-        return Path(first) if isinstance(first, (str, os.PathLike)) else None
+        """The file it reads, when the loader reads one; else None."""
+        return Path(self.source) if isinstance(self.source, (str, os.PathLike)) else None
 
 
 def read_image(image: Image.Image | DeferredImage | Any) -> Any:
