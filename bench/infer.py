@@ -75,6 +75,24 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
                            glyph_height=glyph_height), device
 
 
+LEVERS = ("gfv", "norm", "compile")
+"""Opt-in levers of the fast loop, named in --paths as fast+LEVER (GreedyDecoder's gpu_fast_vision, fused_norm,
+compile_step), measured side by side with the plain fast path before one becomes a default."""
+
+
+def set_levers(greedy, levers: list[str], device: str, no_fast_paths: bool = False) -> None:
+    """Switch `greedy`'s opt-in levers to `levers` (LEVERS), dropping its static shapes: their captured graphs
+    ran the previous settings."""
+    from texocr.models.compact_vision import FastVision
+
+    visual = greedy.model.model.visual
+    if device.startswith("cuda") and not no_fast_paths:  # on a CPU FastVision is already the default
+        greedy.fast_vision = FastVision(visual) if "gfv" in levers and FastVision.supports(visual) else None
+    greedy.fused_norm = "norm" in levers
+    greedy.compile_step = "compile" in levers
+    greedy._shapes.clear()
+
+
 def formula_images(n: int, seed: int = 0) -> list:
     """Formula-shaped PIL images with drawn text: half 448x112, half of varied size (grouping matters)."""
     from PIL import Image, ImageDraw
@@ -175,7 +193,10 @@ def main() -> None:
     ap.add_argument("--glyph-height", type=float, default=None, metavar="PX",
                     help="Recognizer(glyph_height=PX): enlarge small inputs (the time counts)")
     ap.add_argument("--paths", default="fast", help="comma-separated: plain (generate), fast (texocr's greedy loop; "
-                                                     "static CUDA graphs on a GPU); each batch size runs through each")
+                                                     "static CUDA graphs on a GPU); each batch size runs through each. "
+                                                     "fast+LEVER[+LEVER]: the fast loop with opt-in levers: gfv (CUDA: "
+                                                     "the vision tower through compact_vision.FastVision), norm "
+                                                     "(fused RMSNorm), compile (torch.compile of the decode step)")
     ap.add_argument("--workers", type=int, default=0, help="Recognizer.workers: processes that read and encode "
                                                          "images (then images are passed as PNG bytes)")
     ap.add_argument("--stream", action="store_true", help="also time one predict call over all images of a batch "
@@ -183,13 +204,12 @@ def main() -> None:
     ap.add_argument("--no-fast-paths", action="store_true",
                     help="the fast greedy loop without its CPU fast paths (compact_vision, compact_prefill): "
                          "the model's own vision forward and one padded prefill")
-    ap.add_argument("--gpu-fast-vision", action="store_true",
-                    help="on CUDA, the fast loop's vision tower through compact_vision.FastVision (one varlen Flash "
-                         "Attention call per layer) instead of the model's forward (GreedyDecoder gpu_fast_vision)")
     args = ap.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if not set(paths) <= {"plain", "fast"}:
-        raise SystemExit(f"--paths: plain and/or fast, not {args.paths}")
+    for path in paths:
+        base, *levers = path.split("+")
+        if base not in ("plain", "fast") or not set(levers) <= set(LEVERS) or (base == "plain" and levers):
+            raise SystemExit(f"--paths: plain, fast or fast+{'|'.join(LEVERS)}..., not {path}")
 
     import torch
     import transformers
@@ -200,11 +220,6 @@ def main() -> None:
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype)
     load_s = time.perf_counter() - t0
     greedy = rec._greedy_decoder()
-    if args.gpu_fast_vision and greedy is not None and device.startswith("cuda"):
-        from texocr.models.compact_vision import FastVision
-
-        visual = rec.model.model.visual
-        greedy.fast_vision = FastVision(visual) if FastVision.supports(visual) else None
     if args.no_fast_paths and greedy is not None:
         greedy.fast_vision, greedy.group_prefill = None, False
     params = sum(p.numel() for p in rec.model.parameters())
@@ -224,7 +239,9 @@ def main() -> None:
         images = as_png(images) if args.workers else images
         first: list[str] | None = None
         for path in paths:
-            rec.fast_decode = path == "fast"
+            rec.fast_decode = path != "plain"
+            if greedy is not None and rec.fast_decode:
+                set_levers(greedy, path.split("+")[1:], device, args.no_fast_paths)
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             try:

@@ -9,7 +9,8 @@
 #   env.txt              GPU, driver, torch / transformers versions
 #   infer_default.json   bench/infer.py rows: shipped model, plain (`generate`) vs fast (static CUDA-graph loop),
 #                        batch 1 32 128 512 1024: images/s, p50/p95 latency, tokens/s, `differ` (fast vs plain)
-#   infer_gfv.json       batch 1 and 512 with --gpu-fast-vision (SKIP_GFV=1: not): the opt-in vision path, timed
+#                        and the opt-in levers (PATHS, default plain,fast,fast+norm,fast+gfv+norm; bench/infer.py)
+#   infer_compile.json   batch 1 and 512: fast vs fast+compile (SKIP_COMPILE=1: not; COMPILE_S: its time limit)
 #   infer_fp32.json      the same at batch 512 in float32 (SKIP_FP32=1: not): `differ` without bf16 rounding
 #   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
@@ -59,7 +60,8 @@ EOF
 fi
 
 section "bench: default model, plain vs fast"
-OUT= timeout 200 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths "${PATHS:-plain,fast}" \
+OUT= timeout 260 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
+  --paths "${PATHS:-plain,fast,fast+norm,fast+gfv+norm}" \
   --batches ${BATCHES:-1 32 128 512 1024} --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
@@ -70,11 +72,11 @@ if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer
     --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
 fi
 
-[ "${SKIP_GFV:-0}" = 1 ] || {
-section "bench: fast path with the vision tower through FastVision on the GPU (--gpu-fast-vision), vs plain"
-OUT= timeout 90 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast --gpu-fast-vision \
-  --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" --json "$OUT/infer_gfv.json" >> "$LOG" 2>&1 \
-  || echo "bench gpu-fast-vision: exit $?" >> "$LOG"
+[ "${SKIP_COMPILE:-0}" = 1 ] || {
+section "bench: the decode step through torch.compile (fast+compile), vs fast"
+OUT= timeout "${COMPILE_S:-150}" "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
+  --paths fast,fast+compile,fast+gfv+norm+compile --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" \
+  --json "$OUT/infer_compile.json" >> "$LOG" 2>&1 || echo "bench compile: exit $?" >> "$LOG"
 }
 
 [ "${SKIP_FP32:-0}" = 1 ] || {

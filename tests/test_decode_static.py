@@ -358,3 +358,23 @@ def test_a_failed_worker_encoded_batch_is_read_again_and_generated_image_by_imag
     assert failed == [4]
     assert [(p.text, p.tokens, p.error) for p in a] == [(p.text, p.tokens, p.error) for p in b]
     assert all(p.batch_size == 1 for p in b)  # generated one by one after the batch failed
+
+
+def test_static_mode_levers_keep_the_tokens(compact_models) -> None:
+    """The opt-in GPU levers, run on the CPU in float32 where they change no rounding that matters: the decode
+    step through torch.compile (Inductor's generated code, not the eager ops) and the fused RMSNorm give the
+    dynamic loop's tokens for a left-padded batch whose rows finish at different steps."""
+    import torch
+
+    from texocr.models.compact_decode import GreedyDecoder
+
+    _, model, proc, fam, _ = compact_models[0]
+    kw = fam.generation_kwargs(proc)
+    enc = fam.encode_for_generation(proc, _images())
+    ref = _run(_decoder(model, False), enc, kw, max_new_tokens=24, min_new_tokens=24)
+    dec = GreedyDecoder(model, static=True, graphs=False, fused_norm=True, compile_step=True)
+    out = _run(dec, enc, kw, max_new_tokens=24, min_new_tokens=24)
+    assert dec.compile_step and dec._compiled is not None  # the compiled step ran (no silent fallback)
+    assert torch.equal(out.tokens, ref.tokens)
+    assert len({tuple(r) for r in ref.tokens.tolist()}) > 1
+    assert torch.allclose(out.logprobs, ref.logprobs, atol=1e-5)

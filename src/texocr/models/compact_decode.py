@@ -161,7 +161,7 @@ class GreedyDecoder:
     def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int | None = None,
                  static: bool | None = None, graphs: bool | None = None, sync_every: int = 8,
                  max_shapes: int = 6, fast_vision: bool = True, group_prefill: bool = True,
-                 gpu_fast_vision: bool = False) -> None:
+                 gpu_fast_vision: bool = False, fused_norm: bool = False, compile_step: bool = False) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
         `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
@@ -173,8 +173,13 @@ class GreedyDecoder:
         `fast_vision` (CPU): run the vision tower through `compact_vision.FastVision` (fewer, larger ops) where
         it supports the model, else its own forward. `gpu_fast_vision`: the same on CUDA (its attention one
         varlen Flash Attention call), instead of the model's forward with `qwen_speed`'s batched attention; off
-        until measured on a GPU (bench/infer.py --gpu-fast-vision). `group_prefill` (CPU): prefill a padded batch in groups of
-        similar prompt length (`compact_prefill`)."""
+        until measured on a GPU (bench/infer.py --paths fast+gfv). `group_prefill` (CPU): prefill a padded batch in
+        groups of similar prompt length (`compact_prefill`).
+        `fused_norm`: RMSNorm as torch's `F.rms_norm` (one fused kernel on CUDA instead of ~7 small ones; the
+        weight is applied before the one rounding to 16 bits, not after, so bf16 results can differ in near ties).
+        `compile_step` (static mode; for CUDA): the decode step through `torch.compile` (Inductor fuses its ~100
+        small kernels) before it is captured in a CUDA graph; costs a compilation per static shape. Both opt-in
+        until measured on a GPU (bench/infer.py --paths fast+norm, fast+compile)."""
         from texocr.models.compact_vision import FastVision
 
         text = model.model.language_model
@@ -199,6 +204,9 @@ class GreedyDecoder:
         wanted = gpu_fast_vision if cuda else fast_vision
         self.fast_vision = FastVision(visual) if wanted and FastVision.supports(visual) else None
         self.group_prefill = group_prefill and not cuda
+        self.fused_norm = fused_norm
+        self.compile_step = compile_step
+        self._compiled: Callable[[_Static], None] | None = None
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -460,9 +468,17 @@ class GreedyDecoder:
                 torch.cat([lg for _, _, _, lg in scored]), dim=-1)
         return GreedyOutput(tokens, logprobs)
 
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm: `_rms` (the model's own arithmetic), or torch's fused kernel under `fused_norm`."""
+        if self.fused_norm:
+            import torch.nn.functional as F
+
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return _rms(x, weight, eps)
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """Last hidden states [B, D] -> float32 logits [B, V] (what `generate` scores)."""
-        return self.lm_head(_rms(h, self.norm, self.eps)).float()
+        return self.lm_head(self._norm(h, self.norm, self.eps)).float()
 
     # ------------------------------------------------------------ static mode (CUDA graphs)
 
@@ -480,11 +496,12 @@ class GreedyDecoder:
         last = h.new_zeros((s.nxt.shape[0], h.shape[-1]))  # [B, D]; padded rows stay zero (and done)
         last[:batch] = h[:, -1]
         self._choose(s, last)
+        step_fn = self._compiled_step() if self.compile_step else self._step
         for step in range(1, max_new):
             if s.graph is not None:
                 s.graph.replay()
             else:
-                self._step(s)
+                step_fn(s)
             if step % self.sync_every == 0 and bool(s.done[:batch].all()):  # the one host sync
                 break
         return GreedyOutput(s.tokens[:batch, :max_new].clone(), s.logprobs[:batch, :max_new].clone())
@@ -517,12 +534,34 @@ class GreedyDecoder:
         if self.graphs and dev.type == "cuda":
             s.valid[:, 0] = True  # a harmless state for the warm-up steps (count 1, slot 0, all rows done)
             try:
-                s.graph = _capture(lambda: self._step(s))
+                s.graph = self._capture_step(s)
             except RuntimeError as e:  # the static step still runs, eagerly
                 log.warning("CUDA graph capture failed (%s); decoding without graphs", e)
                 self.graphs = False
         self._shapes[key] = s
         return s
+
+    def _capture_step(self, s: _Static) -> Any:
+        """`s`'s step captured in a CUDA graph; compiled first under `compile_step`, and if compiling fails
+        (no Triton, a Dynamo limit), said once and captured eagerly."""
+        if self.compile_step:
+            try:
+                compiled = self._compiled_step()
+                return _capture(lambda: compiled(s))
+            except Exception as e:  # noqa: BLE001 - Inductor's failures have many types; eager still decodes
+                log.warning("torch.compile of the decode step failed (%s: %s); decoding uncompiled",
+                            type(e).__name__, str(e)[:300])
+                self.compile_step = False
+        return _capture(lambda: self._step(s))
+
+    def _compiled_step(self) -> Callable[[_Static], None]:
+        """`_step` through `torch.compile` (made once; Dynamo recompiles it per static shape). Inductor's own
+        CUDA graphs stay off: the compiled step is captured by `_capture` like the eager one."""
+        import torch
+
+        if self._compiled is None:
+            self._compiled = torch.compile(self._step, dynamic=False, fullgraph=False)
+        return self._compiled
 
     def _reset(self, s: _Static, p: dict[str, Any], batch: int, eos_ids: list[int], pad_id: int,
                min_new: int) -> None:
@@ -600,7 +639,7 @@ class GreedyDecoder:
         hd, h_q, h_kv = self.head_dim, self.heads, self.kv_heads
         group = h_q // h_kv
         for layer, (kc, vc) in zip(self.layers, cache):
-            qkv = layer.qkv(_rms(x, layer.ln1, layer.eps1)).view(b, t, -1, hd).transpose(1, 2)  # [B, H+2KV, T, hd]
+            qkv = layer.qkv(self._norm(x, layer.ln1, layer.eps1)).view(b, t, -1, hd).transpose(1, 2)  # [B, H+2KV, T, hd]
             qk = _rotate(qkv[:, : h_q + h_kv], cos, sin)
             q = qk[:, :h_q]  # [B, H, T, hd]
             if isinstance(start, torch.Tensor):  # static step (t == 1): slot on device, every slot attended, masked
@@ -625,7 +664,7 @@ class GreedyDecoder:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
                 o = o.transpose(1, 2).reshape(b, t, -1)
             x = x + layer.o(o)
-            gate, up = layer.gate_up(_rms(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
+            gate, up = layer.gate_up(self._norm(x, layer.ln2, layer.eps2)).chunk(2, dim=-1)  # [B, T, F] each
             x = x + layer.down(F.silu(gate) * up)
         return x
 
