@@ -72,20 +72,6 @@ if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer
     --json "$OUT/infer_nographs.json" >> "$LOG" 2>&1 || echo "bench nographs: exit $?" >> "$LOG"
 fi
 
-[ "${SKIP_COMPILE:-0}" = 1 ] || {
-section "bench: the decode step through torch.compile (fast+compile), vs fast"
-OUT= timeout "${COMPILE_S:-150}" "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
-  --paths fast,fast+compile,fast+gfv+norm+compile --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" \
-  --json "$OUT/infer_compile.json" >> "$LOG" 2>&1 || echo "bench compile: exit $?" >> "$LOG"
-}
-
-[ "${SKIP_FP32:-0}" = 1 ] || {
-section "bench: plain vs fast in float32 (differ: the algorithm, without bf16 rounding)"
-OUT= timeout 90 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast --dtype float32 \
-  --batches 512 --images 2048 --max-new-tokens 256 --workers "$WORKERS" --json "$OUT/infer_fp32.json" >> "$LOG" 2>&1 \
-  || echo "bench fp32: exit $?" >> "$LOG"
-}
-
 [ "${SKIP_PHASES:-0}" = 1 ] || section "phases: where the time of one batch goes (no workers)"
 [ "${SKIP_PHASES:-0}" = 1 ] || OUT= timeout 60 "$PY" bench/infer_phases.py --device cuda --data "$DATA" --batches 1 512 --rounds 3 \
   --json "$OUT/phases.json" >> "$LOG" 2>&1 || echo "phases: exit $?" >> "$LOG"
@@ -107,6 +93,20 @@ print(json.dumps({'exit': rc, 'images': n, 'wall_s': round(e - s, 2), 'images_pe
   > "$OUT/eval_time.json" 2>> "$LOG" || true
 cp /tmp/texocr-eval-gpu/metrics.json "$OUT/eval_metrics.json" 2>> "$LOG" || true
 cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
+
+[ "${SKIP_COMPILE:-0}" = 1 ] || {
+section "bench: the decode step through torch.compile (fast+compile), vs fast"
+OUT= timeout "${COMPILE_S:-120}" "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
+  --paths fast,fast+compile,fast+gfv+norm+compile --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" \
+  --json "$OUT/infer_compile.json" >> "$LOG" 2>&1 || echo "bench compile: exit $?" >> "$LOG"
+}
+
+[ "${SKIP_FP32:-0}" = 1 ] || {
+section "bench: plain vs fast in float32 (differ: the algorithm, without bf16 rounding)"
+OUT= timeout 90 "$PY" bench/infer.py --model default --device cuda --data "$DATA" --paths plain,fast --dtype float32 \
+  --batches 512 --images 2048 --max-new-tokens 256 --workers "$WORKERS" --json "$OUT/infer_fp32.json" >> "$LOG" 2>&1 \
+  || echo "bench fp32: exit $?" >> "$LOG"
+}
 
 [ "${SKIP_7B:-0}" = 1 ] || {
 section "bench: random Qwen2-VL-7B shape, plain vs fast"
