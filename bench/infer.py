@@ -75,9 +75,10 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
                            glyph_height=glyph_height), device
 
 
-LEVERS = ("gfv", "norm", "compile")
+LEVERS = ("gfv", "norm", "compile", "vgraph")
 """Opt-in levers of the fast loop, named in --paths as fast+LEVER (GreedyDecoder's gpu_fast_vision, fused_norm,
-compile_step), measured side by side with the plain fast path before one becomes a default."""
+compile_step, vision_graphs: the last with gfv), measured side by side with the plain fast path before one becomes
+a default."""
 
 
 def set_levers(greedy, levers: list[str], device: str, no_fast_paths: bool = False) -> None:
@@ -90,6 +91,7 @@ def set_levers(greedy, levers: list[str], device: str, no_fast_paths: bool = Fal
         greedy.fast_vision = FastVision(visual) if "gfv" in levers and FastVision.supports(visual) else None
     greedy.fused_norm = "norm" in levers
     greedy.compile_step = "compile" in levers
+    greedy.vision_graphs = "vgraph" in levers and device.startswith("cuda")
     greedy._shapes.clear()
 
 
@@ -196,7 +198,8 @@ def main() -> None:
                                                      "static CUDA graphs on a GPU); each batch size runs through each. "
                                                      "fast+LEVER[+LEVER]: the fast loop with opt-in levers: gfv (CUDA: "
                                                      "the vision tower through compact_vision.FastVision), norm "
-                                                     "(fused RMSNorm), compile (torch.compile of the decode step)")
+                                                     "(fused RMSNorm), compile (torch.compile of the decode step), vgraph "
+                                                     "(with gfv: the vision tower as CUDA-graph replays, small batches)")
     ap.add_argument("--workers", type=int, default=0, help="Recognizer.workers: processes that read and encode "
                                                          "images (then images are passed as PNG bytes)")
     ap.add_argument("--stream", action="store_true", help="also time one predict call over all images of a batch "

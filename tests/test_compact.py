@@ -518,6 +518,28 @@ def test_fast_vision_equals_the_models_vision_tower(compact_models, which: int) 
                 core.visual.patch_embed.proj.weight.div_(2.0)
 
 
+def test_fast_vision_padded_to_a_power_of_two_gives_the_same_features(compact_models) -> None:
+    """`FastVision.padded` (the shapes the vision tower's CUDA graphs are captured for) on the CPU without graphs:
+    the patches padded with zeros as one more attention segment change no image's features; a video (frames
+    that differ) is refused with None (the caller's path runs)."""
+    import torch
+
+    from texocr.models.compact_vision import FastVision
+
+    _, model, proc, fam, _ = compact_models[0]
+    fast = FastVision(model.model.visual)
+    images = _images()
+    with torch.inference_mode():
+        for batch in ([images[2]], images[:3], images):
+            enc = fam.encode_for_generation(proc, batch)
+            pixels, grid = enc["pixel_values"], enc["image_grid_thw"]
+            ref = fast(pixels, grid)
+            out = fast.padded(pixels, grid)
+            assert out is not None and out.shape == ref.shape
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert fast.padded(torch.randn_like(pixels), grid) is None
+
+
 @pytest.mark.gpu
 def test_fast_vision_on_a_gpu_matches_the_models_tower_in_bf16(compact_models) -> None:
     """On CUDA in bf16 FastVision's attention is one varlen Flash Attention call for all images
@@ -542,6 +564,14 @@ def test_fast_vision_on_a_gpu_matches_the_models_tower_in_bf16(compact_models) -
         out = fast(pixels, grid).float()
     assert not packing._FLASH_FAILED  # the varlen kernel ran
     assert (out - ref).norm() / ref.norm() < 2e-2
+    with torch.inference_mode():  # the padded shapes as CUDA-graph replays (GreedyDecoder vision_graphs)
+        for batch in ([_images()[2]], _images()[:2], [_images()[1]]):
+            enc = fam.encode_for_generation(proc, batch)
+            pixels, grid = enc["pixel_values"].to("cuda", torch.bfloat16), enc["image_grid_thw"].to("cuda")
+            want = fast(pixels, grid).float()
+            got = fast.padded(pixels, grid, graphs=True)
+            assert got is not None and fast._graphs  # captured
+            assert (got.float() - want).norm() / want.norm() < 1e-2
 
 
 def test_prefill_groups_are_the_cheapest_split() -> None:

@@ -59,6 +59,10 @@ class GreedyOutput:
 
 Linear = Callable[["torch.Tensor"], "torch.Tensor"]
 
+GRAPH_IMAGES = 4
+"""`vision_graphs`: batches up to this many images replay a captured vision tower. Larger ones are compute-bound
+(launches are a small share) and would need a graph per image count."""
+
 
 @dataclass
 class _Layer:
@@ -161,7 +165,8 @@ class GreedyDecoder:
     def __init__(self, model: Any, *, half: bool | None = None, vision_batch: int | None = None,
                  static: bool | None = None, graphs: bool | None = None, sync_every: int = 8,
                  max_shapes: int = 6, fast_vision: bool = True, group_prefill: bool = True,
-                 gpu_fast_vision: bool = False, fused_norm: bool = False, compile_step: bool = False) -> None:
+                 gpu_fast_vision: bool = False, fused_norm: bool = False, compile_step: bool = False,
+                 vision_graphs: bool = False) -> None:
         """`half`: keep the text tower's matrices in float16 (half the bytes read per token; fp32 arithmetic).
         None (default): only when that is lossless, i.e. the weights came from a bfloat16 checkpoint.
         `vision_batch`: images per vision-tower call (default: 4 on a CPU, all at once on a GPU, with the
@@ -178,8 +183,10 @@ class GreedyDecoder:
         `fused_norm`: RMSNorm as torch's `F.rms_norm` (one fused kernel on CUDA instead of ~7 small ones; the
         weight is applied before the one rounding to 16 bits, not after, so bf16 results can differ in near ties).
         `compile_step` (static mode; for CUDA): the decode step through `torch.compile` (Inductor fuses its ~100
-        small kernels) before it is captured in a CUDA graph; costs a compilation per static shape. Both opt-in
-        until measured on a GPU (bench/infer.py --paths fast+norm, fast+compile)."""
+        small kernels) before it is captured in a CUDA graph; costs a compilation per static shape.
+        `vision_graphs` (CUDA, with `gpu_fast_vision`): batches of up to `GRAPH_IMAGES` images through the vision
+        tower as CUDA-graph replays of padded shapes (`FastVision.padded`). All three opt-in until measured on a
+        GPU (bench/infer.py --paths fast+norm, fast+compile, fast+gfv+vgraph)."""
         from texocr.models.compact_vision import FastVision
 
         text = model.model.language_model
@@ -205,6 +212,7 @@ class GreedyDecoder:
         self.fast_vision = FastVision(visual) if wanted and FastVision.supports(visual) else None
         self.group_prefill = group_prefill and not cuda
         self.fused_norm = fused_norm
+        self.vision_graphs = vision_graphs and cuda
         self.compile_step = compile_step
         self._compiled: Callable[[_Static], None] | None = None
         self.half = False
@@ -346,15 +354,18 @@ class GreedyDecoder:
         feats, offset = [], 0
         for i in range(0, len(patches), self.vision_batch):
             n = sum(patches[i: i + self.vision_batch])
-            if self.fast_vision is not None:
-                feats.append(self.fast_vision(pixels[offset: offset + n], grid[i: i + self.vision_batch]))
+            chunk, part = pixels[offset: offset + n], grid[i: i + self.vision_batch]
+            out = (self.fast_vision.padded(chunk, part, graphs=True)
+                   if self.fast_vision is not None and self.vision_graphs and len(part) <= GRAPH_IMAGES else None)
+            if out is not None:
+                feats.append(out)
+            elif self.fast_vision is not None:
+                feats.append(self.fast_vision(chunk, part))
             elif pixels.device.type == "cuda":  # one padded attention call per layer, not one per image
                 with batched_vision_attention(max(patches[i: i + self.vision_batch])):
-                    out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
-                feats.extend(out.pooler_output)
+                    feats.extend(core.get_image_features(chunk, part).pooler_output)
             else:
-                out = core.get_image_features(pixels[offset: offset + n], grid[i: i + self.vision_batch])
-                feats.extend(out.pooler_output)
+                feats.extend(core.get_image_features(chunk, part).pooler_output)
             offset += n
         return torch.cat(feats, dim=0)  # [image tokens of all images, D]
 

@@ -25,7 +25,10 @@ the 589 published im2latex images are the same (bench/compact.md, "CPU fast path
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import TYPE_CHECKING, Any
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +42,8 @@ class FastVision:
         self._stamp: tuple[int, ...] = ()
         self._kernel: torch.Tensor | None = None  # [E, C * P * P]: the temporal halves summed
         self._full: torch.Tensor | None = None  # [E, C * T * P * P]
+        self._graphs: dict[tuple[Any, ...], _PaddedRun] = {}  # `padded`'s captured shapes, oldest first
+        self._graph_failed = False
 
     @staticmethod
     def supports(visual: Any) -> bool:
@@ -75,32 +80,50 @@ class FastVision:
 
     def __call__(self, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C * T * P * P] of images with `grid` [n, 3] (t, h, w) -> merged features [N / m^2, D]."""
+        sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()  # patches per image (one segment: t = 1)
+        segments = [h * w for t, h, w in grid.tolist() for _ in range(t)]  # attention segments (frames)
+        x = self.patch_embed(pixels)  # [N, E]
+        if sum(sizes) != x.shape[0]:
+            raise ValueError(f"pixel_values has {x.shape[0]} patches, image_grid_thw {sum(sizes)}")
+        cos, signed_sin = self._rotary(x, grid)
+        return self._blocks(x, cos, signed_sin, segments)
+
+    def _rotary(self, x: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos [N, 1, hd] and sin with its first half negated (`x * cos + roll(x) * signed_sin` rotates)."""
+        import torch
+        from transformers.vision_utils import get_vision_position_ids
+
+        vis = self.visual
+        cos, sin = vis.rotary_pos_emb(x, get_vision_position_ids(grid, vis.spatial_merge_size))  # [N, hd] each
+        half = cos.shape[-1] // 2
+        return cos[:, None, :], torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, :]
+
+    def _blocks(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, segments: list[int],
+                cu: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embeddings x [N, E] through the blocks and the merger -> [N / m^2, D]; attention within each of
+        `segments` (patch counts). `cu` [segments + 1] int32 on the device: their starts, read by Flash Attention
+        from there (a CUDA graph's replay changes them; `segments` then only gives their number), so Flash
+        Attention must run and takes N as the longest segment."""
         import torch
         import torch.nn.functional as F
-        from transformers.vision_utils import get_vision_position_ids
 
         from texocr.models.packing import flash_varlen
 
         vis = self.visual
-        sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()  # patches per image (one segment: t = 1)
-        segments = [h * w for t, h, w in grid.tolist() for _ in range(t)]  # attention segments (frames)
-        x = self.patch_embed(pixels)  # [N, E]
-        n = x.shape[0]
-        if sum(sizes) != n:
-            raise ValueError(f"pixel_values has {n} patches, image_grid_thw {sum(sizes)}")
-        cos, sin = vis.rotary_pos_emb(x, get_vision_position_ids(grid, vis.spatial_merge_size))  # [N, hd] each
-        half = cos.shape[-1] // 2
-        signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)[:, None, :]  # [N, 1, hd]
-        cos = cos[:, None, :]
-        cu = torch.tensor([0] + segments).cumsum(0)  # [segments + 1] starts
-        bounds, longest = cu.tolist(), max(segments)
+        n, half = x.shape[0], cos.shape[-1] // 2
+        bounds = [0, *itertools.accumulate(segments)]
+        on_device = cu is not None
+        cu = cu if on_device else torch.tensor(bounds)
         for block in vis.blocks:
             at = block.attn
             h = at.qkv(block.norm1(x)).view(n, 3, at.num_heads, -1)  # [N, 3, H, hd]
             qk = h[:, :2]
             qk = qk * cos[:, None] + qk.roll(half, dims=-1) * signed_sin[:, None]  # [N, 2, H, hd] (rotary)
             # on a GPU in 16 bits: every image in one variable-length Flash Attention call ([N, H, hd] each)
-            o = flash_varlen(qk[:, 0], qk[:, 1], h[:, 2], cu, longest, at.scaling, causal=False)
+            o = flash_varlen(qk[:, 0], qk[:, 1], h[:, 2], cu, n if on_device else max(segments), at.scaling,
+                             causal=False)
+            if o is None and on_device:
+                raise RuntimeError("Flash Attention's varlen kernel is not available for the segment starts on device")
             if o is None:
                 q, k, v = (t.transpose(0, 1)[None] for t in (qk[:, 0], qk[:, 1], h[:, 2]))  # [1, H, N, hd] views
                 o = x.new_empty(n, at.num_heads, q.shape[-1])  # [N, H, hd]
@@ -111,3 +134,100 @@ class FastVision:
             x = x + at.proj(o)
             x = x + block.mlp(block.norm2(x))
         return vis.merger(x)  # [N / m^2, D]
+
+    def padded(self, pixels: torch.Tensor, grid: torch.Tensor, graphs: bool = False) -> torch.Tensor | None:
+        """What `__call__` gives, computed on the patches padded to a power of two (the padding one more
+        attention segment of zeros, which no image attends to, cut off after the merger), so that a few shapes
+        cover every small batch: on CUDA (`graphs`) each (images, padded patches) shape is captured once in a
+        CUDA graph and replayed, instead of ~150 kernel launches per call. Why: at batch 1 the tower is a few
+        microseconds of arithmetic per kernel, and launching them was 10 ms of a 40 ms prediction on an H100
+        (bench/infer.md). None where it does not apply (a video's frames, a kernel that fails to capture)."""
+        pe = self.visual.patch_embed
+        frames = pixels.view(pixels.shape[0], pe.in_channels, pe.temporal_patch_size, -1)  # [N, C, T, P * P]
+        if grid[:, 0].ne(1).any() or not all(frames[:, :, 0].equal(frames[:, :, t])
+                                             for t in range(1, pe.temporal_patch_size)):
+            return None
+        kernel, _ = self._weights()
+        sizes = (grid[:, 1] * grid[:, 2]).tolist()
+        n = sum(sizes)
+        if n != pixels.shape[0]:
+            raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw {n}")
+        rows = 1 << n.bit_length()  # > n: the padding segment is never empty
+        key = (len(sizes), rows, pixels.dtype, pixels.device, self._stamp)
+        one = frames[:, :, 0].reshape(n, -1).to(kernel.dtype)  # [N, C * P * P]
+        cos, signed_sin = self._rotary(one, grid)
+        run = self._graphs.get(key) if graphs else None
+        if run is None:
+            run = _PaddedRun(self, len(sizes), rows, one, cos, graphs)
+            if graphs:
+                if self._graph_failed or not run.capture():
+                    self._graph_failed = True  # said once; the caller's path runs from now on
+                    return None
+                while len(self._graphs) >= 8:
+                    self._graphs.pop(next(iter(self._graphs)))
+                self._graphs[key] = run
+        return run(one, cos, signed_sin, sizes)
+
+
+class _PaddedRun:
+    """The static buffers (and, on CUDA, the captured graph) of one padded shape of `FastVision.padded`."""
+
+    def __init__(self, vision: FastVision, images: int, rows: int, like: torch.Tensor, cos: torch.Tensor,
+                 graphs: bool) -> None:
+        self.vision, self.images, self.rows = vision, images, rows
+        self.x = like.new_zeros((rows, like.shape[1]))  # [rows, C * P * P]
+        self.cos = cos.new_ones((rows, *cos.shape[1:]))  # [rows, 1, hd]
+        self.sin = cos.new_zeros((rows, *cos.shape[1:]))
+        self.cu = _int32(rows, [4] * images, like.device)  # [images + 2]: image starts, padding start, rows
+        self.graph: Any = None
+        self.out: torch.Tensor | None = None  # the captured run's output buffer
+
+    def _run(self, sizes: list[int], on_device: bool) -> torch.Tensor:
+        kernel, _ = self.vision._weights()
+        return self.vision._blocks(self.x @ kernel.T, self.cos, self.sin, [*sizes, self.rows - sum(sizes)],
+                                   self.cu if on_device else None)  # [rows / m^2, D]
+
+    def capture(self) -> bool:
+        """Capture one run (the segment sizes do not matter, only the buffers' addresses: a replay reads the
+        starts from `cu`). False, said in the log, when it cannot be captured."""
+        import torch
+
+        sizes = [4] * self.images
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._run(sizes, True)  # warm-up: kernel choice, workspaces
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out = self._run(sizes, True)
+            self.graph = graph
+            return True
+        except RuntimeError as e:
+            log.warning("the vision tower's CUDA graph failed (%s); running it without", e)
+            return False
+
+    def __call__(self, one: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
+                 sizes: list[int]) -> torch.Tensor:
+        n = one.shape[0]
+        self.x[:n].copy_(one)
+        self.x[n:].zero_()
+        self.cos[:n].copy_(cos)
+        self.cos[n:].fill_(1)
+        self.sin[:n].copy_(signed_sin)
+        self.sin[n:].zero_()
+        if self.graph is None or self.out is None:
+            out = self._run(sizes, False)
+        else:
+            self.cu.copy_(_int32(self.rows, sizes, self.cu.device))
+            self.graph.replay()
+            out = self.out
+        return out[: n // self.vision.visual.spatial_merge_size**2].clone()  # [N / m^2, D]
+
+
+def _int32(rows: int, sizes: list[int], device: Any) -> torch.Tensor:
+    """Segment starts, int32 on `device`: each image's, the padding's, then `rows` ([images + 2])."""
+    import torch
+
+    return torch.tensor([0, *itertools.accumulate(sizes), rows], dtype=torch.int32).to(device)
