@@ -9,7 +9,7 @@
 #   env.txt              GPU, driver, torch / transformers versions
 #   infer_default.json   bench/infer.py rows: shipped model, plain (`generate`) vs fast (static CUDA-graph loop),
 #                        batch 1 32 128 512 1024: images/s, p50/p95 latency, tokens/s, `differ` (fast vs plain)
-#                        and the opt-in levers (PATHS, default plain,fast,fast+norm,fast+gfv+norm; bench/infer.py)
+#                        and the opt-in levers (PATHS, default plain,fast,fast+norm,fast+gfv+norm,fast+gfv+vgraph+norm)
 #   infer_compile.json   batch 1 and 512: fast vs fast+compile (SKIP_COMPILE=1: not; COMPILE_S: its time limit)
 #   infer_fp32.json      the same at batch 512 in float32 (SKIP_FP32=1: not): `differ` without bf16 rounding
 #   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
@@ -61,7 +61,7 @@ fi
 
 section "bench: default model, plain vs fast"
 OUT= timeout 260 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
-  --paths "${PATHS:-plain,fast,fast+norm,fast+gfv+norm}" \
+  --paths "${PATHS:-plain,fast,fast+norm,fast+gfv+norm,fast+gfv+vgraph+norm}" \
   --batches ${BATCHES:-1 32 128 512 1024} --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
@@ -97,7 +97,7 @@ cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
 [ "${SKIP_COMPILE:-0}" = 1 ] || {
 section "bench: the decode step through torch.compile (fast+compile), vs fast"
 OUT= timeout "${COMPILE_S:-120}" "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
-  --paths fast,fast+compile,fast+gfv+norm+compile --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" \
+  --paths fast,fast+compile,fast+gfv+vgraph+norm+compile --batches 1 512 --max-new-tokens 256 --workers "$WORKERS" \
   --json "$OUT/infer_compile.json" >> "$LOG" 2>&1 || echo "bench compile: exit $?" >> "$LOG"
 }
 
