@@ -65,6 +65,7 @@ class FastVision:
             self._full = w.detach().reshape(e, -1)
             self._kernel = w.detach().sum(dim=2).reshape(e, -1)
             self._stamp = stamp
+            self._graphs.clear()  # they read the old kernel's memory
         return self._kernel, self._full
 
     def patch_embed(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -158,7 +159,7 @@ class FastVision:
         cos, signed_sin = self._rotary(one, grid)
         run = self._graphs.get(key) if graphs else None
         if run is None:
-            run = _PaddedRun(self, len(sizes), rows, one, cos, graphs)
+            run = _PaddedRun(self, len(sizes), rows, one, cos)
             if graphs:
                 if self._graph_failed or not run.capture():
                     self._graph_failed = True  # said once; the caller's path runs from now on
@@ -172,8 +173,7 @@ class FastVision:
 class _PaddedRun:
     """The static buffers (and, on CUDA, the captured graph) of one padded shape of `FastVision.padded`."""
 
-    def __init__(self, vision: FastVision, images: int, rows: int, like: torch.Tensor, cos: torch.Tensor,
-                 graphs: bool) -> None:
+    def __init__(self, vision: FastVision, images: int, rows: int, like: torch.Tensor, cos: torch.Tensor) -> None:
         self.vision, self.images, self.rows = vision, images, rows
         self.x = like.new_zeros((rows, like.shape[1]))  # [rows, C * P * P]
         self.cos = cos.new_ones((rows, *cos.shape[1:]))  # [rows, 1, hd]
