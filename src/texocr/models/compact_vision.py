@@ -119,7 +119,8 @@ class FastVision:
             at = block.attn
             h = at.qkv(block.norm1(x)).view(n, 3, at.num_heads, -1)  # [N, 3, H, hd]
             qk = h[:, :2]
-            qk = qk * cos[:, None] + qk.roll(half, dims=-1) * signed_sin[:, None]  # [N, 2, H, hd] (rotary)
+            # rotary in float32 (cos/sin are), back to the activations' dtype, as transformers' vision attention
+            qk = (qk.float() * cos[:, None] + qk.float().roll(half, dims=-1) * signed_sin[:, None]).to(h.dtype)
             # on a GPU in 16 bits: every image in one variable-length Flash Attention call ([N, H, hd] each)
             o = flash_varlen(qk[:, 0], qk[:, 1], h[:, 2], cu, n if on_device else max(segments), at.scaling,
                              causal=False)
