@@ -110,6 +110,24 @@ def test_one_step_moves_the_trainable_parameters(method, tiny_model_dir):
     assert (method == "lora") == bool(frozen)
 
 
+@pytest.mark.parametrize("sample_batch, calls", [(0, [8]), (3, [3, 3, 2])])
+def test_sampling_runs_in_its_own_batches(tiny_model_dir, monkeypatch, sample_batch, calls):
+    """Answers are sampled `sample_batch` rows per generate call (0: the whole step's 2 images x 4 answers in one
+    call), whatever `micro_batch` (3) the loss pass uses."""
+    learner = _learner(tiny_model_dir("compact"), "lora", _crc_reward)
+    learner.settings.sample_batch = sample_batch
+    model, sizes = learner.loaded.model, []
+    real = model.generate
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    numbers = learner.step([_samples()])
+    assert sizes == calls and numbers["grad_norm"] >= 0
+
+
 def test_a_step_with_nothing_to_prefer_moves_nothing(tiny_model_dir):
     learner = _learner(tiny_model_dir("compact"), "lora", lambda p, r, *, raw=None: [Reward(1.0, {})] * len(p))
     before = {n: p.detach().clone() for n, p in learner.loaded.model.named_parameters() if p.requires_grad}

@@ -242,6 +242,9 @@ class TrainConfig:
     grpo_micro_batch: int = 0
     """GRPO: sequences per forward/backward pass (0: all `batch_size x grpo_generations` at once); lower it when
     the loss pass runs out of memory. The same update either way."""
+    grpo_sample_batch: int = 0
+    """GRPO: sequences per generate call when sampling the answers (0: all `batch_size x grpo_generations` at
+    once); lower it only when sampling itself runs out of memory (its KV cache)."""
     grpo_flat_groups: Literal["count", "drop"] = "drop"
     """GRPO: what the loss does with groups whose answers all scored the same (no advantage, so no gradient):
     `drop` normalizes the loss over the sampled tokens of the groups with spread only (DAPO's filter, without its
