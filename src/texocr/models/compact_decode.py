@@ -177,16 +177,17 @@ class GreedyDecoder:
         used beyond it are freed.
         `fast_vision` (CPU): run the vision tower through `compact_vision.FastVision` (fewer, larger ops) where
         it supports the model, else its own forward. `gpu_fast_vision`: the same on CUDA (its attention one
-        varlen Flash Attention call), instead of the model's forward with `qwen_speed`'s batched attention; off
-        until measured on a GPU (bench/infer.py --paths fast+gfv). `group_prefill` (CPU): prefill a padded batch in
+        varlen Flash Attention call), instead of the model's forward with `qwen_speed`'s batched attention
+        (`bench/infer.py --paths fast+gfv`). `group_prefill` (CPU): prefill a padded batch in
         groups of similar prompt length (`compact_prefill`).
         `fused_norm`: RMSNorm as torch's `F.rms_norm` (one fused kernel on CUDA instead of ~7 small ones; the
         weight is applied before the one rounding to 16 bits, not after, so bf16 results can differ in near ties).
         `compile_step` (static mode; for CUDA): the decode step through `torch.compile` (Inductor fuses its ~100
         small kernels) before it is captured in a CUDA graph; costs a compilation per static shape.
         `vision_graphs` (CUDA, with `gpu_fast_vision`): batches of up to `GRAPH_IMAGES` images through the vision
-        tower as CUDA-graph replays of padded shapes (`FastVision.padded`). All three opt-in until measured on a
-        GPU (bench/infer.py --paths fast+norm, fast+compile, fast+gfv+vgraph)."""
+        tower as CUDA-graph replays of padded shapes (`FastVision.padded`). These four are opt-in: together they
+        took batch-1 p50 from 39 to 20.5 ms on an H100 (bench/infer.md, `bench/infer.py --paths
+        fast+gfv+vgraph+norm+compile`), but their effect on accuracy and the compile seconds are not measured yet."""
         from texocr.models.compact_vision import FastVision
 
         text = model.model.language_model

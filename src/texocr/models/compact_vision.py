@@ -15,7 +15,7 @@ attention of each image. Here:
   - attention stays one SDPA call per image, on views of the packed q/k/v: one padded call with a key mask for
     all images (`qwen_speed.batch_vision_attention`, which pays on a GPU in training) was 1.5x slower than
     per-image calls on this CPU (the scatter into the padded block and the mask cost more than the calls).
-On a GPU in 16 bits (`GreedyDecoder(gpu_fast_vision=True)`, opt-in until measured there) the attention of
+On a GPU in 16 bits (`GreedyDecoder(gpu_fast_vision=True)`, opt-in: bench/infer.md) the attention of
 every image is one variable-length Flash Attention call (`packing.flash_varlen`) instead.
 Layer norms, the MLPs, the merger and the weights are the model's own modules. The result equals the model's
 own `get_image_features` up to float rounding (tests/test_compact.py); the predictions of the shipped model on
