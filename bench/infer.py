@@ -75,15 +75,10 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
                            glyph_height=glyph_height), device
 
 
-LEVERS = ("gfv", "norm", "compile", "vgraph")
-"""Opt-in levers of the fast loop, named in --paths as fast+LEVER (GreedyDecoder's gpu_fast_vision, fused_norm,
-compile_step, vision_graphs: the last with gfv), measured side by side with the plain fast path before one becomes
-a default."""
-
-
 def set_levers(greedy, levers: list[str], device: str, no_fast_paths: bool = False) -> None:
-    """Switch `greedy`'s opt-in levers to `levers` (LEVERS), dropping its static shapes: their captured graphs
-    ran the previous settings."""
+    """Switch `greedy`'s opt-in levers to `levers` (`compact_decode.LEVERS`: its gpu_fast_vision, vision_graphs (with
+    gfv), fused_norm, compile_step), dropping its static shapes: their captured graphs ran the previous settings.
+    Measured side by side with the plain fast path (--paths fast,fast+LEVER) before one becomes a default."""
     from texocr.models.compact_vision import FastVision
 
     visual = greedy.model.model.visual
@@ -208,6 +203,8 @@ def main() -> None:
                     help="the fast greedy loop without its CPU fast paths (compact_vision, compact_prefill): "
                          "the model's own vision forward and one padded prefill")
     args = ap.parse_args()
+    from texocr.models.compact_decode import LEVERS
+
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     for path in paths:
         base, *levers = path.split("+")

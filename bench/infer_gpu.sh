@@ -15,6 +15,7 @@
 #   infer_nographs.json  only if a fast row failed: the fast path again with TEXOCR_CUDA_GRAPHS=0 (static, no graphs)
 #   eval_metrics.json    `texocr eval --batch-size 512 --device cuda` metrics (images_per_s = generation only)
 #   eval_time.json       the same eval timed end to end (process start to exit: load, image reading, decode)
+#   eval_levers_*.json   the same two with TEXOCR_GPU_LEVERS=all (SKIP_LEVER_EVAL=1: not): exact match and wall
 #   phases.json          bench/infer_phases.py: ms per batch of each phase (read, encode, vision, prefill, decode...)
 # (BATCHES="1 512": other batch sizes; PATHS=fast: without the plain path; REPEAT=32: the eval set 32 times over
 #  instead of 8; SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
@@ -81,18 +82,25 @@ section "texocr eval, end to end (the images $REPEAT times over: long enough tha
 rm -rf /tmp/texocr-eval-gpu /tmp/texocr-eval-data
 mkdir -p /tmp/texocr-eval-data && cp -r "$DATA/images" /tmp/texocr-eval-data/
 for _ in $(seq "$REPEAT"); do cat "$DATA/labels.jsonl"; done > /tmp/texocr-eval-data/labels.jsonl
-start=$(date +%s.%N)
-timeout "${EVAL_S:-90}" "$PY" -m texocr eval --model default --data /tmp/texocr-eval-data --no-render --batch-size 512 --device cuda \
-  --workers "$WORKERS" --out /tmp/texocr-eval-gpu >> "$LOG" 2>&1
-rc=$?
-end=$(date +%s.%N)
-n=$(wc -l < /tmp/texocr-eval-gpu/predictions.jsonl 2>/dev/null || echo 0)
-"$PY" -c "import json, sys; s, e, n, rc = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
+eval_run() {  # eval_run NAME: one timed `texocr eval` of the set; NAME_time.json and NAME_metrics.json in $OUT
+  rm -rf /tmp/texocr-eval-gpu
+  local start end n rc
+  start=$(date +%s.%N)
+  timeout "${EVAL_S:-90}" "$PY" -m texocr eval --model default --data /tmp/texocr-eval-data --no-render --batch-size 512 \
+    --device cuda --workers "$WORKERS" --out /tmp/texocr-eval-gpu >> "$LOG" 2>&1
+  rc=$?
+  end=$(date +%s.%N)
+  n=$(wc -l < /tmp/texocr-eval-gpu/predictions.jsonl 2>/dev/null || echo 0)
+  "$PY" -c "import json, sys; s, e, n, rc = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]); \
 print(json.dumps({'exit': rc, 'images': n, 'wall_s': round(e - s, 2), 'images_per_s_end_to_end': round(n / (e - s), 1), \
-'data': sys.argv[5] + ' x' + sys.argv[7], 'workers': int(sys.argv[6])}))" "$start" "$end" "$n" "$rc" "$DATA" "$WORKERS" "$REPEAT" \
-  > "$OUT/eval_time.json" 2>> "$LOG" || true
-cp /tmp/texocr-eval-gpu/metrics.json "$OUT/eval_metrics.json" 2>> "$LOG" || true
-cat "$OUT/eval_time.json" >> "$LOG" 2>/dev/null
+'data': sys.argv[5] + ' x' + sys.argv[7], 'workers': int(sys.argv[6]), 'levers': sys.argv[8]}))" "$start" "$end" "$n" "$rc" \
+    "$DATA" "$WORKERS" "$REPEAT" "${TEXOCR_GPU_LEVERS:-}" > "$OUT/$1_time.json" 2>> "$LOG" || true
+  cp /tmp/texocr-eval-gpu/metrics.json "$OUT/$1_metrics.json" 2>> "$LOG" || true
+  cat "$OUT/$1_time.json" >> "$LOG" 2>/dev/null
+}
+eval_run eval
+# the same with every opt-in lever of the GPU decoder (compact_decode.LEVERS): accuracy, and the wall with compiling
+[ "${SKIP_LEVER_EVAL:-0}" = 1 ] || { section "texocr eval with TEXOCR_GPU_LEVERS=all"; TEXOCR_GPU_LEVERS=all eval_run eval_levers; }
 
 [ "${SKIP_COMPILE:-0}" = 1 ] || {
 section "bench: the decode step through torch.compile (fast+compile), vs fast"

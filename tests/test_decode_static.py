@@ -378,3 +378,18 @@ def test_static_mode_levers_keep_the_tokens(compact_models) -> None:
     assert torch.equal(out.tokens, ref.tokens)
     assert len({tuple(r) for r in ref.tokens.tolist()}) > 1
     assert torch.allclose(out.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_gpu_levers_from_the_environment(monkeypatch) -> None:
+    """TEXOCR_GPU_LEVERS names the opt-in GPU levers (or `all`); a misspelt one is a clear error, not ignored."""
+    from texocr.models.compact_decode import LEVERS, env_levers
+
+    monkeypatch.delenv("TEXOCR_GPU_LEVERS", raising=False)
+    assert env_levers() == set()
+    monkeypatch.setenv("TEXOCR_GPU_LEVERS", "norm, compile")
+    assert env_levers() == {"norm", "compile"}
+    monkeypatch.setenv("TEXOCR_GPU_LEVERS", "all")
+    assert env_levers() == set(LEVERS)
+    monkeypatch.setenv("TEXOCR_GPU_LEVERS", "norm,fast")
+    with pytest.raises(ValueError, match="unknown lever.*fast"):
+        env_levers()

@@ -59,6 +59,22 @@ class GreedyOutput:
 
 Linear = Callable[["torch.Tensor"], "torch.Tensor"]
 
+LEVERS = ("gfv", "vgraph", "norm", "compile")
+"""The GPU decoder's opt-in levers (GreedyDecoder's gpu_fast_vision, vision_graphs, fused_norm, compile_step), as
+`TEXOCR_GPU_LEVERS` and `bench/infer.py --paths fast+LEVER` name them."""
+
+
+def env_levers() -> set[str]:
+    """The levers `TEXOCR_GPU_LEVERS` turns on for decoders made on CUDA (comma-separated names of `LEVERS`;
+    "all" for every one): a way to try them in `texocr eval`, `predict` or `serve` before they are defaults."""
+    raw = os.environ.get("TEXOCR_GPU_LEVERS", "").replace(" ", "")
+    names = set(LEVERS) if raw == "all" else {n for n in raw.split(",") if n}
+    if names - set(LEVERS):
+        raise ValueError(f"TEXOCR_GPU_LEVERS: unknown lever(s) {sorted(names - set(LEVERS))}; "
+                         f"choose from {', '.join(LEVERS)} or all")
+    return names
+
+
 GRAPH_IMAGES = 4
 """`vision_graphs`: batches up to this many images replay a captured vision tower. Larger ones are compute-bound
 (launches are a small share) and would need a graph per image count."""
@@ -187,7 +203,8 @@ class GreedyDecoder:
         `vision_graphs` (CUDA, with `gpu_fast_vision`): batches of up to `GRAPH_IMAGES` images through the vision
         tower as CUDA-graph replays of padded shapes (`FastVision.padded`). These four are opt-in: together they
         took batch-1 p50 from 39 to 20.5 ms on an H100 (bench/infer.md, `bench/infer.py --paths
-        fast+gfv+vgraph+norm+compile`), but their effect on accuracy and the compile seconds are not measured yet."""
+        fast+gfv+vgraph+norm+compile`), but their effect on accuracy and the compile seconds are not measured yet.
+        On CUDA, `TEXOCR_GPU_LEVERS` (`env_levers`) turns them on too."""
         from texocr.models.compact_vision import FastVision
 
         text = model.model.language_model
@@ -209,12 +226,13 @@ class GreedyDecoder:
         self.max_shapes = max(1, max_shapes)
         self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
         visual = model.model.visual
-        wanted = gpu_fast_vision if cuda else fast_vision
+        levers = env_levers() if cuda else set()
+        wanted = (gpu_fast_vision or "gfv" in levers) if cuda else fast_vision
         self.fast_vision = FastVision(visual) if wanted and FastVision.supports(visual) else None
         self.group_prefill = group_prefill and not cuda
-        self.fused_norm = fused_norm
-        self.vision_graphs = vision_graphs and cuda
-        self.compile_step = compile_step
+        self.fused_norm = fused_norm or "norm" in levers
+        self.vision_graphs = (vision_graphs or "vgraph" in levers) and cuda
+        self.compile_step = compile_step or "compile" in levers
         self._compiled: Callable[[_Static], None] | None = None
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
