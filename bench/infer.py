@@ -75,21 +75,6 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
                            glyph_height=glyph_height), device
 
 
-def set_levers(greedy, levers: list[str], device: str, no_fast_paths: bool = False) -> None:
-    """Switch `greedy`'s opt-in levers to `levers` (`compact_decode.LEVERS`: its gpu_fast_vision, vision_graphs (with
-    gfv), fused_norm, compile_step), dropping its static shapes: their captured graphs ran the previous settings.
-    Measured side by side with the plain fast path (--paths fast,fast+LEVER) before one becomes a default."""
-    from texocr.models.compact_vision import FastVision
-
-    visual = greedy.model.model.visual
-    if device.startswith("cuda") and not no_fast_paths:  # on a CPU FastVision is already the default
-        greedy.fast_vision = FastVision(visual) if "gfv" in levers and FastVision.supports(visual) else None
-    greedy.fused_norm = "norm" in levers
-    greedy.compile_step = "compile" in levers
-    greedy.vision_graphs = "vgraph" in levers and device.startswith("cuda")
-    greedy._shapes.clear()
-
-
 def formula_images(n: int, seed: int = 0) -> list:
     """Formula-shaped PIL images with drawn text: half 448x112, half of varied size (grouping matters)."""
     from PIL import Image, ImageDraw
@@ -220,8 +205,6 @@ def main() -> None:
     rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype)
     load_s = time.perf_counter() - t0
     greedy = rec._greedy_decoder()
-    if args.no_fast_paths and greedy is not None:
-        greedy.fast_vision, greedy.group_prefill = None, False
     params = sum(p.numel() for p in rec.model.parameters())
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     meta = {"model": args.model, "params": params, "dtype": str(next(rec.model.parameters()).dtype),
@@ -240,8 +223,10 @@ def main() -> None:
         first: list[str] | None = None
         for path in paths:
             rec.fast_decode = path != "plain"
-            if greedy is not None and rec.fast_decode:
-                set_levers(greedy, path.split("+")[1:], device, args.no_fast_paths)
+            if greedy is not None and rec.fast_decode:  # the path's levers on, the others off
+                greedy.use_levers(set(path.split("+")[1:]))
+                if args.no_fast_paths:
+                    greedy.fast_vision, greedy.group_prefill = None, False
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             try:

@@ -226,14 +226,12 @@ class GreedyDecoder:
         self.max_shapes = max(1, max_shapes)
         self._shapes: OrderedDict[tuple[Any, ...], _Static] = OrderedDict()
         visual = model.model.visual
-        levers = env_levers() if cuda else set()
-        wanted = (gpu_fast_vision or "gfv" in levers) if cuda else fast_vision
-        self.fast_vision = FastVision(visual) if wanted and FastVision.supports(visual) else None
+        self.cuda = cuda
+        self.fast_vision = FastVision(visual) if fast_vision and not cuda and FastVision.supports(visual) else None
         self.group_prefill = group_prefill and not cuda
-        self.fused_norm = fused_norm or "norm" in levers
-        self.vision_graphs = (vision_graphs or "vgraph" in levers) and cuda
-        self.compile_step = compile_step or "compile" in levers
         self._compiled: Callable[[_Static], None] | None = None
+        given = {name for name, on in zip(LEVERS, (gpu_fast_vision, vision_graphs, fused_norm, compile_step)) if on}
+        self.use_levers(given | (env_levers() if cuda else set()))
         self.half = False
         self._params = [p for p in text.parameters()] + [model.lm_head.weight]
         self._stamp: tuple[int, ...] = ()
@@ -269,6 +267,19 @@ class GreedyDecoder:
                 ))
         self._stamp = stamp
         self._shapes.clear()  # captured graphs read the old tensors' addresses
+
+    def use_levers(self, levers: set[str]) -> None:
+        """Turn the opt-in levers named in `levers` (`LEVERS`) on and the others off, dropping the static shapes
+        made under other settings. `gfv` and `vgraph` act on CUDA only (a CPU keeps its own `fast_vision`)."""
+        from texocr.models.compact_vision import FastVision
+
+        visual = self.model.model.visual
+        if self.cuda:
+            self.fast_vision = FastVision(visual) if "gfv" in levers and FastVision.supports(visual) else None
+        self.vision_graphs = "vgraph" in levers and self.cuda
+        self.fused_norm = "norm" in levers
+        self.compile_step = "compile" in levers
+        self._shapes.clear()
 
     # ------------------------------------------------------------ eligibility
 
@@ -577,16 +588,16 @@ class GreedyDecoder:
         if self.compile_step:
             try:
                 compiled = self._compiled_step()
-                return _capture(lambda: compiled(s))
+                return capture_graph(lambda: compiled(s))
             except Exception as e:  # noqa: BLE001 - Inductor's failures have many types; eager still decodes
                 log.warning("torch.compile of the decode step failed (%s: %s); decoding uncompiled",
                             type(e).__name__, str(e)[:300])
                 self.compile_step = False
-        return _capture(lambda: self._step(s))
+        return capture_graph(lambda: self._step(s))
 
     def _compiled_step(self) -> Callable[[_Static], None]:
         """`_step` through `torch.compile` (made once; Dynamo recompiles it per static shape). Inductor's own
-        CUDA graphs stay off: the compiled step is captured by `_capture` like the eager one."""
+        CUDA graphs stay off: the compiled step is captured by `capture_graph` like the eager one."""
         import torch
 
         if self._compiled is None:
@@ -712,9 +723,10 @@ def _attention_backends(cuda: bool) -> Any:
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def _capture(step: Callable[[], None]) -> Any:
+def capture_graph(step: Callable[[], None]) -> Any:
     """`step` captured in a CUDA graph, after warm-up runs on a side stream (kernel choice, workspaces: what
-    torch.cuda.graphs asks for). `step` must only update preallocated tensors in place."""
+    torch.cuda.graphs asks for). `step` must read and write preallocated tensors; a tensor it allocates in the
+    captured run lives in the graph's memory pool and is rewritten by every replay (how an output is read)."""
     import torch
 
     side = torch.cuda.Stream()

@@ -68,16 +68,21 @@ class FastVision:
             self._graphs.clear()  # they read the old kernel's memory
         return self._kernel, self._full
 
+    def _one_frame(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """[N, C * P * P]: the first temporal frame of every patch when all frames are equal (a still image, which
+        the processor repeats to fill `temporal_patch_size`), else None (a video)."""
+        pe = self.visual.patch_embed
+        frames = pixels.view(pixels.shape[0], pe.in_channels, pe.temporal_patch_size, -1)  # [N, C, T, P * P]
+        if all(frames[:, :, 0].equal(frames[:, :, t]) for t in range(1, pe.temporal_patch_size)):
+            return frames[:, :, 0].reshape(pixels.shape[0], -1)
+        return None
+
     def patch_embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, C * T * P * P] -> [N, E], as PatchEmbed's Conv3d (stride = kernel: one product per patch)."""
-        pe = self.visual.patch_embed
         kernel, full = self._weights()
         x = pixels.to(kernel.dtype)
-        frames = x.view(x.shape[0], pe.in_channels, pe.temporal_patch_size, -1)  # [N, C, T, P * P]
-        if pe.temporal_patch_size > 1 and all(
-                frames[:, :, 0].equal(frames[:, :, t]) for t in range(1, pe.temporal_patch_size)):
-            return frames[:, :, 0].reshape(x.shape[0], -1) @ kernel.T  # one frame, summed kernel
-        return x @ full.T
+        one = self._one_frame(x)
+        return one @ kernel.T if one is not None else x @ full.T  # one frame with the summed kernel, or all
 
     def __call__(self, pixels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C * T * P * P] of images with `grid` [n, 3] (t, h, w) -> merged features [N / m^2, D]."""
@@ -144,19 +149,16 @@ class FastVision:
         CUDA graph and replayed, instead of ~150 kernel launches per call. Why: at batch 1 the tower is a few
         microseconds of arithmetic per kernel, and launching them was 10 ms of a 40 ms prediction on an H100
         (bench/infer.md). None where it does not apply (a video's frames, a kernel that fails to capture)."""
-        pe = self.visual.patch_embed
-        frames = pixels.view(pixels.shape[0], pe.in_channels, pe.temporal_patch_size, -1)  # [N, C, T, P * P]
-        if grid[:, 0].ne(1).any() or not all(frames[:, :, 0].equal(frames[:, :, t])
-                                             for t in range(1, pe.temporal_patch_size)):
-            return None
         kernel, _ = self._weights()
+        one = self._one_frame(pixels.to(kernel.dtype))  # [N, C * P * P]
+        if one is None or grid[:, 0].ne(1).any():
+            return None
         sizes = (grid[:, 1] * grid[:, 2]).tolist()
         n = sum(sizes)
         if n != pixels.shape[0]:
             raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw {n}")
         rows = 1 << n.bit_length()  # > n: the padding segment is never empty
         key = (len(sizes), rows, pixels.dtype, pixels.device, self._stamp)
-        one = frames[:, :, 0].reshape(n, -1).to(kernel.dtype)  # [N, C * P * P]
         cos, signed_sin = self._rotary(one, grid)
         run = self._graphs.get(key) if graphs else None
         if run is None:
@@ -191,19 +193,12 @@ class _PaddedRun:
     def capture(self) -> bool:
         """Capture one run (the segment sizes do not matter, only the buffers' addresses: a replay reads the
         starts from `cu`). False, said in the log, when it cannot be captured."""
-        import torch
+        from texocr.models.compact_decode import capture_graph
 
-        sizes = [4] * self.images
+        sizes, made = [4] * self.images, {}
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._run(sizes, True)  # warm-up: kernel choice, workspaces
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.out = self._run(sizes, True)
-            self.graph = graph
+            self.graph = capture_graph(lambda: made.update(out=self._run(sizes, True)))
+            self.out = made["out"]  # the captured run's output: its memory is what every replay writes
             return True
         except RuntimeError as e:
             log.warning("the vision tower's CUDA graph failed (%s); running it without", e)
@@ -218,7 +213,7 @@ class _PaddedRun:
         self.cos[n:].fill_(1)
         self.sin[:n].copy_(signed_sin)
         self.sin[n:].zero_()
-        if self.graph is None or self.out is None:
+        if self.graph is None or self.out is None:  # (no graph: the CPU test of the padding)
             out = self._run(sizes, False)
         else:
             self.cu.copy_(_int32(self.rows, sizes, self.cu.device))
