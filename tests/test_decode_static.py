@@ -363,7 +363,7 @@ def test_a_failed_worker_encoded_batch_is_read_again_and_generated_image_by_imag
 def test_static_mode_levers_keep_the_tokens(compact_models) -> None:
     """The opt-in GPU levers, run on the CPU in float32 where they change no rounding that matters: the decode
     step through torch.compile (Inductor's generated code, not the eager ops) and the fused RMSNorm give the
-    dynamic loop's tokens for a left-padded batch whose rows finish at different steps."""
+    dynamic loop's tokens and log-probabilities for a left-padded batch of four differently sized images."""
     import torch
 
     from texocr.models.compact_decode import GreedyDecoder

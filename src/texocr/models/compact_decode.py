@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from texocr.models.cuda_graphs import capture_graph
 from texocr.models.qwen_speed import one_image_rope_index
 from texocr.repeats import RepeatRule, RepeatTracker, find_repeat
 
@@ -721,24 +722,6 @@ def _attention_backends(cuda: bool) -> Any:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def capture_graph(step: Callable[[], None]) -> Any:
-    """`step` captured in a CUDA graph, after warm-up runs on a side stream (kernel choice, workspaces: what
-    torch.cuda.graphs asks for). `step` must read and write preallocated tensors; a tensor it allocates in the
-    captured run lives in the graph's memory pool and is rewritten by every replay (how an output is read)."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph
 
 
 def _keep_rows(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:

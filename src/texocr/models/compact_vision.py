@@ -193,7 +193,7 @@ class _PaddedRun:
     def capture(self) -> bool:
         """Capture one run (the segment sizes do not matter, only the buffers' addresses: a replay reads the
         starts from `cu`). False, said in the log, when it cannot be captured."""
-        from texocr.models.compact_decode import capture_graph
+        from texocr.models.cuda_graphs import capture_graph
 
         sizes, made = [4] * self.images, {}
         try:
