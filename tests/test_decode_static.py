@@ -204,6 +204,47 @@ def test_predict_with_workers_gives_the_same_predictions(compact_loaded, tmp_pat
     assert a[3].error and b[3].error and "bad.png" in b[3].error
 
 
+def test_predict_chunks_queues_the_next_chunk_before_decoding_this_one(compact_loaded, tmp_path,
+                                                                      monkeypatch) -> None:
+    """`predict_chunks` (what `texocr eval` feeds its chunks through): each chunk's predictions equal `predict`'s
+    of it, in order, and the workers have the next chunk's images queued before this chunk's first batch decodes,
+    so a long run does not pause at every chunk boundary."""
+    from texocr.infer import Recognizer
+
+    model, proc, fam = compact_loaded.model, compact_loaded.processor, compact_loaded.family
+    paths = []
+    for i, im in enumerate(_images() * 2):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    chunks = [paths[:3], [str(tmp_path / "bad.png")] + paths[3:5], paths[5:]]
+    plain = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=2, glyph_height=24)
+    pooled = Recognizer(model, proc, fam, max_new_tokens=20, batch_size=2, glyph_height=24, workers=2)
+    events: list[str] = []
+    real_start, real_generate = pooled._start, pooled._generate
+
+    def start(images, size):
+        events.append(f"queue {len(images)}")
+        return real_start(images, size)
+
+    def generate(images, num_beams, max_new_tokens, enc=None, pool=None):
+        events.append("decode")
+        return real_generate(images, num_beams, max_new_tokens, enc, pool)
+
+    monkeypatch.setattr(pooled, "_start", start)
+    monkeypatch.setattr(pooled, "_generate", generate)
+    try:
+        got = list(pooled.predict_chunks(iter(chunks)))
+    finally:
+        pooled.close()
+    want = [plain.predict(c) for c in chunks]
+    assert [[(p.text, p.tokens, p.error is None, p.source) for p in c] for c in got] == \
+        [[(p.text, p.tokens, p.error is None, p.source) for p in c] for c in want]
+    assert got[1][0].error and "bad.png" in got[1][0].error
+    # chunk 2 queued before chunk 1's first batch decodes, chunk 3 before chunk 2's (each chunk: 2 batches of <= 2)
+    assert events == ["queue 3", "queue 3", "decode", "decode", "queue 3", "decode", "decode", "decode", "decode"]
+
+
 def test_a_static_mode_failure_falls_back_to_the_dynamic_loop(compact_models, monkeypatch, caplog) -> None:
     """A driver-level failure of the static mode (e.g. a CUDA graph that cannot be captured) costs a warning, not
     the caller's batch: the decoder reads on with the dynamic loop, same tokens."""

@@ -24,7 +24,8 @@ import csv
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -127,31 +128,46 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
     gen_time = 0.0
     worst = _WorstImages(image_limit) if keep_images and image_limit is not None else None
 
-    def chunks() -> Iterator[list[Sample]]:
-        # a recognizer without worker processes reads images itself: the prefetch thread reads them ahead instead
-        ahead = not getattr(recognizer, "workers", 0)
-        yield from _prefetched_chunks(it if cfg.limit is None else islice(it, cfg.limit), chunk_size, ahead)
-        while cfg.limit is not None and len(ids) < cfg.limit:  # unreadable deferred images: top up from the rest
-            more = list(islice(it, cfg.limit - len(ids)))
-            if not more:
-                break
-            yield more
+    # a recognizer without worker processes reads images itself: the prefetch thread reads them ahead instead
+    ahead = not getattr(recognizer, "workers", 0)
+    predict_chunks = getattr(recognizer, "predict_chunks", None) or (
+        lambda cs, **kw: (recognizer.predict(c, **kw) for c in cs))  # a stand-in with `predict` only
 
-    for chunk in chunks():
-        start = time.perf_counter()
-        got = recognizer.predict([s.image for s in chunk], batch_size=cfg.batch_size, num_beams=cfg.num_beams,
-                                 max_new_tokens=cfg.max_new_tokens)
-        gen_time += time.perf_counter() - start
-        chunk, got = _readable(chunk, got, skipped)
-        if worst is not None:
-            for s, p in zip(chunk, got):
-                worst.offer(len(ids), s, p)
-                ids.append(s.id)
-        else:
-            ids += [s.id for s in chunk]
-            images += [_png(read_image(s.image)) for s in chunk] if keep_images else []
-        preds += got
-        refs += [s.latex for s in chunk]
+    def run(chunks: Iterable[list[Sample]]) -> None:
+        nonlocal gen_time
+        taken: deque[list[Sample]] = deque()  # chunks the recognizer has taken (one ahead of the one it yields)
+
+        def feed() -> Iterator[list[Any]]:
+            for chunk in chunks:
+                taken.append(chunk)
+                yield [s.image for s in chunk]
+
+        stream = predict_chunks(feed(), batch_size=cfg.batch_size, num_beams=cfg.num_beams,
+                                max_new_tokens=cfg.max_new_tokens)
+        while True:
+            start = time.perf_counter()
+            got = next(stream, None)
+            gen_time += time.perf_counter() - start
+            if got is None:
+                return
+            chunk, got = _readable(taken.popleft(), got, skipped)
+            if worst is not None:
+                for s, p in zip(chunk, got):
+                    worst.offer(len(ids), s, p)
+                    ids.append(s.id)
+            else:
+                ids.extend(s.id for s in chunk)
+                if keep_images:
+                    images.extend(_png(read_image(s.image)) for s in chunk)
+            preds.extend(got)
+            refs.extend(s.latex for s in chunk)
+
+    run(_prefetched_chunks(it if cfg.limit is None else islice(it, cfg.limit), chunk_size, ahead))
+    while cfg.limit is not None and len(ids) < cfg.limit:  # unreadable deferred images: top up from the rest
+        more = list(islice(it, cfg.limit - len(ids)))
+        if not more:
+            break
+        run([more])
     texts = [p.text for p in preds]
 
     if renderer is None and cfg.render:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from texocr.config import EvalConfig
@@ -77,6 +79,19 @@ def _stopping_criterion(prompt_len: int, **repeat_kw: Any) -> Any:
 
 
 # ---------------------------------------------------------------- recognizer
+
+
+@dataclass
+class _Started:
+    """A chunk `Recognizer.predict_chunks` has taken: with the worker pool, its batches (input indices, sorted by
+    size) and their encodings on the way (`PrepPool.prepare`); without, only the images."""
+
+    images: list[Any]
+    size: int
+    pool: Any = None
+    sources: list[Any] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)
+    prepared: Iterator[Any] = field(default_factory=lambda: iter(()))
 
 
 class Recognizer:
@@ -168,11 +183,44 @@ class Recognizer:
         """A `Prediction` per input, in input order; bad inputs get their error, the rest are generated.
         With `workers` (and more than one image), images are read, rescaled and encoded in worker processes,
         one round trip per piece of a batch, the next batches' while this one decodes (`PrepPool.prepare`)."""
-        results: list[Prediction | None] = [None] * len(images)
+        return next(self.predict_chunks([images], batch_size=batch_size, num_beams=num_beams,
+                                        max_new_tokens=max_new_tokens))
+
+    def predict_chunks(self, chunks: Iterable[Sequence[Any]], *, batch_size: int | None = None,
+                       num_beams: int | None = None, max_new_tokens: int | None = None) -> Iterator[list[Prediction]]:
+        """`predict` of each chunk of images in turn, yielded in order. With `workers`, the next chunk is taken
+        and its images queued to the workers before this one decodes: a long run fed in chunks (`texocr eval`
+        keeps its memory bounded that way) has no pause at a chunk boundary while the first batch of the next
+        chunk is read and encoded (bench/infer.md). The next chunk is taken from `chunks` before this one's
+        predictions are yielded."""
         size = max(1, batch_size or self.batch_size)
+        started: deque[_Started] = deque()
+        for images in chunks:
+            started.append(self._start(list(images), size))
+            if len(started) > 1:
+                yield self._complete(started.popleft(), num_beams, max_new_tokens)
+        while started:
+            yield self._complete(started.popleft(), num_beams, max_new_tokens)
+
+    def _start(self, images: list[Any], size: int) -> _Started:
+        """A chunk's batches; with the worker pool, their reading and encoding queued now (`_complete` decodes)."""
         pool = self._prep_pool() if self.workers > 0 and len(images) > 1 else None
-        done: list[tuple[list[int], Any]] = []  # (input indices, their predictions or pending text finishing)
         if pool is None:
+            return _Started(images, size)
+        # sorted by the sizes the inputs declare (a file's header): the workers rescale them afterwards, so
+        # batches are a little less even than sorting the loaded images, but each image crosses once
+        sources = [_sendable(src) for src in images]
+        order = sorted(range(len(sources)), key=lambda i: _shape_key(_declared_size(sources[i])))
+        batches = [order[start: start + size] for start in range(0, len(order), size)]
+        prepared = pool.prepare([[sources[i] for i in c] for c in batches])
+        return _Started(images, size, pool, sources, batches, prepared)
+
+    def _complete(self, st: _Started, num_beams: int | None, max_new_tokens: int | None) -> list[Prediction]:
+        """Decode a started chunk: its Predictions in input order."""
+        images = st.images
+        results: list[Prediction | None] = [None] * len(images)
+        done: list[tuple[list[int], Any]] = []  # (input indices, their predictions or pending text finishing)
+        if st.pool is None:
             loaded: list[tuple[int, Any]] = []
             for i, src in enumerate(images):
                 try:
@@ -181,23 +229,18 @@ class Recognizer:
                     results[i] = Prediction("", error=str(e), source=_source_name(src))
             # similar shapes together: less padding, and one odd image does not slow the others
             loaded.sort(key=lambda it: _shape_key(it[1].size))
-            for start in range(0, len(loaded), size):
-                chunk = loaded[start: start + size]
+            for start in range(0, len(loaded), st.size):
+                chunk = loaded[start: start + st.size]
                 done.append(([i for i, _ in chunk],
                              self._generate_safely([im for _, im in chunk], num_beams, max_new_tokens)))
         else:
-            # sorted by the sizes the inputs declare (a file's header): the workers rescale them afterwards, so
-            # batches are a little less even than sorting the loaded images, but each image crosses once
-            sources = [_sendable(src) for src in images]
-            order = sorted(range(len(sources)), key=lambda i: _shape_key(_declared_size(sources[i])))
-            chunks = [order[start: start + size] for start in range(0, len(order), size)]
-            for chunk, (enc, errors, kept) in zip(chunks, pool.prepare([[sources[i] for i in c] for c in chunks])):
+            for chunk, (enc, errors, kept) in zip(st.batches, st.prepared):
                 for j, err in errors:
                     results[chunk[j]] = Prediction("", error=str(err), source=_source_name(images[chunk[j]]))
                 ok = [chunk[j] for j in kept]
                 if ok and enc:
-                    done.append((ok, self._generate_pooled([sources[i] for i in ok], enc, num_beams,
-                                                           max_new_tokens, pool)))
+                    done.append((ok, self._generate_pooled([st.sources[i] for i in ok], enc, num_beams,
+                                                           max_new_tokens, st.pool)))
         for idx, preds in done:
             for i, pred in zip(idx, preds if isinstance(preds, list) else preds.get()):
                 pred.source = _source_name(images[i])

@@ -169,11 +169,16 @@ class PrepPool:
                                                                      list[tuple[int, Any]], list[int]]]:
         """Per chunk of sources, in order: (its encoding as pieces to join with `concat_encodings`, [(position,
         TexocrError)] of unreadable ones, positions encoded). Each chunk is read, rescaled and encoded in pieces of
-        `piece` sources by the workers, every piece of every chunk queued at once: the workers prepare the next
-        chunks while the caller decodes. The pieces are joined by the caller, on its device: one copy of the
-        pixels in this process (the host-to-device one) instead of a concatenation first."""
+        `piece` sources by the workers, every piece of every chunk queued at once (by this call, not by the
+        first step of the iterator): the workers prepare the next chunks while the caller decodes. The pieces are
+        joined by the caller, on its device: one copy of the pixels in this process (the host-to-device one)
+        instead of a concatenation first."""
         pending = [[self.pool.apply_async(_prepare_piece, (chunk[i: i + self.piece],))
-                    for i in range(0, len(chunk), self.piece)] for chunk in chunks]
+                    for i in range(0, len(chunk), self.piece)] for chunk in chunks]  # queued now, not when iterated
+        return self._joined(pending)
+
+    def _joined(self, pending: list[list[Any]]) -> Iterator[tuple[list[dict[str, torch.Tensor]],
+                                                                   list[tuple[int, Any]], list[int]]]:
         for pieces in pending:
             encs, errors, kept = [], [], []
             for k, piece in enumerate(pieces):
