@@ -181,6 +181,36 @@ def test_encodings_joined_from_pieces_equal_one_batch_encoding(compact_loaded) -
         assert torch.equal(whole[k], joined[k]), k
 
 
+def test_pool_pieces_keep_positions_and_pixels(compact_loaded, tmp_path) -> None:
+    """A chunk split over workers in pieces of 2 (the tensors coming back as named shared memory,
+    `prep._init`): joined, the pieces equal one encoding of the readable images, and an unreadable file in the
+    second piece is reported at its position in the chunk, not in its piece."""
+    import torch
+
+    from texocr.prep import Prep, PrepPool, concat_encodings
+
+    proc, fam = compact_loaded.processor, compact_loaded.family
+    prep = Prep(proc, fam, 10**8, 4096, None)
+    images = _images()
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    chunk = paths[:3] + [str(tmp_path / "bad.png")] + paths[3:]
+    with PrepPool(prep, workers=2, piece=2) as pool:
+        assert pool._piece(100) == 2
+        [(encs, errors, kept)] = list(pool.prepare([chunk]))
+    assert len(encs) == 3 and [j for j, _ in errors] == [3] and "bad.png" in str(errors[0][1])
+    assert kept == [0, 1, 2, 4]
+    whole, joined = prep.encode([prep.load(chunk[j]) for j in kept]), concat_encodings(encs, prep.pad_id())
+    for k in whole:
+        assert torch.equal(whole[k], joined[k]), k
+    assert PrepPool._piece(pool, 1024) == 2  # an explicit piece wins
+    pool.piece = None
+    assert pool._piece(1024) == 128 and pool._piece(100) == 50 and pool._piece(10) == 32
+
+
 def test_predict_with_workers_gives_the_same_predictions(compact_loaded, tmp_path) -> None:
     """Files read, glyph-rescaled and encoded in 2 worker processes: same predictions, same per-image errors."""
     from texocr.infer import Recognizer

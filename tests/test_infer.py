@@ -260,3 +260,19 @@ def test_a_small_model_on_a_gpu_gets_a_gpu_sized_batch_unless_one_is_named(tiny_
     model = str(tiny_model_dir("qwen2_vl"))
     assert Recognizer.load(model, device="cpu").batch_size == EvalConfig().batch_size
     assert Recognizer.load(model, device="cpu", batch_size=3).batch_size == 3
+
+
+def test_generated_columns_after_every_rows_stop_are_cut_before_finishing() -> None:
+    """`_written`: only columns that are padding in every row go (a GPU batch runs as many steps as its longest
+    row); a row's own padding before another row's last id stays, so every row finishes as before."""
+    import torch
+
+    from texocr.infer import _written
+
+    pad = 0
+    new = torch.tensor([[5, 2, 0, 0, 0, 0], [5, 6, 7, 2, 0, 0], [5, 0, 0, 0, 0, 0]])
+    logp = torch.arange(18, dtype=torch.float32).view(3, 6)
+    cut, lp = _written(new, logp, pad)
+    assert cut.tolist() == [[5, 2, 0, 0], [5, 6, 7, 2], [5, 0, 0, 0]] and torch.equal(lp, logp[:, :4])
+    assert _written(torch.zeros(2, 3, dtype=torch.long), logp[:2, :3], pad)[0].shape == (2, 0)
+    assert _written(new, logp, None)[0] is new  # no padding id: nothing to tell padding by

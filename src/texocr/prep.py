@@ -10,8 +10,9 @@ LaTeX) in worker processes.
 Why: on a GPU the decoder turns out a batch of 512 formulas in a fraction of a second, while one CPU core needs
 milliseconds per image to decode a PNG, find its glyph height (scipy connected components), resize and
 patchify it. The workers do that for the next chunks while the GPU decodes this one. A chunk is encoded in
-pieces of `piece` images by several workers and the pieces joined (`concat_encodings`: the processor's own
-left-padded layout, tested equal). Workers are forked: no model is loaded twice, and they touch no GPU.
+pieces (32 to 128 images, `PrepPool._piece`) by several workers and the pieces joined (`concat_encodings`: the
+processor's own left-padded layout, tested equal). Workers are forked: no model is loaded twice, and they touch
+no GPU.
 """
 
 from __future__ import annotations
@@ -118,8 +119,15 @@ _WORKER: dict[str, Prep] = {}
 
 def _init(prep: Prep) -> None:
     import torch
+    import torch.multiprocessing
 
     torch.set_num_threads(1)  # one process per core; torch's own threads would fight over them
+    # A tensor this worker returns travels as a named shared-memory file, not as a file descriptor: under the
+    # default strategy every tensor's descriptor is handed over through a socket of its own, which cost the
+    # receiving (decoding) process ~2.5 ms of CPU per tensor, ~10 ms per piece of 4 tensors, ~0.3 s per
+    # batch of 1024; by name ~3 ms per piece (bench/infer.md). Set here, in the worker that pickles: the
+    # parent and training's DataLoader keep the default.
+    torch.multiprocessing.set_sharing_strategy("file_system")
     _WORKER["prep"] = prep
 
 
@@ -160,31 +168,41 @@ class _Joined:
 class PrepPool:
     """`workers` forked processes holding `prep`; `prepare` and `finish` keep input order (module docstring)."""
 
-    def __init__(self, prep: Prep, workers: int, *, piece: int = 32) -> None:
-        self.prep, self.piece, self.workers = prep, max(1, piece), max(1, workers)
+    def __init__(self, prep: Prep, workers: int, *, piece: int | None = None) -> None:
+        self.prep, self.workers = prep, max(1, workers)
+        self.piece = max(1, piece) if piece else None  # None: `_piece` per chunk
         # fork: the processor is inherited, not pickled; the parent's CUDA context is never used by a worker
         self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_init, initargs=(prep,))
 
     def prepare(self, chunks: Sequence[list[Any]]) -> Iterator[tuple[list[dict[str, torch.Tensor]],
                                                                      list[tuple[int, Any]], list[int]]]:
         """Per chunk of sources, in order: (its encoding as pieces to join with `concat_encodings`, [(position,
-        TexocrError)] of unreadable ones, positions encoded). Each chunk is read, rescaled and encoded in pieces of
-        `piece` sources by the workers, every piece of every chunk queued at once (by this call, not by the
+        TexocrError)] of unreadable ones, positions encoded). Each chunk is read, rescaled and encoded in pieces
+        (`_piece`) by the workers, every piece of every chunk queued at once (by this call, not by the
         first step of the iterator): the workers prepare the next chunks while the caller decodes. The pieces are
         joined by the caller, on its device: one copy of the pixels in this process (the host-to-device one)
         instead of a concatenation first."""
-        pending = [[self.pool.apply_async(_prepare_piece, (chunk[i: i + self.piece],))
-                    for i in range(0, len(chunk), self.piece)] for chunk in chunks]  # queued now, not when iterated
+        pending = []
+        for chunk in chunks:
+            size = self._piece(len(chunk))
+            pending.append((size, [self.pool.apply_async(_prepare_piece, (chunk[i: i + size],))
+                                   for i in range(0, len(chunk), size)]))  # queued now, not when iterated
         return self._joined(pending)
 
-    def _joined(self, pending: list[list[Any]]) -> Iterator[tuple[list[dict[str, torch.Tensor]],
-                                                                   list[tuple[int, Any]], list[int]]]:
-        for pieces in pending:
+    def _piece(self, n: int) -> int:
+        """Sources per worker task for a chunk of `n`: every worker busy on one chunk, in pieces of 32 to 128.
+        Why not smaller: each piece's hand-over costs the decoding process a few ms of CPU whatever its size
+        (`_init`), so a batch of 1024 in pieces of 32 paid it 32 times."""
+        return self.piece or max(32, min(128, -(-n // self.workers)))
+
+    def _joined(self, pending: list[tuple[int, list[Any]]]) -> Iterator[tuple[list[dict[str, torch.Tensor]],
+                                                                              list[tuple[int, Any]], list[int]]]:
+        for size, pieces in pending:
             encs, errors, kept = [], [], []
             for k, piece in enumerate(pieces):
                 enc, errs, ok = piece.get()
-                errors += [(k * self.piece + j, e) for j, e in errs]
-                kept += [k * self.piece + j for j in ok]
+                errors += [(k * size + j, e) for j, e in errs]
+                kept += [k * size + j for j in ok]
                 if enc is not None:
                     encs.append(enc)
             yield encs, errors, kept
