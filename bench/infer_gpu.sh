@@ -18,7 +18,7 @@
 #   eval_levers_*.json   the same two with TEXOCR_GPU_LEVERS=all (SKIP_LEVER_EVAL=1: not): exact match and wall
 #   phases.json          bench/infer_phases.py: ms per batch of each phase (read, encode, vision, prefill, decode...)
 # (BATCHES="1 512": other batch sizes; PATHS=fast: without the plain path; REPEAT=32: the eval set 32 times over
-#  instead of 8; SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
+#  instead of 8; SKIP_BENCH=1, SKIP_PHASES=1, SKIP_7B=1: leave those sections out, for a short call)
 #   infer_7b.json        random-weight Qwen2-VL-7B shape, batch 32 and 128, 64 new tokens, plain vs fast (SKIP_7B=1: not)
 #   infer_gpu.log        everything printed
 set -u
@@ -60,13 +60,13 @@ with (out / "labels.jsonl").open("w") as f:
 EOF
 fi
 
-section "bench: default model, plain vs fast"
-OUT= timeout 260 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
+[ "${SKIP_BENCH:-0}" = 1 ] || section "bench: default model, plain vs fast"
+[ "${SKIP_BENCH:-0}" = 1 ] || OUT= timeout 260 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
   --paths "${PATHS:-plain,fast,fast+norm,fast+gfv+norm,fast+gfv+vgraph+norm}" \
   --batches ${BATCHES:-1 32 128 512 1024} --max-new-tokens 256 --workers "$WORKERS" --stream \
   --json "$OUT/infer_default.json" >> "$LOG" 2>&1 || echo "bench default: exit $?" >> "$LOG"
 
-if grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer_default.json" ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ] && { grep -q '"error"' "$OUT/infer_default.json" 2>/dev/null || [ ! -f "$OUT/infer_default.json" ]; }; then
   section "bench: fast path without CUDA graphs (a fast row failed)"
   OUT= TEXOCR_CUDA_GRAPHS=0 timeout 40 "$PY" bench/infer.py --model default --device cuda --data "$DATA" \
     --paths fast --batches 1 128 512 --max-new-tokens 256 --workers "$WORKERS" \

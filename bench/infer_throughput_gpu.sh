@@ -4,10 +4,10 @@
 #     OUT=/some/dir bash bench/infer_throughput_gpu.sh      # device tool: carry ["runs/real-val/im2latex", ".carry/whl"]
 # Writes to $OUT:
 #   gpu_tests.txt        the `-m gpu` tests of tests/test_compact.py (FastVision in bf16, the padded graph)
-#   tput.json            bench/infer.py, 16,384 images per batch size, streamed: fast vs the levers at 1024,
-#                        the levers at 512 and 2048
+#   tput_*.json          bench/infer.py, 16,384 images per batch size, streamed: fast vs the levers at 1024 (and at
+#                        batch 1, 32 images; SKIP_B1=1: not), the levers at 512 and 2048 (SKIP_OTHER_BATCHES=1: not)
 #   eval_*.json          `texocr eval` of the 589 x 32 with and without TEXOCR_GPU_LEVERS=all (infer_gpu.sh)
-#   phases_levers.*      bench/infer_phases.py at batch 1024 with the levers, torch.profiler's top ops
+#   phases_levers.*      bench/infer_phases.py at batch 1024 with the levers, torch.profiler's top ops (SKIP_PHASES=1)
 #   stream_profile.txt   cProfile of the main process over a streamed run (levers, batch 1024, 8,192 images)
 #   tput.log             everything printed
 set -u
@@ -29,13 +29,15 @@ bench() { timeout "$1" python3 bench/infer.py --model default --device cuda --da
   -k "gpu" > "$OUT/gpu_tests.txt" 2>&1
 
 bench 150 --paths fast,fast+gfv+norm+compile --batches 1024 --images 16384 --json "$OUT/tput_1024.json"
-bench 120 --paths fast+gfv+norm+compile --batches 512 2048 --images 16384 --json "$OUT/tput_512_2048.json"
+[ "${SKIP_B1:-0}" = 1 ] || bench 60 --paths fast,fast+gfv+vgraph+norm+compile --batches 1 --images 32 --json "$OUT/tput_1.json"
+[ "${SKIP_OTHER_BATCHES:-0}" = 1 ] || bench 120 --paths fast+gfv+norm+compile --batches 512 2048 --images 16384 \
+  --json "$OUT/tput_512_2048.json"
 
-SKIP_7B=1 SKIP_PHASES=1 SKIP_COMPILE=1 SKIP_FP32=1 PATHS=fast BATCHES=1 REPEAT=${REPEAT:-32} EVAL_S=100 \
+SKIP_BENCH=1 SKIP_7B=1 SKIP_PHASES=1 SKIP_COMPILE=1 SKIP_FP32=1 REPEAT=${REPEAT:-32} EVAL_S=100 \
   OUT="$OUT/eval" bash bench/infer_gpu.sh > /dev/null 2>&1
 cp "$OUT"/eval/eval*.json "$OUT/" 2>/dev/null; grep -h "seconds:\|images_per_s_end" "$OUT/eval/infer_gpu.log" >> "$LOG"
 
-TEXOCR_GPU_LEVERS=all timeout 80 python3 bench/infer_phases.py --device cuda --data "$DATA" --batches 1024 \
+[ "${SKIP_PHASES:-0}" = 1 ] || TEXOCR_GPU_LEVERS=all timeout 80 python3 bench/infer_phases.py --device cuda --data "$DATA" --batches 1024 \
   --rounds 2 --trace --json "$OUT/phases_levers.json" > "$OUT/phases_levers.txt" 2>&1
 
 timeout 90 python3 -m cProfile -o /tmp/stream.prof bench/infer.py --model default --device cuda --data "$DATA" \
