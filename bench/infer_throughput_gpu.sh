@@ -8,7 +8,9 @@
 #                        batch 1, 32 images; SKIP_B1=1: not), the levers at 512 and 2048 (SKIP_OTHER_BATCHES=1: not)
 #   eval_*.json          `texocr eval` of the 589 x 32 with and without TEXOCR_GPU_LEVERS=all (infer_gpu.sh)
 #   phases_levers.*      bench/infer_phases.py at batch 1024 with the levers, torch.profiler's top ops (SKIP_PHASES=1)
-#   stream_profile.txt   cProfile of the main process over a streamed run (levers, batch 1024, 8,192 images)
+#   stream_profile.txt   cProfile of the main process over a streamed run (levers, batch 1024, 8,192 images;
+#                        SKIP_PROFILE=1: not)
+# (IMAGES=N: images per batch size of the first bench; SKIP_LEVER_EVAL=1: the eval without the levers only)
 #   tput.log             everything printed
 set -u
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ bench() { timeout "$1" python3 bench/infer.py --model default --device cuda --da
 [ "${SKIP_TESTS:-0}" = 1 ] || timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_compact.py \
   -k "gpu" > "$OUT/gpu_tests.txt" 2>&1
 
-bench 150 --paths fast,fast+gfv+norm+compile --batches 1024 --images 16384 --json "$OUT/tput_1024.json"
+bench 150 --paths fast,fast+gfv+norm+compile --batches 1024 --images "${IMAGES:-16384}" --json "$OUT/tput_1024.json"
 [ "${SKIP_B1:-0}" = 1 ] || bench 60 --paths fast,fast+gfv+vgraph+norm+compile --batches 1 --images 32 --json "$OUT/tput_1.json"
 [ "${SKIP_OTHER_BATCHES:-0}" = 1 ] || bench 120 --paths fast+gfv+norm+compile --batches 512 2048 --images 16384 \
   --json "$OUT/tput_512_2048.json"
@@ -40,8 +42,8 @@ cp "$OUT"/eval/eval*.json "$OUT/" 2>/dev/null; grep -h "seconds:\|images_per_s_e
 [ "${SKIP_PHASES:-0}" = 1 ] || TEXOCR_GPU_LEVERS=all timeout 80 python3 bench/infer_phases.py --device cuda --data "$DATA" --batches 1024 \
   --rounds 2 --trace --json "$OUT/phases_levers.json" > "$OUT/phases_levers.txt" 2>&1
 
-timeout 90 python3 -m cProfile -o /tmp/stream.prof bench/infer.py --model default --device cuda --data "$DATA" \
+[ "${SKIP_PROFILE:-0}" = 1 ] || timeout 90 python3 -m cProfile -o /tmp/stream.prof bench/infer.py --model default --device cuda --data "$DATA" \
   --max-new-tokens 256 --workers 15 --stream --paths fast+gfv+norm+compile --batches 1024 --images 8192 >> "$LOG" 2>&1
-python3 -c "import pstats; p = pstats.Stats('/tmp/stream.prof'); p.sort_stats('tottime').print_stats(35); \
+[ "${SKIP_PROFILE:-0}" = 1 ] || python3 -c "import pstats; p = pstats.Stats('/tmp/stream.prof'); p.sort_stats('tottime').print_stats(35); \
 p.sort_stats('cumulative').print_stats(45)" > "$OUT/stream_profile.txt" 2>&1
 grep -h "^|" "$LOG" | tail -20
