@@ -128,6 +128,10 @@ def _init(prep: Prep) -> None:
     # batch of 1024; by name ~3 ms per piece (bench/infer.md). Set here, in the worker that pickles: the
     # parent and training's DataLoader keep the default.
     torch.multiprocessing.set_sharing_strategy("file_system")
+    try:  # the strategy needs torch's shared-memory manager process; where it cannot start, keep the default
+        torch.zeros(1).share_memory_()
+    except RuntimeError:
+        torch.multiprocessing.set_sharing_strategy("file_descriptor")
     _WORKER["prep"] = prep
 
 
