@@ -263,16 +263,28 @@ def test_a_small_model_on_a_gpu_gets_a_gpu_sized_batch_unless_one_is_named(tiny_
 
 
 def test_generated_columns_after_every_rows_stop_are_cut_before_finishing() -> None:
-    """`_written`: only columns that are padding in every row go (a GPU batch runs as many steps as its longest
-    row); a row's own padding before another row's last id stays, so every row finishes as before."""
+    """`_written`: only columns that are padding in every row go, all but the first of them (a GPU batch runs as
+    many steps as its longest row); every row then finishes as before, also where the end token is the padding."""
     import torch
 
     from texocr.infer import _written
+    from texocr.prediction import finish_row
 
-    pad = 0
+    class Fam:  # finish_row's decoding: the ids as text
+        @staticmethod
+        def decode(processor, rows):
+            return [" ".join(map(str, r)) for r in rows]
+
     new = torch.tensor([[5, 2, 0, 0, 0, 0], [5, 6, 7, 2, 0, 0], [5, 0, 0, 0, 0, 0]])
-    logp = torch.arange(18, dtype=torch.float32).view(3, 6)
-    cut, lp = _written(new, logp, pad)
-    assert cut.tolist() == [[5, 2, 0, 0], [5, 6, 7, 2], [5, 0, 0, 0]] and torch.equal(lp, logp[:, :4])
-    assert _written(torch.zeros(2, 3, dtype=torch.long), logp[:2, :3], pad)[0].shape == (2, 0)
+    logp = -torch.arange(18, dtype=torch.float32).view(3, 6) / 10
+    for pad, eos in ((0, [2]), (0, [0])):  # padding distinct from the end token, and the end token itself
+        cut, lp = _written(new, logp, pad)
+        assert cut.tolist() == [[5, 2, 0, 0, 0], [5, 6, 7, 2, 0], [5, 0, 0, 0, 0]] and torch.equal(lp, logp[:, :5])
+        whole = [finish_row(Fam, None, r, p, eos, pad, 0.0) for r, p in zip(new.tolist(), logp.tolist())]
+        short = [finish_row(Fam, None, r, p, eos, pad, 0.0) for r, p in zip(cut.tolist(), lp.tolist())]
+        assert [(a.text, a.stop, a.score, a.tokens) for a in whole] == \
+            [(b.text, b.stop, b.score, b.tokens) for b in short]
+    assert _written(torch.zeros(2, 3, dtype=torch.long), logp[:2, :3], 0)[0].shape == (2, 1)
+    full = torch.tensor([[5, 6, 7]])
+    assert _written(full, logp[:1, :3], 0)[0].shape == (1, 3)  # a row that ran to the limit keeps every column
     assert _written(new, logp, None)[0] is new  # no padding id: nothing to tell padding by

@@ -423,14 +423,15 @@ class Recognizer:
 
 
 def _written(new: torch.Tensor, logp: torch.Tensor, pad: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`new` [B, N] and `logp` cut after the last column in which some row has a non-`pad` id: what follows is
-    only the padding of rows that stopped, which `finish_row` drops anyway. Why: a GPU batch of 1024 decodes as
+    """`new` [B, N] and `logp` cut one column after the last in which some row has a non-`pad` id: what follows is
+    only the padding of rows that stopped, which `finish_row` drops anyway. The one column more keeps each row's
+    end token where a model pads with its end token (`pad` among the end ids). Why: a GPU batch of 1024 decodes as
     many steps as its longest formula (~150 of 256 on published images), and turning the unused columns into
     Python lists and shipping them to the workers cost the decoding process time for nothing."""
     if pad is None or new.shape[1] == 0:
         return new, logp
     cols = (new != pad).any(dim=0).nonzero()  # [k, 1]
-    n = int(cols[-1, 0]) + 1 if cols.numel() else 0
+    n = min(new.shape[1], int(cols[-1, 0]) + 2 if cols.numel() else 1)
     return new[:, :n], logp[:, :n]
 
 
