@@ -67,7 +67,7 @@ LEVERS = ("gfv", "vgraph", "norm", "compile")
 
 def env_levers() -> set[str]:
     """The levers `TEXOCR_GPU_LEVERS` turns on for decoders made on CUDA (comma-separated names of `LEVERS`;
-    "all" for every one): a way to try them in `texocr eval`, `predict` or `serve` before they are defaults."""
+    "all" for every one): how `texocr eval`, `predict` or `serve` use them (opt-in: see `GreedyDecoder`)."""
     raw = os.environ.get("TEXOCR_GPU_LEVERS", "").replace(" ", "")
     names = set(LEVERS) if raw == "all" else {n for n in raw.split(",") if n}
     if names - set(LEVERS):
@@ -203,9 +203,10 @@ class GreedyDecoder:
         small kernels) before it is captured in a CUDA graph; costs a compilation per static shape.
         `vision_graphs` (CUDA, with `gpu_fast_vision`): batches of up to `GRAPH_IMAGES` images through the vision
         tower as CUDA-graph replays of padded shapes (`FastVision.padded`). These four are opt-in: together they
-        took batch-1 p50 from 39 to 20.5 ms on an H100 (bench/infer.md, `bench/infer.py --paths
-        fast+gfv+vgraph+norm+compile`), but their effect on accuracy and the compile seconds are not measured yet.
-        On CUDA, `TEXOCR_GPU_LEVERS` (`env_levers`) turns them on too."""
+        took batch-1 p50 from 29.8 to 16.8 ms on an H200 for 0.1 point of exact match (bf16 near-ties), but a
+        short `texocr eval` is slower with them, its compilations per shape costing more than they save
+        (bench/infer.md, seventh run): for long-lived, latency-bound processes. On CUDA, `TEXOCR_GPU_LEVERS`
+        (`env_levers`) turns them on too."""
         from texocr.models.compact_vision import FastVision
 
         text = model.model.language_model
