@@ -91,3 +91,73 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli(argv)
     assert e.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def _floats(folder):
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+
+
+def test_average_saves_the_weighted_mean_of_the_models(tmp_path):
+    """`--average`: every weight is the weighted mean, tied embeddings included; the record names the models."""
+    from texocr.cli import main as cli
+    from texocr.models.compact import build_compact
+
+    a, b = (build_compact(tmp_path / n, size="tiny", seed=s) for n, s in (("a", 0), ("b", 1)))
+    (a / "texocr_options.json").write_text('{"glyph_height": 16}')  # the first model's options are kept
+    out = tmp_path / "soup"
+    assert cli(["export", "--model", str(a), "--average", str(b), "--weights", "3", "1", "--dtype", "float32",
+                "--out", str(out)]) == 0
+    wa, wb, got = _floats(a), _floats(b), _floats(out)
+    assert got.keys() == wa.keys()
+    for k, v in got.items():
+        torch.testing.assert_close(v, 0.75 * wa[k] + 0.25 * wb[k], msg=k)
+    # the seeds' matrices differ (norm weights start at 1 in both): the mean is not one of the two
+    assert all(not torch.equal(wa[k], wb[k]) for k in got if wa[k].dim() == 2)
+    record = json.loads((out / "texocr_export.json").read_text())
+    assert record["averaged"] == [str(a), str(b)] and record["weights"] == [0.75, 0.25]
+    assert json.loads((out / "texocr_options.json").read_text()) == {"glyph_height": 16}
+
+
+def test_average_in_bfloat16_is_the_float32_mean_rounded(tmp_path):
+    from texocr.cli import main as cli
+    from texocr.models.compact import build_compact
+
+    a, b = (build_compact(tmp_path / n, size="tiny", seed=s, dtype="bfloat16") for n, s in (("a", 0), ("b", 1)))
+    out = tmp_path / "soup"
+    assert cli(["export", "--model", str(a), "--average", str(b), "--dtype", "bfloat16", "--out", str(out)]) == 0
+    wa, wb, got = _floats(a), _floats(b), _floats(out)
+    for k, v in got.items():
+        assert torch.equal(v, ((wa[k] + wb[k]) / 2).to(torch.bfloat16).float()), k
+    assert json.loads((out / "config.json").read_text())["vision_config"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize(("other", "argv", "message"), [
+    ("wider", [], "model.visual.merger.mlp.2.weight is (32, 128), not (64, 128)"),
+    ("compact", [], "vocabulary differs"),
+    ("same", ["--weights", "1"], "--weights: give 2 non-negative numbers"),
+    ("same", ["--weights", "1", "-1"], "--weights: give 2 non-negative numbers"),
+])
+def test_average_refuses_models_that_do_not_match(tiny_model_dir, tmp_path, capsys, other, argv, message):
+    """Another shape or vocabulary, or wrong weights: a clear error, and no output folder."""
+    from texocr.cli import main as cli
+    from texocr.models.compact import build_compact
+    from texocr.models.tiny import build_tiny
+
+    base = tiny_model_dir("qwen2_vl")
+    second = {"wider": lambda: build_tiny("qwen2_vl", tmp_path / "w", hidden_size=32, heads=4),
+              "compact": lambda: build_compact(tmp_path / "c", size="tiny"),
+              "same": lambda: base}[other]()
+    out = tmp_path / "soup"
+    assert cli(["export", "--model", str(base), "--average", str(second), *argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_weights_need_average(tiny_model_dir, tmp_path, capsys):
+    from texocr.cli import main as cli
+
+    base = str(tiny_model_dir("qwen2_vl"))
+    assert cli(["export", "--model", base, "--weights", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--weights needs --average" in capsys.readouterr().err

@@ -9,6 +9,15 @@ the unquantized base (loaded in `--dtype`), which is what its 4-bit training app
 an adapter (a full fine-tune, a pretraining run's `model/`) is saved again in `--dtype`, e.g. bfloat16 to halve
 a float32 checkpoint. The Recognizer settings the run was saved with (`eval` keys such as `glyph_height`) go into
 the folder's `texocr_options.json`, so the exported model reads as the run did.
+
+    texocr export --model runs/a/model --average runs/b/model runs/c/model --out exported/soup
+
+`--average` saves the weighted mean of the weights of `--model` and these models (a "model soup", Wortsman et
+al. 2022): runs fine-tuned from one common starting model usually sit in one basin, where their mean reads at
+least as well as the runs and costs nothing at inference (texocr's default v10 is the mean of three runs from v7:
+bench/compact.md). Every model must have the same architecture (parameter names and shapes) and the same
+vocabulary; each may be an adapter folder (merged first). The first model's processor and options are kept.
+Written by hand (a few lines over `state_dict`) because the merge libraries target language models only.
 """
 
 from __future__ import annotations
@@ -16,6 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from texocr.models.loading import LoadedModel
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -27,20 +40,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="dtype of the merged weights (auto: bfloat16 on a GPU, float32 on a CPU)")
     parser.add_argument("--device", default=None, help="where to merge (default: cuda if available, else cpu)")
+    parser.add_argument("--average", nargs="+", default=None, metavar="MODEL",
+                        help="save the mean of the weights of --model and these models (same architecture "
+                             "and vocabulary, e.g. runs fine-tuned from one model)")
+    parser.add_argument("--weights", nargs="+", type=float, default=None, metavar="W",
+                        help="with --average: one weight per model, --model first (default: equal)")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = export(args.model, args.out, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    print(f"merged model + processor saved to {out}")
+    out = export(args.model, args.out, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                 average=args.average, weights=args.weights)
+    print(f"{'averaged' if args.average else 'merged'} model + processor saved to {out}")
     return 0
 
 
 def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: str = "auto",
-           device: str | None = None) -> Path:
-    """Load `model` (+ `adapter`), merge, save model + processor to `out`; returns `out`."""
+           device: str | None = None, average: list[str] | None = None, weights: list[float] | None = None) -> Path:
+    """Load `model` (+ `adapter`), merge, save model + processor to `out`; returns `out`. With `average`, the
+    saved weights are the `weights`-weighted mean of `model`'s and those models' (module doc)."""
     from texocr.config import ModelConfig
     from texocr.errors import TexocrError
-    from texocr.models.loading import load_model
+    from texocr.models.loading import load_model, resolve_model
     from texocr.models.saved import OPTIONS_FILE, read_saved
 
     out = Path(out)
@@ -48,16 +68,86 @@ def export(model: str, out: str | Path, *, adapter: str | None = None, dtype: st
         raise TexocrError(f"--out {out} exists and is not an empty directory")
     if dtype not in DTYPES:
         raise TexocrError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    cfg = ModelConfig(name_or_path=model, adapter=adapter, dtype=dtype)  # type: ignore[arg-type]
+    models = [model, *(average or [])]
+    shares = _weights(len(models), weights, averaging=bool(average))
+    # averaged in float32 (bf16 sums of 10^7 weights would round), then cast to the asked dtype
+    cfg = ModelConfig(name_or_path=model, adapter=adapter, dtype="float32" if average else dtype)  # type: ignore[arg-type]
     loaded = load_model(cfg, training=False, device=device)  # merges an adapter into the weights
     merged = loaded.model
+    if average:
+        mean_weights(loaded, average, shares)
+        if dtype != "float32":
+            from texocr.models.loading import resolve_dtype
+
+            torch_dtype = resolve_dtype(dtype, loaded.device)
+            merged.to(torch_dtype)
+            for c in (merged.config, *(getattr(merged.config, n, None) for n in merged.config.sub_configs)):
+                if c is not None:  # the config says what the file holds, as a model loaded in that dtype does
+                    c.dtype = torch_dtype
     merged.config.use_cache = True
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     loaded.processor.save_pretrained(str(out))
-    options = read_saved(model, adapter).options  # e.g. the glyph height the run trained and read at
+    # e.g. the glyph height the run trained and read at (`default` is the shipped folder, which has them too)
+    options = read_saved(resolve_model(model), adapter).options
     if options:
         (out / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
     (out / "texocr_export.json").write_text(json.dumps(
-        {"base": model, "adapter": adapter, "family": loaded.family.name, "dtype": str(loaded.dtype)}, indent=2) + "\n")
+        {"base": model, "adapter": adapter, "family": loaded.family.name, "dtype": str(loaded.dtype),
+         **({"averaged": models, "weights": shares} if average else {})}, indent=2) + "\n")
     return out
+
+
+def _weights(n: int, weights: list[float] | None, *, averaging: bool) -> list[float]:
+    from texocr.errors import TexocrError
+
+    if weights is None:
+        return [1.0 / n] * n
+    if not averaging:
+        raise TexocrError("--weights needs --average")
+    if len(weights) != n or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise TexocrError(f"--weights: give {n} non-negative numbers (--model first) with a positive sum, "
+                          f"got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _vocab(processor: Any) -> dict[str, int]:
+    return dict(getattr(processor, "tokenizer", processor).get_vocab())
+
+
+def mean_weights(loaded: LoadedModel, others: list[str], weights: list[float]) -> None:
+    """Set `loaded.model`'s floating-point weights (float32) to `weights[0]` x its own + `weights[i]` x those of
+    `others[i - 1]`, loaded one at a time; other tensors (integer buffers) must be equal. Raises `TexocrError`
+    when a model differs in family, parameter names, shapes or vocabulary."""
+    import torch
+
+    from texocr.config import ModelConfig
+    from texocr.errors import TexocrError
+    from texocr.models.loading import load_model
+
+    own = loaded.model.state_dict()
+    total = {k: v.float() * weights[0] if v.is_floating_point() else v for k, v in own.items()}
+    vocab = _vocab(loaded.processor)
+    for other, w in zip(others, weights[1:]):
+        got = load_model(ModelConfig(name_or_path=other, dtype="float32"), training=False, device=loaded.device)
+        if got.family.name != loaded.family.name:
+            raise TexocrError(f"--average {other}: a {got.family.name} model, not {loaded.family.name}")
+        if _vocab(got.processor) != vocab:
+            raise TexocrError(f"--average {other}: its vocabulary differs from the first model's: token ids "
+                              "would mean different things, so its weights cannot be averaged")
+        theirs = got.model.state_dict()
+        if theirs.keys() != own.keys():
+            diff = sorted(set(theirs) ^ set(own))
+            raise TexocrError(f"--average {other}: other parameters than the first model ({len(diff)} differ, "
+                              f"e.g. {diff[0]})")
+        for k, v in theirs.items():
+            if v.shape != own[k].shape:
+                raise TexocrError(f"--average {other}: {k} is {tuple(v.shape)}, not {tuple(own[k].shape)}")
+            if v.is_floating_point():
+                total[k] += v.float() * w
+            elif not torch.equal(v, own[k]):
+                raise TexocrError(f"--average {other}: {k} (not a float tensor) differs from the first model's")
+        del got, theirs
+    # all means computed before any is written: tied weights (embeddings = output layer) are two keys of one tensor
+    loaded.model.load_state_dict(total)
