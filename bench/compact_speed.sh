@@ -1,6 +1,6 @@
 #!/bin/bash
-# CPU speed of the shipped model against v5, alternated in one session (bench/compact.md, "v7 on this CPU"):
-#   V5=runs/v5 bash bench/compact_speed.sh > bench/results/compact_v7_cpu_speed.txt
+# CPU speed of the shipped model (`default`) against v5, alternated in one session (bench/compact.md):
+#   V5=runs/v5 bash bench/compact_speed.sh > bench/results/compact_vN_cpu_speed.txt
 # V5: a model folder of v5 (`git show f445edf:src/texocr/assets/default-model/model.safetensors` beside the other
 # files of the default model, or any baseline); REPS rounds over the published images and the TeX renders, the order
 # of v5 / default at its own glyph height / default at 14 reversed every other round.
@@ -13,12 +13,12 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(nproc) cores, $(lscpu | grep 'Model n
 echo "# bench/infer.py --model M --data D --max-new-tokens 256 --batches 1 32 --images 64 --threads 2 [--glyph-height G]"
 for rep in $(seq 1 "$REPS"); do
   for data in runs/real-val/im2latex runs/im2latex-test; do
-    if [ $((rep % 2)) -eq 1 ]; then order="v5 v7g16 v7g14"; else order="v7g14 v7g16 v5"; fi
+    if [ $((rep % 2)) -eq 1 ]; then order="v5 dflt16 dflt14"; else order="dflt14 dflt16 v5"; fi
     for m in $order; do
       case $m in
         v5) args=(--model "$V5" --glyph-height 0) ;;
-        v7g16) args=(--model default) ;;
-        v7g14) args=(--model default --glyph-height 14) ;;
+        dflt16) args=(--model default) ;;
+        dflt14) args=(--model default --glyph-height 14) ;;
       esac
       echo "== rep $rep $m $data load $(cut -d' ' -f1 /proc/loadavg)"
       PYTHONPATH=src "$PY" bench/infer.py "${args[@]}" --data "$data" --max-new-tokens 256 --batches 1 32 \
