@@ -17,7 +17,8 @@ al. 2022): runs fine-tuned from one common starting model usually sit in one bas
 least as well as the runs and costs nothing at inference (texocr's default v10 is the mean of three runs from v7:
 bench/compact.md). Every model must have the same architecture (parameter names and shapes) and the same
 vocabulary; each may be an adapter folder (merged first). The first model's processor and options are kept.
-Written by hand (a few lines over `state_dict`) because the merge libraries target language models only.
+A weighted mean of `state_dict`s needs no library beyond torch (peft's `add_weighted_adapter` combines
+adapters, not whole models), so it is written here, with the checks that make a mean meaningful.
 """
 
 from __future__ import annotations
