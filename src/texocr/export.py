@@ -13,9 +13,9 @@ the folder's `texocr_options.json`, so the exported model reads as the run did.
     texocr export --model runs/a/model --average runs/b/model runs/c/model --out exported/soup
 
 `--average` saves the weighted mean of the weights of `--model` and these models (a "model soup", Wortsman et
-al. 2022): runs fine-tuned from one common starting model usually sit in one basin, where their mean reads at
-least as well as the runs and costs nothing at inference (texocr's default v10 is the mean of three runs from v7:
-bench/compact.md). Every model must have the same architecture (parameter names and shapes) and the same
+al. 2022): runs fine-tuned from one common starting model can sit in one basin, where their mean may read better
+than each of them at no cost at inference (measured once here: texocr's default v10, the mean of v7 and two runs
+from it, reads better than each of the three; bench/compact.md). Every model must have the same architecture (parameter names and shapes) and the same
 vocabulary; each may be an adapter folder (merged first). The first model's processor and options are kept.
 A weighted mean of `state_dict`s needs no library beyond torch (peft's `add_weighted_adapter` combines
 adapters, not whole models), so it is written here, with the checks that make a mean meaningful.
