@@ -90,11 +90,11 @@ def test_tokenize_matches_im2latex_convention():
     (r"a \rm b c", r"a \mathrm { b c }"),
     (r"{\rm a \over b}", r"\mathrm { \frac { a } { b } }"),
     # consistent braces
-    (r"x^2_i", r"x ^ { 2 } _ { i }"),
+    (r"x^2_i", r"x _ { i } ^ { 2 }"),
     (r"\frac12", r"\frac { 1 } { 2 }"),
     (r"\sqrt[3]x + \hat\alpha", r"\sqrt [ 3 ] { x } + \hat { \alpha }"),
     (r"e^\frac{1}{2}", r"e ^ { \frac { 1 } { 2 } }"),
-    (r"x\sp2\sb i", r"x ^ { 2 } _ { i }"),
+    (r"x\sp2\sb i", r"x _ { i } ^ { 2 }"),
     (r"\big( x \big)", r"\big ( x \big )"),
     # wrappers, comments, labels, trailing spacing
     (r"$x$", "x"),
@@ -132,6 +132,12 @@ def test_tokenize_matches_im2latex_convention():
     # runs of interword spaces and quads as their width (the same glue in Computer Modern)
     (r"a \ \ \ b ~~~ c \quad\quad d \ \quad \ e", r"a \quad b \quad c \qquad d \quad \ \ e"),
     (r"a \; \; \; b \, \, c \ \, \ d", r"a \; \; \; b \, \, c \ \, \ d"),
+    # one noad to TeX either way: the subscript first (im2latex's order); not after a prime (`f'^2` is one
+    # superscript), not in a run of three scripts (a TeX error either way), not in a text-mode argument
+    (r"x^a_b + \sum\limits^{n}_{i=1} {y^2_3} e^{t^1_0}_0", (r"x _ { b } ^ { a } + \sum \limits _ { i = 1 } ^ { n } "
+     r"{ y _ { 3 } ^ { 2 } } e _ { 0 } ^ { t _ { 0 } ^ { 1 } }")),
+    (r"f'^2_b + x^a_b_c + x_a^b^c + \text{a^b_c}", (r"f ' ^ { 2 } _ { b } + x ^ { a } _ { b } _ { c } + "
+     r"x _ { a } ^ { b } ^ { c } + \text { a ^ { b } _ { c } }")),
 ])
 def test_normalize_standard(src, expected):
     assert normalize(src) == expected
@@ -155,6 +161,7 @@ def test_normalize_standard(src, expected):
     (r"f''(x) + g'^2", r"f ^ { \prime \prime } ( x ) + g ^ { \prime 2 }"),
     (r"x^{\prime}", r"x ^ \prime"),
     (r"a \not= b \not\in C", r"a \neq b \notin C"),
+    (r"f'^2_b + x^a_b", r"f _ b ^ { \prime 2 } + x _ b ^ a"),  # the prime joins the superscript first
 ])
 def test_normalize_aggressive(src, expected):
     assert normalize(src, "aggressive") == expected
