@@ -26,17 +26,32 @@ mkdir -p "$OUT" "$WORK"
 source scripts/gpu_env.sh || exit 2   # wheels, carried data, the TeX bundle
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; nproc; date -u; } | tee -a "$OUT/log.txt"
 RUN=$WORK/run
+# A device call cut by its time limit returns only what is under $OUT: every new checkpoint is exported there as
+# partial.tar.* (bf16, replacing the previous one) so that a cut run still brings back its last checkpoint.
+export_partial() {
+  local seen="" ck
+  while sleep 20; do
+    ck=$(ls -d "$RUN"/checkpoints/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+    [ -n "$ck" ] && [ "$ck" != "$seen" ] && [ -f "$ck/texocr_complete" ] || continue
+    rm -rf "$WORK/partial" && "$PY" -m texocr export --model "$ck" --dtype bfloat16 --out "$WORK/partial" >/dev/null 2>&1 \
+      && rm -f "$OUT"/partial.tar.* && tar -cf - -C "$WORK/partial" . | split -b 15m - "$OUT/partial.tar." \
+      && echo "partial export: $(basename "$ck")" >> "$OUT/log.txt" && seen=$ck
+  done
+}
+export_partial &
+WATCH=$!
 # shellcheck disable=SC2086
 timeout -k 10 "$(awk "BEGIN{print int($MINUTES*60+240)}")" "$PY" -m texocr train --config configs/compact/pretrain.yaml \
   --train.output_dir "$RUN" --train.max_minutes "$MINUTES" --train.resume latest ${EXTRA:-} 2>&1 \
   | grep --line-buffered -v -E "Writing model shards|Loading weights|it/s\]$" | tee -a "$OUT/log.txt"
 rc=${PIPESTATUS[0]}
+kill "$WATCH" 2>/dev/null
 echo "texocr train exit $rc" | tee -a "$OUT/log.txt"
 cp "$RUN/logs/metrics.csv" "$RUN/metrics.json" "$OUT/" 2>/dev/null
 if [ -f "$RUN/model/config.json" ]; then
   rm -rf "$WORK/bf16"
   "$PY" -m texocr export --model "$RUN/model" --dtype bfloat16 --out "$WORK/bf16" 2>&1 | tail -2
-  tar -cf - -C "$WORK/bf16" . | split -b 15m - "$OUT/model.tar."
+  tar -cf - -C "$WORK/bf16" . | split -b 15m - "$OUT/model.tar." && rm -f "$OUT"/partial.tar.*
   for val in .carry/val-real-im2latex .carry/val-real-crohme; do
     [ -f "$val/labels.jsonl" ] || continue
     rm -rf "$WORK/eval-$(basename "$val")"
