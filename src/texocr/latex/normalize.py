@@ -347,11 +347,12 @@ def _script_order(items: list) -> list:
 
 
 def _is_script(x, name: str | None = None) -> bool:
-    """`x` is a script (`name`: of that kind); a lone pair is swapped only when both have their argument."""
+    """`x` is a script (`name`: of that kind)."""
     return isinstance(x, Cmd) and x.name in (("^", "_") if name is None else (name,))
 
 
 def _swappable(a, b) -> bool:
+    """`a b` is `^ {..} _ {..}` with both arguments present (`^ _ 0` is left as written)."""
     return _is_script(a, "^") and _is_script(b, "_") and a.args[0][1] is not None and b.args[0][1] is not None
 
 
