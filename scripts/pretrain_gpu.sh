@@ -31,7 +31,7 @@ RUN=$WORK/run
 export_partial() {
   local seen="" ck
   while sleep 20; do
-    ck=$(ls -d "$RUN"/checkpoints/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+    ck=$(ls -d "$RUN"/checkpoints/checkpoint-* 2>/dev/null | sort -V | tail -1)  # -V: 1000 after 400
     [ -n "$ck" ] && [ "$ck" != "$seen" ] && [ -f "$ck/texocr_complete" ] || continue
     rm -rf "$WORK/partial" && "$PY" -m texocr export --model "$ck" --dtype bfloat16 --out "$WORK/partial" >/dev/null 2>&1 \
       && rm -f "$OUT"/partial.tar.* && tar -cf - -C "$WORK/partial" . | split -b 15m - "$OUT/partial.tar." \

@@ -331,18 +331,14 @@ def _script_order(items: list) -> list:
     write the subscript first (8,396 of 8,407 pairs). Only a lone pair (`x ^ a _ b _ c` is a TeX error either way),
     and not after a prime: `f ' ^ { 2 }` is one superscript to TeX (`f ^ { \\prime 2 }`), which a subscript
     moved between them would split into a double superscript."""
-    if len(items) < 2:
-        return items
-    out = list(items)
-    k = 0
-    while k + 1 < len(out):
-        a, b = out[k], out[k + 1]
-        if _swappable(a, b) and not (k > 0 and (out[k - 1] == "'" or _is_script(
-                out[k - 1]))) and not (k + 2 < len(out) and _is_script(out[k + 2])):
-            out[k], out[k + 1] = b, a
-            k += 2
-        else:
-            k += 1
+    ups = [k for k, x in enumerate(items[:-1]) if type(x) is Cmd and x.name == "^"]  # most lists have none
+    out = items
+    for k in ups:
+        if _swappable(out[k], out[k + 1]) and not (k > 0 and (out[k - 1] == "'" or _is_script(out[k - 1]))) \
+                and not (k + 2 < len(out) and _is_script(out[k + 2])):
+            if out is items:
+                out = list(items)
+            out[k], out[k + 1] = out[k + 1], out[k]
     return out
 
 
