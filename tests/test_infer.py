@@ -288,3 +288,71 @@ def test_generated_columns_after_every_rows_stop_are_cut_before_finishing() -> N
     full = torch.tensor([[5, 6, 7]])
     assert _written(full, logp[:1, :3], 0)[0].shape == (1, 3)  # a row that ran to the limit keeps every column
     assert _written(new, logp, None)[0] is new  # no padding id: nothing to tell padding by
+
+
+# ---------------------------------------------------------------- reading twice
+
+
+def _glyph_image(width: int, height: int, glyph: int) -> Image.Image:
+    """White `width` x `height` with one black box `glyph` pixels tall: `glyph_height` measures `glyph`."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(img).rectangle([10, 4, 13, 4 + glyph - 1], fill="black")
+    return img
+
+
+def test_unsure_reads_are_read_again_and_the_surest_kept(tiny_loaded, monkeypatch):
+    """`reread=[PX]`: a prediction scored below `reread_below` is read again with its glyphs PX tall and replaced
+    when that read is surer; sure reads, errors, and inputs the other height would not change are not read again;
+    input order is kept."""
+    rec = Recognizer.from_loaded(tiny_loaded("qwen2_vl"), glyph_height=24, reread=[12], reread_below=-0.01,
+                                 batch_size=8)
+    widths: list[list[int]] = []
+
+    def scripted(images, num_beams, max_new_tokens):  # a stand-in model: narrower reads are surer
+        widths.append(sorted(im.width for im in images))
+        return [Prediction(f"w{im.width}", score=-0.005 if im.width < 100 else -im.width / 1000) for im in images]
+
+    monkeypatch.setattr(rec, "_generate_safely", scripted)
+    small = _glyph_image(240, 40, 12)  # read at 24 px: 480 wide, unsure; at 12 px: as it is, surer
+    large = _glyph_image(300, 80, 40)  # glyphs taller than both heights: one read, unsure, not read again
+    sure = _glyph_image(60, 50, 30)    # not enlarged, scored -0.005: sure
+    blank = Image.new("RGB", (50, 50), "white")
+    preds = rec([small, large, blank, sure], return_details=True)
+    assert [p.text for p in preds] == ["w240", "w300", "", "w60"]
+    assert "blank" in preds[2].error
+    assert widths == [[60, 300, 480], [240]]  # the first reads, then only the small image again
+    assert rec.settings()["reread"] == [12.0] and rec.settings()["reread_below"] == -0.01
+
+
+def test_a_less_sure_second_read_is_not_kept(tiny_loaded, monkeypatch):
+    rec = Recognizer.from_loaded(tiny_loaded("qwen2_vl"), glyph_height=24, reread=[12], reread_below=-0.01)
+    monkeypatch.setattr(rec, "_generate_safely", lambda images, *a: [
+        Prediction(f"w{im.width}", score=-1.0 if im.width < 300 else -0.5) for im in images])
+    assert rec(_glyph_image(240, 40, 12)) == "w480"
+
+
+def test_reread_on_a_real_model_keeps_the_surest_of_the_reads(tiny_loaded, formula_image):
+    """On the tiny model, every read unsure (`reread_below=0`): each kept prediction is the better scored of the
+    read at 24 px and the read at 12 px, and bad inputs still fail alone."""
+    loaded = tiny_loaded("qwen2_vl")
+    images = [_glyph_image(200 + 20 * i, 40, 10 + i) for i in range(4)]
+    reads = {h: Recognizer.from_loaded(loaded, glyph_height=h, max_new_tokens=6)(images, return_details=True)
+             for h in (24, 12)}
+    both = Recognizer.from_loaded(loaded, glyph_height=24, reread=[12], reread_below=0.0, max_new_tokens=6)
+    got = both(images + [b"not an image"], return_details=True)
+    assert got[-1].error and got[-1].text == ""
+    for i, pred in enumerate(got[:-1]):
+        first, second = reads[24][i], reads[12][i]
+        best = second if second.score > first.score else first
+        assert (pred.text, pred.score) == pytest.approx((best.text, best.score))
+
+
+def test_reread_settings_are_checked(tiny_loaded):
+    loaded = tiny_loaded("qwen2_vl")
+    with pytest.raises(TexocrError, match="reread"):
+        Recognizer.from_loaded(loaded, reread=[16])  # no threshold
+    with pytest.raises(TexocrError, match="reread"):
+        Recognizer.from_loaded(loaded, reread=[-2], reread_below=-0.01)
+    assert Recognizer.from_loaded(loaded, reread=[0]).reread == ()  # 0: off, as --glyph-height 0

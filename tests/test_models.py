@@ -176,3 +176,31 @@ def test_qwen_image_budget_follows_config(tiny_model_dir, formula_image):
     assert loaded.family.max_image_tokens(loaded.processor) == 64 and 32 < n <= 64
     # an extreme aspect ratio (over the processor's 200:1 limit) is padded, not refused
     assert _encode(loaded, [formula_image(3000, 10)], ["x"]).batch is not None
+
+
+def test_bf16_weights_read_in_bf16_on_a_cpu_that_computes_it(tiny_model_dir, tmp_path, monkeypatch):
+    """dtype `auto` on a CPU: float32, except weights stored in bfloat16, read (not trained, no adapter to fold
+    in) on a CPU with native bfloat16 (`cpu_computes_bf16`): those stay bfloat16 (the shipped model's fast path)."""
+    import shutil
+
+    from texocr.models import loading
+
+    folder = tmp_path / "bf16"
+    model = load_model(ModelConfig(name_or_path=str(tiny_model_dir("qwen2_vl")), dtype="bfloat16"), device="cpu")
+    model.model.save_pretrained(folder)
+    for f in tiny_model_dir("qwen2_vl").iterdir():
+        if not (folder / f.name).exists() and f.is_file():
+            shutil.copy(f, folder / f.name)
+    assert loading.stored_dtype(str(folder)) == "bfloat16"
+    assert loading.stored_dtype(str(tiny_model_dir("qwen2_vl"))) == "float32"
+
+    def dtype_of(path, **kw):
+        return next(load_model(ModelConfig(name_or_path=str(path)), device="cpu", **kw).model.parameters()).dtype
+
+    monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: True)
+    assert dtype_of(folder) == torch.bfloat16
+    assert dtype_of(folder, training=True) == torch.float32  # master weights for training stay float32
+    assert dtype_of(tiny_model_dir("qwen2_vl")) == torch.float32  # stored in float32: read so
+    monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower: float32
+    assert dtype_of(folder) == torch.float32
+    assert loading.resolve_dtype("bfloat16", "cpu") == torch.bfloat16  # asked for by name: given

@@ -162,3 +162,17 @@ def test_a_model_folder_carries_its_reading_settings(tiny_model_dir: Callable[[s
     (folder / OPTIONS_FILE).write_text(json.dumps({"glyph_hieght": 16}))
     with pytest.raises(TexocrError, match=OPTIONS_FILE):
         read_saved(str(folder))
+
+
+def test_reread_settings_travel_in_a_model_folder(tiny_model_dir, tmp_path):
+    """`reread`/`reread_below` in `texocr_options.json` (as the shipped model carries them) reach the Recognizer;
+    a caller's value wins, and `--reread 0` turns it off."""
+    from texocr.models.saved import OPTIONS_FILE
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), folder)
+    (folder / OPTIONS_FILE).write_text(json.dumps({"glyph_height": 20, "reread": [16], "reread_below": -0.01}))
+    rec = Recognizer.load(str(folder), device="cpu")
+    assert (rec.glyph_height, rec.reread, rec.reread_below) == (20, (16.0,), -0.01)
+    assert Recognizer.load(str(folder), device="cpu", reread=[18, 22]).reread == (18.0, 22.0)
+    assert Recognizer.load(str(folder), device="cpu", reread=[0]).reread == ()

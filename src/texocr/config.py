@@ -271,6 +271,11 @@ class EvalConfig:
     """Render predictions for `image_match` and the HTML report when a renderer is installed."""
     glyph_height: float | None = None
     """Enlarge inputs whose glyphs are smaller than this many pixels (`Recognizer(glyph_height=)`)."""
+    reread: list[float] | None = None
+    """Read an unsure input again with its glyphs at each of these heights and keep the surest read
+    (`Recognizer(reread=)`); None: the model's own setting, [] or [0]: off."""
+    reread_below: float | None = None
+    """What "unsure" means for `reread`: a mean log-probability per token below this (e.g. -0.01)."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from texocr.data.images import GLYPH_HEIGHT_HELP
+from texocr.data.images import GLYPH_HEIGHT_HELP, add_reread_flags
 from texocr.errors import TexocrError
 from texocr.prep import BATCH_HELP, WORKERS_HELP
 from texocr.sample import DeferredImage, read_image
@@ -369,6 +369,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
+    add_reread_flags(p)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--workers", type=int, help=WORKERS_HELP)
     p.add_argument("--no-render", action="store_true", help="skip rendering (no image_match, no rendered predictions)")
@@ -386,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     ev = cfg.eval
-    for name in ("limit", "batch_size", "num_beams", "max_new_tokens", "glyph_height"):
+    for name in ("limit", "batch_size", "num_beams", "max_new_tokens", "glyph_height", "reread", "reread_below"):
         if getattr(args, name) is not None:
             setattr(ev, name, getattr(args, name))
     ev.render = ev.render and not args.no_render

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from texocr.data.images import GLYPH_HEIGHT_HELP
+from texocr.data.images import GLYPH_HEIGHT_HELP, add_reread_flags
 from texocr.errors import TexocrError
 from texocr.prep import BATCH_HELP, WORKERS_HELP
 
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, help=saved % default.num_beams)
     p.add_argument("--max-new-tokens", type=int, help=saved % default.max_new_tokens)
     p.add_argument("--glyph-height", type=float, metavar="PX", help=GLYPH_HEIGHT_HELP)
+    add_reread_flags(p)
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--workers", type=int, help=WORKERS_HELP)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
@@ -155,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
 
     rec = Recognizer.load(args.model, args.adapter, device=args.device, dtype=args.dtype,
                           batch_size=args.batch_size, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                          glyph_height=args.glyph_height)
+                          glyph_height=args.glyph_height, reread=args.reread, reread_below=args.reread_below)
     use_idle_cores(rec.device)
     rec.workers = args.workers if args.workers is not None else default_workers(rec.device)
     try:

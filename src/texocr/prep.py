@@ -66,8 +66,8 @@ class Prep:
 
     processor: Any
     family: Any
-    max_pixels: int
-    max_side: int
+    max_pixels: int | None
+    max_side: int | None
     glyph_height: float | None
 
     def load(self, src: Any) -> Any:  # -> PIL.Image (RGB)

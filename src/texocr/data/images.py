@@ -24,7 +24,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 from texocr.errors import TexocrError
 
@@ -184,7 +184,16 @@ def load_image(
 
 
 GLYPH_HEIGHT_HELP = ("enlarge inputs whose glyphs are smaller than PX pixels tall: more accurate, slower "
-                     "(texocr's compact model reads best at 24)")
+                     "(texocr's compact model reads best at 20-24)")
+REREAD_HELP = ("read an unsure input again with its glyphs PX pixels tall (one or more heights; 0: off) and keep "
+               "the surest read (default: the model's setting; the shipped model: 16)")
+REREAD_BELOW_HELP = "unsure = mean log-probability per token below this (default: the model's setting; shipped: -0.01)"
+
+
+def add_reread_flags(p: Any) -> None:
+    """`--reread PX [PX ...]` and `--reread-below LOGP` on an argparse parser (`texocr predict`, `texocr eval`)."""
+    p.add_argument("--reread", type=float, nargs="+", metavar="PX", help=REREAD_HELP)
+    p.add_argument("--reread-below", type=float, metavar="LOGP", help=REREAD_BELOW_HELP)
 
 
 def glyph_height(img) -> float | None:  # PIL.Image -> pixels, or None when there is no ink to measure
@@ -212,13 +221,25 @@ def rescale_to_glyph_height(img, target: float, *, min_scale: float = 1.0, max_s
     """`img` resized so that its `glyph_height` is about `target` pixels (the scale clamped to [min_scale,
     max_scale]: by default only enlarged, as a smaller image holds less to read; unchanged when there is no ink or
     the change would be under 10 %)."""
+    scale = glyph_scale(glyph_height(img), target, min_scale=min_scale, max_scale=max_scale)
+    return rescaled(img, scale)
+
+
+def glyph_scale(height: float | None, target: float | None, *, min_scale: float = 1.0,
+                max_scale: float = 3.0) -> float:
+    """The factor `rescale_to_glyph_height` applies to an image whose `glyph_height` is `height` (1.0: unchanged:
+    no ink, no target, or a change under 10 %)."""
+    if not height or not target:
+        return 1.0
+    scale = min(max(target / height, min_scale), max_scale)
+    return 1.0 if abs(scale - 1) < 0.1 else scale
+
+
+def rescaled(img, scale: float):
+    """`img` resized by `scale` (itself when 1.0), as `rescale_to_glyph_height` resizes."""
     from PIL import Image
 
-    height = glyph_height(img)
-    if not height:
-        return img
-    scale = min(max(target / height, min_scale), max_scale)
-    if abs(scale - 1) < 0.1:
+    if scale == 1.0:
         return img
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     return img.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)

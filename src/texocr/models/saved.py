@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
 MODEL_KEYS = ("family", "min_pixels", "max_pixels")
 """ModelConfig keys a run's config gives the model it saved (how its images were sized, which family)."""
-OPTION_KEYS = ("batch_size", "max_new_tokens", "num_beams", "glyph_height")
+OPTION_KEYS = ("batch_size", "max_new_tokens", "num_beams", "glyph_height", "reread", "reread_below")
 """EvalConfig keys that are Recognizer settings (`Recognizer(batch_size=...)`)."""
 OPTIONS_FILE = "texocr_options.json"
 """A model folder's Recognizer settings (`OPTION_KEYS`), for a folder that is not part of a run."""
