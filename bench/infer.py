@@ -60,7 +60,7 @@ def build_random_qwen2_vl(device: str, arch: str = "qwen2_vl-2b"):  # -> (model,
 
 
 def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_height: float | None = None,
-                    dtype: str | None = None):
+                    dtype: str | None = None, reread: list[float] | None = None, reread_below: float | None = None):
     from texocr.infer import Recognizer, pick_device
 
     device = pick_device(device)
@@ -72,7 +72,7 @@ def load_recognizer(model: str, device: str | None, max_new_tokens: int, glyph_h
 
         model = str(build_tiny("qwen2_vl", Path(tempfile.mkdtemp(prefix="texocr-bench-tiny-"))))
     return Recognizer.load(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                           glyph_height=glyph_height), device
+                           glyph_height=glyph_height, reread=reread, reread_below=reread_below), device
 
 
 def formula_images(n: int, seed: int = 0) -> list:
@@ -174,6 +174,9 @@ def main() -> None:
                          "from their algorithm when counting `differ`)")
     ap.add_argument("--glyph-height", type=float, default=None, metavar="PX",
                     help="Recognizer(glyph_height=PX): enlarge small inputs (the time counts)")
+    ap.add_argument("--reread", type=float, nargs="+", default=None, metavar="PX",
+                    help="Recognizer(reread=[PX...]): unsure reads read again (the time counts; 0: off)")
+    ap.add_argument("--reread-below", type=float, default=None, metavar="LOGP", help="Recognizer(reread_below=)")
     ap.add_argument("--paths", default="fast", help="comma-separated: plain (generate), fast (texocr's greedy loop; "
                                                      "static CUDA graphs on a GPU); each batch size runs through each. "
                                                      "fast+LEVER[+LEVER]: the fast loop with opt-in levers: gfv (CUDA: "
@@ -202,7 +205,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype)
+    rec, device = load_recognizer(args.model, args.device, args.max_new_tokens, args.glyph_height, args.dtype,
+                                  args.reread, args.reread_below)
     load_s = time.perf_counter() - t0
     greedy = rec._greedy_decoder()
     params = sum(p.numel() for p in rec.model.parameters())
@@ -211,7 +215,8 @@ def main() -> None:
             "device": device, "gpu": gpu, "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
             "max_new_tokens": args.max_new_tokens, "data": args.data, "load_s": round(load_s, 1),
-            "glyph_height": rec.glyph_height, "fast_paths": greedy is not None and not args.no_fast_paths,
+            "glyph_height": rec.glyph_height, "reread": list(rec.reread), "reread_below": rec.reread_below,
+            "fast_paths": greedy is not None and not args.no_fast_paths,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     meta["workers"] = rec.workers = args.workers
     print(json.dumps(meta), flush=True)

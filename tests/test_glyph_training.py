@@ -85,8 +85,11 @@ def test_a_run_reads_and_exports_at_the_glyph_height_it_trained_with(tiny_model_
         rows.append({"image": f"{i}.png", "latex": latex})
     (data / "labels.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     run = tmp_path / "run"
+    start = tmp_path / "start"  # a model that reads unsure inputs twice: the run keeps that setting
+    shutil.copytree(tiny_model_dir("qwen2_vl"), start)
+    (start / "texocr_options.json").write_text(json.dumps({"glyph_height": 20, "reread": [12], "reread_below": -0.02}))
     config = tmp_path / "run.yaml"
-    config.write_text(f"""model: {{name_or_path: {tiny_model_dir("qwen2_vl")}, method: full}}
+    config.write_text(f"""model: {{name_or_path: {start}, method: full}}
 data: {{train: [{data}], glyph_height: 16}}
 train: {{output_dir: {run}, max_steps: 1, batch_size: 3}}
 eval: {{max_new_tokens: 4}}
@@ -95,11 +98,13 @@ eval: {{max_new_tokens: 4}}
     assert rc == 0
     saved = load_config(run / "config.yaml")
     assert saved.data.glyph_height == 16 and saved.eval.glyph_height == 16
+    assert (saved.eval.reread, saved.eval.reread_below) == ([12], -0.02)
     assert Recognizer.load(str(run)).glyph_height == 16
     out = tmp_path / "exported"
     assert cli(["export", "--model", str(run / "model"), "--out", str(out)]) == 0
-    assert json.loads((out / "texocr_options.json").read_text())["glyph_height"] == 16
-    assert Recognizer.load(str(out)).glyph_height == 16
+    options = json.loads((out / "texocr_options.json").read_text())
+    assert (options["glyph_height"], options["reread"], options["reread_below"]) == (16, [12], -0.02)
+    assert Recognizer.load(str(out)).reread == (12.0,)
 
 
 def test_im2markup_renders_skip_the_printed_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:

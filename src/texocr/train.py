@@ -130,18 +130,24 @@ class SampleDataset:
 def training_glyph_height(cfg: Config) -> float:
     """The glyph height training images are enlarged to (0: off): `data.glyph_height`, else `eval.glyph_height`,
     else the setting the starting model reads with (a run's config, a model folder's `texocr_options.json`)."""
-    from texocr.errors import TexocrError
-    from texocr.models.loading import resolve_model
-    from texocr.models.saved import read_saved
 
     for given in (cfg.data.glyph_height, cfg.eval.glyph_height):
         if given is not None:
             return float(given)
+    return float(starting_options(cfg).get("glyph_height") or 0.0)
+
+
+def starting_options(cfg: Config) -> dict[str, Any]:
+    """The Recognizer settings the starting model reads with (a run's config, a model folder's
+    `texocr_options.json`); {} for a model that is not local (a hub id, or missing: loading says so later)."""
+    from texocr.errors import TexocrError
+    from texocr.models.loading import resolve_model
+    from texocr.models.saved import read_saved
+
     try:
-        saved = read_saved(resolve_model(cfg.model.name_or_path))
-    except TexocrError:  # not a local model (a hub id, or missing: loading says so later)
-        return 0.0
-    return float(saved.options.get("glyph_height") or 0.0)
+        return read_saved(resolve_model(cfg.model.name_or_path)).options
+    except TexocrError:
+        return {}
 
 
 # ---------------------------------------------------------------- trainer
@@ -362,6 +368,9 @@ def train(cfg: Config, *, train_samples: list[Sample] | None = None,
     cfg.data.glyph_height = training_glyph_height(cfg)
     if cfg.data.glyph_height and cfg.eval.glyph_height is None:  # the run then reads as it trained
         cfg.eval.glyph_height = cfg.data.glyph_height
+    if cfg.eval.reread is None:  # and reads unsure inputs twice as the model it started from does
+        start = starting_options(cfg)
+        cfg.eval.reread, cfg.eval.reread_below = start.get("reread"), start.get("reread_below")
     if cfg.train.method == "grpo":  # reinforcement fine-tuning from a reward: its own loop (texocr.grpo says why)
         from texocr.grpo import train_grpo
 
