@@ -312,7 +312,8 @@ def test_unsure_reads_are_read_again_and_the_surest_kept(tiny_loaded, monkeypatc
 
     def scripted(images, num_beams, max_new_tokens):  # a stand-in model: narrower reads are surer
         widths.append(sorted(im.width for im in images))
-        return [Prediction(f"w{im.width}", score=-0.005 if im.width < 100 else -im.width / 1000) for im in images]
+        return [Prediction(f"w{im.width}", score=-0.005 if im.width < 100 else -im.width / 1000, time_s=1.0)
+                for im in images]
 
     monkeypatch.setattr(rec, "_generate_safely", scripted)
     small = _glyph_image(240, 40, 12)  # read at 24 px: 480 wide, unsure; at 12 px: as it is, surer
@@ -323,6 +324,7 @@ def test_unsure_reads_are_read_again_and_the_surest_kept(tiny_loaded, monkeypatc
     assert [p.text for p in preds] == ["w240", "w300", "", "w60"]
     assert "blank" in preds[2].error
     assert widths == [[60, 300, 480], [240]]  # the first reads, then only the small image again
+    assert [p.reads for p in preds] == [2, 1, 1, 1] and [p.time_s for p in preds] == [2.0, 1.0, 0.0, 1.0]
     assert rec.settings()["reread"] == [12.0] and rec.settings()["reread_below"] == -0.01
 
 

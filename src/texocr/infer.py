@@ -298,10 +298,16 @@ class Recognizer:
         other = copy.copy(self)
         other.glyph_height, other.reread, other.workers, other._pool = None, (), 0, None
         other.max_pixels, other.max_side = None, None
+        spent = {i: preds[i].time_s for i in owner}  # what the caller waits for: every read's batch
         for i, pred in zip(owner, other._complete(_Started(again, size), num_beams, max_new_tokens)):
-            if pred.error is None and pred.score is not None and pred.score > (preds[i].score or float("-inf")):
-                pred.source = preds[i].source
+            spent[i] += pred.time_s
+            kept = preds[i]
+            if pred.error is None and pred.score is not None and (kept.score is None or pred.score > kept.score):
+                pred.source, pred.reads = kept.source, kept.reads
                 preds[i] = pred
+            preds[i].reads += 1
+        for i, seconds in spent.items():
+            preds[i].time_s = seconds
 
     def _generate_pooled(self, sources: list[Any], enc: list[dict[str, Any]], num_beams: int | None,
                          max_new_tokens: int | None, pool: Any) -> Any:

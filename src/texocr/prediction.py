@@ -33,6 +33,9 @@ class Prediction:
     tokens: int = 0
     stop: str = ""
     """Why generation ended: `end` (end token), `repetition` (loop cut), `max_new_tokens`."""
+    reads: int = 1
+    """How many times the image was read: more than 1 when `Recognizer(reread=...)` read an unsure input again
+    (then `time_s` also counts the batches of those reads, and the kept read is the surest)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
