@@ -15,6 +15,9 @@ in bf16 a few predictions per thousand differ from `generate`'s, bench/infer.md;
 off). `Recognizer(..., workers=N)` reads, rescales and encodes images in N processes, and finishes their text
 there. Generation stops at the end token, at `max_new_tokens`, or when the output has fallen into a loop
 (`RepetitionStopper`); the looping tail is cut.
+With `reread=[PX, ...]` and `reread_below`, an input whose read is unsure (mean token log-probability below
+`reread_below`) is read again with its glyphs PX tall and the surest read kept (`Prediction.reads` counts them; the
+shipped model's `texocr_options.json` sets 20 px, a second read at 16 px below -0.01; `stream` reads once).
 The text is cleaned (chat tokens, `$...$`, code fences, an echoed prompt) and passed through
 `texocr.latex.repair`. A bad image (unreadable, empty, 1x1, huge, blank) fails alone: its Prediction carries
 the error and the rest of the batch completes.
@@ -100,18 +103,18 @@ class Recognizer:
     def __init__(self, model: Any, processor: Any, family: Any, *, device: str = "cpu",
                  batch_size: int = DEFAULTS.batch_size, max_new_tokens: int = DEFAULTS.max_new_tokens,
                  num_beams: int = DEFAULTS.num_beams, repetition_penalty: float = 1.0,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE, fast_decode: bool = True,
-                 glyph_height: float | None = DEFAULTS.glyph_height, workers: int = 0,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE,
+                 fast_decode: bool = True, glyph_height: float | None = DEFAULTS.glyph_height, workers: int = 0,
                  reread: Sequence[float] | None = DEFAULTS.reread, reread_below: float | None = DEFAULTS.reread_below,
                  ) -> None:
         self.model, self.processor, self.family, self.device = model, processor, family, device
         # smaller inputs are enlarged until their glyphs are about this tall (pixels, `images.glyph_height`):
-        # more to read for the model, more image tokens to pay (texocr's compact model: 24, bench/compact.md)
+        # more to read for the model, more image tokens to pay (texocr's compact model: 20, bench/compact.md)
         if glyph_height is not None and glyph_height < 0:
             raise TexocrError(f"glyph_height must be a positive number of pixels (or 0 / None: off), not {glyph_height}")
         self.glyph_height = glyph_height
         # a read less sure than `reread_below` (mean log-probability per token) is read again with its glyphs
-        # at each `reread` height, and the surest read kept (`_reread`; bench/compact.md "Reading twice")
+        # at each `reread` height, and the surest read kept (`_reread`; bench/compact.md, "Eighth session")
         heights = tuple(float(h) for h in reread or () if h != 0)
         if any(h < 0 for h in heights) or (heights and reread_below is None):
             raise TexocrError(f"reread needs glyph heights >= 0 (0: off) and a reread_below score, not {reread!r} "
