@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from texocr.sample import Sample, Skipped
 
 RECORD_KEYS = ("id", "reference", "prediction", "exact", "edit_distance", "image_match", "valid", "score",
-               "time_s", "tokens", "stop", "error")
-"""The columns of predictions.jsonl."""
+               "time_s", "tokens", "stop", "reads", "error")
+"""The columns of predictions.jsonl (`reads`: 2 or more where the recognizer read an unsure input again)."""
 
 
 @dataclass
@@ -186,7 +186,8 @@ def score(recognizer: Recognizer, samples: Iterable[Sample], eval_cfg: EvalConfi
         records.append({"id": sid, "reference": ref, "prediction": pred.text, "exact": dist == 0,
                         "edit_distance": dist, "image_match": flag, "valid": valid(pred.text),
                         "score": pred.score, "time_s": round(pred.time_s, 4), "tokens": pred.tokens,
-                        "stop": pred.stop, "error": pred.error, "ref_tokens": rt, "pred_tokens": pt})
+                        "stop": pred.stop, "reads": pred.reads, "error": pred.error, "ref_tokens": rt,
+                        "pred_tokens": pt})
     if worst is not None:
         images = worst.images(records)
     rendered = [memo.cache.get(t) if t.strip() else None for t in texts] if memo is not None else []
