@@ -3,8 +3,8 @@
 #   V5=runs/v5 bash bench/compact_speed.sh > bench/results/compact_vN_cpu_speed.txt
 # V5: a model folder of v5 (`git show f445edf:src/texocr/assets/default-model/model.safetensors` beside the other
 # files of the default model, or any baseline); REPS rounds over the published images and the TeX renders, the order
-# of v5 (float32, as it was read when shipped) / default as shipped (its texocr_options.json; bf16 on a CPU with native bf16) / the previous shipped way of
-# reading (float32, 16 px, no second read) reversed every other round.
+# of v5 (float32, as it was read when shipped) / default as shipped (its texocr_options.json; bf16 on a CPU with
+# native bf16) / the previous shipped way of reading (float32, 16 px, no second read) reversed every other round.
 set -u
 cd "$(dirname "$0")/.."
 V5=${V5:-runs/v5}

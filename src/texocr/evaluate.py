@@ -31,9 +31,9 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from texocr.data.images import GLYPH_HEIGHT_HELP, add_reread_flags
+from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
-from texocr.prep import BATCH_HELP, WORKERS_HELP
+from texocr.prep import BATCH_HELP, WORKERS_HELP, add_reread_flags
 from texocr.sample import DeferredImage, read_image
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from texocr.data.images import GLYPH_HEIGHT_HELP, add_reread_flags
+from texocr.data.images import GLYPH_HEIGHT_HELP
 from texocr.errors import TexocrError
-from texocr.prep import BATCH_HELP, WORKERS_HELP
+from texocr.prep import BATCH_HELP, WORKERS_HELP, add_reread_flags
 
 if TYPE_CHECKING:
     from texocr.infer import Prediction

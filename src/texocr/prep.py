@@ -36,6 +36,16 @@ BATCH_HELP = ("images per model call (default: what the model's run saved, else 
 """`--batch-size` of the same commands (`texocr.infer.default_batch_size`)."""
 
 
+def add_reread_flags(p: Any) -> None:
+    """`--reread PX [PX ...]` and `--reread-below LOGP` of the same commands (`Recognizer(reread=, reread_below=)`)."""
+    p.add_argument("--reread", type=float, nargs="+", metavar="PX",
+                   help="read an unsure input again with its glyphs PX pixels tall (one or more heights; 0: off) and "
+                        "keep the surest read (default: the model's setting; the shipped model: 16)")
+    p.add_argument("--reread-below", type=float, metavar="LOGP",
+                   help="unsure = mean log-probability per token below this (default: the model's setting; "
+                        "shipped: -0.01)")
+
+
 def default_workers(device: str) -> int:
     """Image-preparing processes for a run on `device`: on a GPU one per spare core (at most 8), so that the
     decoder never waits for images; on a CPU none (the cores decode)."""

@@ -127,14 +127,13 @@ class SampleDataset:
         return self.samples[i]
 
 
-def training_glyph_height(cfg: Config) -> float:
+def training_glyph_height(cfg: Config, start: dict[str, Any] | None = None) -> float:
     """The glyph height training images are enlarged to (0: off): `data.glyph_height`, else `eval.glyph_height`,
-    else the setting the starting model reads with (a run's config, a model folder's `texocr_options.json`)."""
-
+    else the setting the starting model reads with (`start`, else read: `starting_options`)."""
     for given in (cfg.data.glyph_height, cfg.eval.glyph_height):
         if given is not None:
             return float(given)
-    return float(starting_options(cfg).get("glyph_height") or 0.0)
+    return float((starting_options(cfg) if start is None else start).get("glyph_height") or 0.0)
 
 
 def starting_options(cfg: Config) -> dict[str, Any]:
@@ -365,11 +364,11 @@ def _device() -> str | None:
 def train(cfg: Config, *, train_samples: list[Sample] | None = None,
           val_samples: list[Sample] | None = None) -> TrainResult:
     """Run one training job; `train_samples`/`val_samples` replace `cfg.data` sources when given (tests, API)."""
-    cfg.data.glyph_height = training_glyph_height(cfg)
+    start = starting_options(cfg)
+    cfg.data.glyph_height = training_glyph_height(cfg, start)
     if cfg.data.glyph_height and cfg.eval.glyph_height is None:  # the run then reads as it trained
         cfg.eval.glyph_height = cfg.data.glyph_height
     if cfg.eval.reread is None:  # and reads unsure inputs twice as the model it started from does
-        start = starting_options(cfg)
         cfg.eval.reread, cfg.eval.reread_below = start.get("reread"), start.get("reread_below")
     if cfg.train.method == "grpo":  # reinforcement fine-tuning from a reward: its own loop (texocr.grpo says why)
         from texocr.grpo import train_grpo

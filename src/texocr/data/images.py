@@ -24,7 +24,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Union
 
 from texocr.errors import TexocrError
 
@@ -185,15 +185,6 @@ def load_image(
 
 GLYPH_HEIGHT_HELP = ("enlarge inputs whose glyphs are smaller than PX pixels tall: more accurate, slower "
                      "(texocr's compact model reads best at 20-24)")
-REREAD_HELP = ("read an unsure input again with its glyphs PX pixels tall (one or more heights; 0: off) and keep "
-               "the surest read (default: the model's setting; the shipped model: 16)")
-REREAD_BELOW_HELP = "unsure = mean log-probability per token below this (default: the model's setting; shipped: -0.01)"
-
-
-def add_reread_flags(p: Any) -> None:
-    """`--reread PX [PX ...]` and `--reread-below LOGP` on an argparse parser (`texocr predict`, `texocr eval`)."""
-    p.add_argument("--reread", type=float, nargs="+", metavar="PX", help=REREAD_HELP)
-    p.add_argument("--reread-below", type=float, metavar="LOGP", help=REREAD_BELOW_HELP)
 
 
 def glyph_height(img) -> float | None:  # PIL.Image -> pixels, or None when there is no ink to measure

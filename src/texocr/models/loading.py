@@ -87,7 +87,7 @@ def stored_dtype(path: str) -> str | None:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    dtype = cfg.get("dtype") or cfg.get("torch_dtype") if isinstance(cfg, dict) else None
+    dtype = (cfg.get("dtype") or cfg.get("torch_dtype")) if isinstance(cfg, dict) else None
     return dtype if isinstance(dtype, str) else None
 
 
